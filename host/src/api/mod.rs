@@ -1,0 +1,131 @@
+//! The HTTP front door (axum). Handlers are thin: they authenticate, parse, call into
+//! [`crate::jobs::JobManager`], and map errors once (in `error.rs`).
+//!
+//! Access: when the policy names principals, every `/v1` request needs
+//! `Authorization: Bearer <token>`; the token picks the principal. Without principals
+//! every request is the `local` principal — allowed only while listening on loopback
+//! (enforced at startup by `serve`).
+
+pub mod error;
+pub mod events;
+pub mod jobs;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Json;
+use utoipa::OpenApi;
+
+use crate::config::LOCAL_PRINCIPAL;
+use crate::engine::registry::{AgentSummary, AgentVersionSummary, LoadFailure};
+use crate::jobs::JobManager;
+use error::ApiError;
+
+/// Shared state of every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub manager: Arc<JobManager>,
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal(pub String);
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "corral", description = "Run sandboxed WebAssembly agents under leases."),
+    paths(jobs::submit, jobs::get, jobs::list, jobs::cancel, events::stream, agents, healthz),
+    components(schemas(
+        jobs::SubmitBody, jobs::JobView, jobs::JobList, error::ErrorBody, error::ErrorDetail,
+        AgentList, AgentSummary, AgentVersionSummary, LoadFailure, Health
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// Builds the router.
+pub fn router(manager: Arc<JobManager>) -> Router {
+    let max_body = manager.policy().server.max_body_bytes;
+    let state = AppState { manager };
+    let v1 = Router::new()
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/events", get(events::stream))
+        .route("/v1/agents", get(agents))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Result<Response, ApiError> {
+    let policy = state.manager.policy();
+    let principal = if policy.requires_tokens() {
+        let header = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token: send `Authorization: Bearer <token>`"))?;
+        policy
+            .principal_for_token(token.trim())
+            .map(|p| p.name.clone())
+            .ok_or_else(|| ApiError::unauthorized("invalid bearer token"))?
+    } else {
+        LOCAL_PRINCIPAL.to_string()
+    };
+    request.extensions_mut().insert(Principal(principal));
+    Ok(next.run(request).await)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route — see GET /openapi.json")
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentSummary>,
+    /// Files in the agents folder that were rejected, with why.
+    pub errors: Vec<LoadFailure>,
+}
+
+/// The agents this host can run.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = AgentList)))]
+pub async fn agents(State(state): State<AppState>) -> Json<AgentList> {
+    let (agents, errors) = state.manager.registry().list();
+    Json(AgentList { agents, errors })
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// Liveness: `ok`, or `shutting_down` while draining.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    let status = if state.manager.is_shutting_down() { "shutting_down" } else { "ok" };
+    Json(Health { status: status.into() })
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

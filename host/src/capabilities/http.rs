@@ -1,0 +1,179 @@
+//! Scope `net.fetch`; target: the request URL.
+//!
+//! The host performs the request; the agent never gets a socket. Checks, in order, all
+//! before any byte leaves the host:
+//! 1. the lease's `net.fetch` patterns (scheme, host, port and path compared separately);
+//! 2. DNS: a *name* must resolve only to public addresses (a name that resolves to
+//!    loopback, private, link-local or metadata ranges is denied — DNS rebinding), and the
+//!    connection is pinned to the address that was checked. An IP *literal* is reachable
+//!    only when a grant covers it, i.e. the operator or submitter wrote it down;
+//! 3. the job's `net_bytes` budget (request body + response body).
+//!
+//! Redirects are returned to the agent, not followed: following one would skip the check.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::JobState;
+use crate::bindings::HostError;
+use crate::bindings::corral::agent::http::{self as wit, Request, Response};
+use crate::lease::{Lease, Scope};
+
+pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<JobState, HasSelf<JobState>>(linker, |s| s)
+}
+
+/// Per-job network state: what is left of the byte budget.
+#[derive(Debug)]
+pub struct HttpState {
+    bytes_left: u64,
+}
+
+impl HttpState {
+    pub fn new(lease: &Lease) -> Self {
+        Self { bytes_left: lease.limits.net_bytes }
+    }
+
+    fn spend(&mut self, n: u64) -> Result<(), HostError> {
+        if n > self.bytes_left {
+            self.bytes_left = 0;
+            return Err(HostError::Failed("the job's net_bytes budget is exhausted (limits.net_bytes)".into()));
+        }
+        self.bytes_left -= n;
+        Ok(())
+    }
+}
+
+/// Whether an address is one an agent may reach through a DNS name.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 carrier-grade NAT
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)) // 198.18/15 benchmarking
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let seg = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg & 0xfe00) == 0xfc00 // unique local
+                || (seg & 0xffc0) == 0xfe80) // link local
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> HostError {
+    HostError::Invalid(msg.into())
+}
+
+impl wit::Host for JobState {
+    async fn fetch(&mut self, req: Request) -> wasmtime::Result<Result<Response, HostError>> {
+        let url = match url::Url::parse(&req.url) {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(invalid(format!("invalid URL '{}': {e}", req.url)))),
+        };
+        if let Err(denied) = self.ctx.authorize(Scope::NetFetch, url.as_str())? {
+            return Ok(Err(denied));
+        }
+        Ok(self.perform(url, req).await)
+    }
+}
+
+impl JobState {
+    async fn perform(&mut self, url: url::Url, req: Request) -> Result<Response, HostError> {
+        let method = reqwest::Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| invalid(format!("invalid HTTP method '{}'", req.method)))?;
+        let host = url.host_str().ok_or_else(|| invalid("URL has no host"))?.to_string();
+        let port = url.port_or_known_default().ok_or_else(|| invalid("URL has no port"))?;
+        let addr = self.resolve_checked(&url, &host, port).await?;
+        self.http.spend(req.body.as_ref().map_or(0, |b| b.len() as u64))?;
+
+        let remaining = self.ctx.deadline.saturating_duration_since(Instant::now());
+        let mut client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(remaining.max(Duration::from_millis(1)))
+            .no_proxy();
+        if let url::Host::Domain(name) = url.host().ok_or_else(|| invalid("URL has no host"))? {
+            client = client.resolve(name, addr);
+        }
+        let client = client.build().map_err(|e| HostError::Failed(format!("cannot build HTTP client: {e}")))?;
+        let mut builder = client.request(method, url.clone());
+        for (name, value) in req.headers {
+            builder = builder.header(name, value);
+        }
+        if let Some(body) = req.body {
+            builder = builder.body(body);
+        }
+        let response = builder.send().await.map_err(|e| HostError::Failed(format!("request to {url} failed: {e}")))?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| HostError::Failed(format!("reading the response from {url} failed: {e}")))?;
+            self.http.spend(chunk.len() as u64)?;
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Response { status, headers, body })
+    }
+
+    /// Resolves the URL's host and applies the address rules from the module doc.
+    async fn resolve_checked(&mut self, url: &url::Url, host: &str, port: u16) -> Result<SocketAddr, HostError> {
+        let target = url.as_str().to_string();
+        let literal = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
+        if let Some(ip) = literal {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| HostError::Failed(format!("cannot resolve {host}: {e}")))?
+            .collect();
+        if self.ctx.manager.policy().egress.allow_private {
+            return addrs.first().copied().ok_or_else(|| HostError::Failed(format!("{host} has no addresses")));
+        }
+        if let Some(private) = addrs.iter().find(|a| !is_public(a.ip())) {
+            let reason = format!(
+                "{host} resolves to {}, a non-public address; names may only reach public addresses — \
+                 grant the IP literally (e.g. http://{}:{port}/**) to reach it",
+                private.ip(),
+                private.ip()
+            );
+            return Err(self.ctx.deny(Scope::NetFetch, &target, reason));
+        }
+        addrs.first().copied().ok_or_else(|| HostError::Failed(format!("{host} has no addresses")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_and_metadata_addresses_are_not_public() {
+        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.4", "169.254.169.254", "100.64.0.1", "::1", "fd00::1", "fe80::1", "::ffff:10.0.0.1", "0.0.0.0"] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} must not be public");
+        }
+        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip} is public");
+        }
+    }
+}

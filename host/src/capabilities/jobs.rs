@@ -1,0 +1,93 @@
+//! Scope `agent.delegate`; target: the agent reference (`name` or `name@version`).
+//!
+//! A job may run another agent as a child job and await its result. The child's lease is
+//! computed like any lease (the child agent's declared needs ∩ policy ∩ what the parent
+//! asks for) and additionally ∩ the parent's *remaining* lease: a parent can never hand a
+//! child more than it holds. A request wider than the parent's lease is refused with a
+//! denial naming what is not covered. Depth (`limits.delegation_depth`) and fan-out
+//! (`limits.max_children`) are capped by the parent's limits, and a child never outlives
+//! its parent's deadline.
+
+use std::time::Instant;
+
+use wasmtime::component::{HasSelf, Linker};
+
+use super::JobState;
+use crate::bindings::HostError;
+use crate::bindings::corral::agent::jobs as wit;
+use crate::jobs::JobError;
+use crate::lease::{Lease, LeaseError, LeaseRequest, Scope};
+use crate::store::JobStatus;
+
+pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<JobState, HasSelf<JobState>>(linker, |s| s)
+}
+
+/// Per-job delegation state: children started so far.
+#[derive(Debug)]
+pub struct DelegationState {
+    max_children: u32,
+    /// Ids of the children this job started (cancelled when the job ends).
+    pub children: Vec<String>,
+}
+
+impl DelegationState {
+    pub fn new(lease: &Lease) -> Self {
+        Self { max_children: lease.limits.max_children, children: Vec::new() }
+    }
+}
+
+impl wit::Host for JobState {
+    async fn delegate(&mut self, agent: String, input: String, lease: Option<String>) -> wasmtime::Result<Result<String, HostError>> {
+        if let Err(denied) = self.ctx.authorize(Scope::AgentDelegate, &agent)? {
+            return Ok(Err(denied));
+        }
+        if self.ctx.lease.limits.delegation_depth == 0 {
+            let reason = "delegation depth exhausted (limits.delegation_depth is 0 for this job)".to_string();
+            return Ok(Err(self.ctx.deny(Scope::AgentDelegate, &agent, reason)));
+        }
+        if u32::try_from(self.delegation.children.len()).unwrap_or(u32::MAX) >= self.delegation.max_children {
+            let reason = format!("fan-out limit reached: this job may start {} children (limits.max_children)", self.delegation.max_children);
+            return Ok(Err(self.ctx.deny(Scope::AgentDelegate, &agent, reason)));
+        }
+        let input = match serde_json::from_str(&input) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(HostError::Invalid(format!("delegation input is not JSON: {e}")))),
+        };
+        let request = match lease.as_deref().map(LeaseRequest::parse_json).transpose() {
+            Ok(r) => r.unwrap_or_default(),
+            Err(e) => return Ok(Err(HostError::Invalid(format!("delegation lease: {e}")))),
+        };
+        let manager = std::sync::Arc::clone(&self.ctx.manager);
+        let child = match manager.submit_child(&self.ctx, &agent, input, request).await {
+            Ok(child) => child,
+            Err(JobError::Lease(e @ (LeaseError::WiderThanParent { .. } | LeaseError::DelegationDepthExhausted))) => {
+                let reason = format!("delegation refused: {e}");
+                return Ok(Err(self.ctx.deny(Scope::AgentDelegate, &agent, reason)));
+            }
+            Err(JobError::Resolve(e)) => return Ok(Err(HostError::Invalid(e.to_string()))),
+            Err(e) => return Ok(Err(HostError::Failed(format!("cannot start child job: {e}")))),
+        };
+        self.delegation.children.push(child.id.clone());
+        self.ctx.emit("delegated", serde_json::json!({ "child_id": child.id, "agent": agent }));
+        let remaining = self.ctx.deadline.saturating_duration_since(Instant::now());
+        let finished = match manager.wait_finished(&child.id, remaining).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return Ok(Err(HostError::Failed(format!("child job {} vanished", child.id)))),
+            Err(e) => return Ok(Err(HostError::Failed(format!("waiting for child job {}: {e}", child.id)))),
+        };
+        Ok(match finished.status {
+            JobStatus::Completed => Ok(finished.output.unwrap_or(serde_json::Value::Null).to_string()),
+            status => {
+                let message = finished
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.get("message"))
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("no error message")
+                    .to_string();
+                Err(HostError::Failed(format!("child job {} ({agent}) ended {status}: {message}", child.id)))
+            }
+        })
+    }
+}

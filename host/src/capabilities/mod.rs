@@ -1,0 +1,174 @@
+//! Host imports, one module per lease-scope family, all with the same shape:
+//!
+//! - a module doc naming the scopes it serves and the *target* of each check;
+//! - `add_to_linker`, called once at startup;
+//! - a per-job state struct built from the job's effective lease (where the scope needs
+//!   state beyond the shared [`JobContext`]);
+//! - the generated `Host` trait implemented on [`JobState`], where **every** function first
+//!   calls [`JobContext::authorize`] and returns a typed denial before any effect.
+//!
+//! `authorize` is also where every decision is counted against the host-call budget and
+//! recorded (audit table + a `capability` job event).
+
+pub mod events;
+pub mod http;
+pub mod jobs;
+pub mod kv;
+pub mod limits;
+pub mod log;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bindings::{Denial, HostError};
+use crate::jobs::JobManager;
+use crate::lease::{Lease, Scope};
+use crate::store::{AuditRecord, Decision};
+
+pub use limits::{JobLimiter, LimitExceeded};
+
+/// Everything a running job's host calls can see. One per job, owned by its `Store`.
+pub struct JobState {
+    pub ctx: JobContext,
+    pub http: http::HttpState,
+    pub delegation: jobs::DelegationState,
+    pub limiter: JobLimiter,
+}
+
+impl std::fmt::Debug for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobState").field("job_id", &self.ctx.job_id).finish_non_exhaustive()
+    }
+}
+
+impl JobState {
+    pub fn new(ctx: JobContext) -> Self {
+        let http = http::HttpState::new(&ctx.lease);
+        let delegation = jobs::DelegationState::new(&ctx.lease);
+        let limiter = JobLimiter::new(ctx.lease.limits.memory_bytes);
+        Self { ctx, http, delegation, limiter }
+    }
+}
+
+/// The identity and lease of the running job, shared by every capability.
+#[derive(Debug)]
+pub struct JobContext {
+    pub job_id: String,
+    pub principal: String,
+    /// `name@version` of the running agent.
+    pub agent: String,
+    pub lease: Arc<Lease>,
+    /// How deep in a delegation chain this job is (0 = submitted by a client).
+    pub depth: u32,
+    /// When the job's deadline passes.
+    pub deadline: Instant,
+    pub manager: Arc<JobManager>,
+    host_calls: u64,
+}
+
+impl JobContext {
+    pub fn new(
+        job_id: String,
+        principal: String,
+        agent: String,
+        lease: Arc<Lease>,
+        depth: u32,
+        deadline: Instant,
+        manager: Arc<JobManager>,
+    ) -> Self {
+        Self { job_id, principal, agent, lease, depth, deadline, manager, host_calls: 0 }
+    }
+
+    /// Host calls made so far.
+    pub fn host_calls(&self) -> u64 {
+        self.host_calls
+    }
+
+    /// Counts the call against the job's host-call budget, checks `scope` × `target`
+    /// against the lease, and records the decision.
+    ///
+    /// `Err` (a trap) only when the host-call budget is exhausted: a guest that floods the
+    /// host is stopped by the host. A denial is `Ok(Err(HostError::Denied))`.
+    pub fn authorize(&mut self, scope: Scope, target: &str) -> wasmtime::Result<Result<(), HostError>> {
+        self.host_calls += 1;
+        if self.host_calls > self.lease.limits.max_host_calls {
+            return Err(LimitExceeded::HostCalls(self.lease.limits.max_host_calls).into());
+        }
+        let decision = self.lease.check(scope, target, time::OffsetDateTime::now_utc());
+        let reason = decision.as_ref().err().map(|d| d.reason.clone());
+        self.record(scope, target, reason.clone());
+        Ok(match reason {
+            None => Ok(()),
+            Some(reason) => Err(HostError::Denied(Denial {
+                scope: scope.as_str().to_string(),
+                target: target.to_string(),
+                reason,
+            })),
+        })
+    }
+
+    /// Denies a call the lease allowed but a limit or a later check refused (fan-out,
+    /// depth, a private address behind a name); recorded like any other denial.
+    pub fn deny(&mut self, scope: Scope, target: &str, reason: String) -> HostError {
+        self.record(scope, target, Some(reason.clone()));
+        HostError::Denied(Denial { scope: scope.as_str().to_string(), target: target.to_string(), reason })
+    }
+
+    fn record(&self, scope: Scope, target: &str, denial: Option<String>) {
+        let (decision, audit_decision) = if denial.is_some() { ("deny", Decision::Deny) } else { ("allow", Decision::Allow) };
+        if denial.is_some() {
+            tracing::info!(job = %self.job_id, agent = %self.agent, scope = scope.as_str(), target, "capability denied");
+        }
+        let store = self.manager.store();
+        // Queued at call time and written with the next group commit; not awaited.
+        drop(store.record_audit(AuditRecord {
+            id: None,
+            job_id: self.job_id.clone(),
+            principal: self.principal.clone(),
+            scope: scope.as_str().to_string(),
+            target: target.to_string(),
+            decision: audit_decision,
+            reason: denial.clone(),
+            at: crate::now_ms(),
+        }));
+        let mut data = serde_json::json!({ "scope": scope.as_str(), "target": target, "decision": decision });
+        if let (Some(reason), Some(map)) = (denial, data.as_object_mut()) {
+            map.insert("reason".into(), reason.into());
+        }
+        self.emit("capability", data);
+    }
+
+    /// Appends an event to this job's stream (ordered; durable with the next group commit).
+    pub fn emit(&self, kind: &str, data: serde_json::Value) {
+        // Queued at call time, ordered, written with the next group commit; not awaited.
+        drop(self.manager.store().append_event(&self.job_id, kind, data));
+    }
+}
+
+/// Adds every corral interface to the linker. Called once per engine.
+pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
+    crate::bindings::corral::agent::types::add_to_linker::<JobState, HasSelf<JobState>>(linker, |s| s)?;
+    log::add_to_linker(linker)?;
+    kv::add_to_linker(linker)?;
+    http::add_to_linker(linker)?;
+    jobs::add_to_linker(linker)?;
+    events::add_to_linker(linker)?;
+    Ok(())
+}
+
+impl crate::bindings::corral::agent::types::Host for JobState {}
+
+/// Cuts a guest-supplied string to at most `max` bytes on a char boundary.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}

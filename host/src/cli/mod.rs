@@ -1,0 +1,163 @@
+//! The client half of the `corral` command line: `invoke`, `agents`, `jobs`, `job`, `events`,
+//! `cancel`. Each talks to a running `corral serve` over its HTTP API; none of them touches the
+//! engine, the store or the filesystem of the server, so they work the same against a remote host.
+//!
+//! - `client` — a typed HTTP client for `/v1` (jobs, events with resume, agents, error envelope);
+//! - `commands` — one function per subcommand: arguments in, exit status out;
+//! - `render` — tables, event lines, the progress bar; plain when stdout is not a terminal.
+//!
+//! Exit codes are part of the interface, for scripts:
+//!
+//! | code | meaning |
+//! | ---- | ------- |
+//! | 0 | success (for `invoke` without `--follow`: also "still running when `--wait` ran out") |
+//! | 1 | the job failed, was cancelled or timed out (`invoke`, and `events` when it followed to the end) |
+//! | 2 | bad arguments, a 4xx/5xx answer, or no server at `--server` |
+//!
+//! Wiring it into `main.rs` (the flags are `global`, so they may also follow the subcommand):
+//!
+//! ```ignore
+//! #[derive(clap::Parser)]
+//! struct Cli {
+//!     #[command(flatten)]
+//!     client: corral::cli::ClientArgs,
+//!     #[command(subcommand)]
+//!     command: Command,
+//! }
+//! #[derive(clap::Subcommand)]
+//! enum Command {
+//!     Serve(ServeArgs),
+//!     #[command(flatten)]
+//!     Client(corral::cli::ClientCommand),
+//! }
+//! // in an async main: Command::Client(cmd) => corral::cli::run(cli.client, cmd).await,
+//! ```
+
+pub mod client;
+mod commands;
+mod render;
+
+use std::process::ExitCode;
+
+pub use client::{Client, ClientError};
+
+/// Where and how to reach the server; shared by every client subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Base URL of the corral server.
+    #[arg(
+        long,
+        global = true,
+        env = "CORRAL_SERVER",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL"
+    )]
+    pub server: String,
+
+    /// Bearer token, when the server is configured with tokens.
+    #[arg(
+        long,
+        global = true,
+        env = "CORRAL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// Print raw JSON instead of tables and text (one event per line when following).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The subcommands that talk to a running server.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Run an agent and print its output.
+    ///
+    /// Without --follow, waits up to --wait milliseconds for the result; a job still running
+    /// then is left to run, and its id is printed. With --follow, prints its logs, progress and
+    /// capability decisions as they happen, then the output.
+    Invoke {
+        /// The agent to run, optionally pinned to a version: `echo` or `echo@0.1.0`.
+        #[arg(value_name = "AGENT[@VERSION]")]
+        agent: String,
+
+        /// The job's input: JSON text, `@FILE` to read it from a file, or `@-` for stdin.
+        #[arg(long, short, value_name = "JSON|@FILE")]
+        input: Option<String>,
+
+        /// A lease narrowing what the job may do: JSON text or `@FILE`.
+        #[arg(long, value_name = "JSON|@FILE")]
+        lease: Option<String>,
+
+        /// Makes retrying safe: a second submit with the same key returns the first job.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+
+        /// Stream the job's events until it ends.
+        #[arg(long, short)]
+        follow: bool,
+
+        /// How long to wait for the result before printing the job id instead.
+        #[arg(
+            long,
+            value_name = "MS",
+            default_value_t = 30_000,
+            conflicts_with = "follow"
+        )]
+        wait: u64,
+    },
+
+    /// List registered agents, their versions and the scopes they ask for.
+    Agents,
+
+    /// List jobs, newest first.
+    Jobs {
+        /// Only jobs in this state.
+        #[arg(long, value_name = "STATUS", value_parser = ["queued", "running", "completed", "failed", "cancelled", "timed_out"])]
+        status: Option<String>,
+
+        /// Only jobs of this agent.
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
+
+        /// At most this many jobs.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+
+        /// Continue from the `next_cursor` of an earlier page.
+        #[arg(long, value_name = "CURSOR")]
+        cursor: Option<String>,
+    },
+
+    /// Show one job as JSON.
+    Job {
+        /// The job id.
+        id: String,
+    },
+
+    /// Print a job's events; follows until the job ends unless --no-follow.
+    Events {
+        /// The job id.
+        job: String,
+
+        /// Start after this sequence number (events 1..=SEQ are skipped).
+        #[arg(long, value_name = "SEQ")]
+        after: Option<u64>,
+
+        /// Print the events recorded so far and exit, instead of waiting for the job to end.
+        #[arg(long)]
+        no_follow: bool,
+    },
+
+    /// Ask the server to cancel a job.
+    Cancel {
+        /// The job id.
+        job: String,
+    },
+}
+
+/// Runs one client subcommand against the server in `args`, printing to stdout and stderr.
+pub async fn run(args: ClientArgs, cmd: ClientCommand) -> ExitCode {
+    commands::run(args, cmd).await
+}

@@ -1,0 +1,226 @@
+//! The operator's policy file (TOML): who may call the API, the most any job may be
+//! granted, and how the host is sized. Deny by default: without a file, the built-in
+//! [`DEFAULT_POLICY`] applies — local logs, events, kv and delegation, and **no** network.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:7070"
+//!
+//! [ceiling.grants]            # the most any job of the default principal may hold
+//! "kv.read" = ["**"]
+//! "net.fetch" = ["https://api.example.com/**"]
+//! [ceiling.limits]
+//! deadline_ms = 30000
+//!
+//! [[principals]]              # with principals, every request needs a bearer token
+//! name = "alice"
+//! token_sha256 = "…"          # sha256 hex of the token (or `token = "…"` in tests)
+//! [principals.ceiling.grants]
+//! "log" = ["**"]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::engine::EngineConfig;
+use crate::lease::LeaseCeiling;
+
+/// The built-in policy, used when no policy file is given (and as the base of one).
+pub const DEFAULT_POLICY: &str = r#"
+[ceiling.grants]
+"log" = ["**"]
+"events" = ["**"]
+"kv.read" = ["**"]
+"kv.write" = ["**"]
+"agent.delegate" = ["**"]
+
+[ceiling.limits]
+deadline_ms = 30000
+memory_bytes = 67108864
+fuel = 20000000000
+max_host_calls = 10000
+net_bytes = 10485760
+delegation_depth = 4
+max_children = 16
+"#;
+
+/// The principal of every request when no tokens are configured.
+pub const LOCAL_PRINCIPAL: &str = "local";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The lease ceiling of principals that have none of their own (and of `local`).
+    pub ceiling: LeaseCeiling,
+    #[serde(default)]
+    pub principals: Vec<Principal>,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub recovery: RecoveryConfig,
+    #[serde(default)]
+    pub egress: EgressConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Jobs running at once (delegated children do not count).
+    pub max_concurrent_jobs: usize,
+    /// On SIGTERM, how long running jobs may take to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            max_body_bytes: 1 << 20,
+            max_concurrent_jobs: 64,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecoveryConfig {
+    /// A job found `running` after a restart is re-run while it has had fewer attempts.
+    pub max_attempts: u32,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self { max_attempts: 2 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Let DNS names reach private and loopback addresses (off: DNS-rebinding protection).
+    pub allow_private: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Principal {
+    pub name: String,
+    /// The bearer token in clear (convenient for tests; prefer `token_sha256`).
+    pub token: Option<String>,
+    /// sha256 (hex) of the bearer token.
+    pub token_sha256: Option<String>,
+    /// This principal's ceiling; the policy's `[ceiling]` when absent.
+    pub ceiling: Option<LeaseCeiling>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid policy file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Policy {
+    /// The built-in policy.
+    pub fn builtin() -> Result<Self, ConfigError> {
+        Self::parse(DEFAULT_POLICY, "<built-in>")
+    }
+
+    /// Reads a policy file. Tables it omits take the built-in defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses policy text over the built-in defaults.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: origin.to_string(), message };
+        let mut base: toml::Table = toml::from_str(DEFAULT_POLICY).map_err(|e| invalid(e.to_string()))?;
+        let overlay: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        // `[ceiling]` given in the file replaces the default ceiling as a whole.
+        for (k, v) in overlay {
+            base.insert(k, v);
+        }
+        let policy: Policy = toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        for p in &policy.principals {
+            if p.token.is_none() && p.token_sha256.is_none() {
+                return Err(invalid(format!("principal '{}' has neither `token` nor `token_sha256`", p.name)));
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Whether API requests must carry a bearer token.
+    pub fn requires_tokens(&self) -> bool {
+        !self.principals.is_empty()
+    }
+
+    /// The principal a bearer token belongs to.
+    pub fn principal_for_token(&self, token: &str) -> Option<&Principal> {
+        let digest = hex::encode(Sha256::digest(token.as_bytes()));
+        self.principals.iter().find(|p| {
+            let expected = match (&p.token_sha256, &p.token) {
+                (Some(hash), _) => hash.to_ascii_lowercase(),
+                (None, Some(token)) => hex::encode(Sha256::digest(token.as_bytes())),
+                (None, None) => return false,
+            };
+            constant_time_eq(expected.as_bytes(), digest.as_bytes())
+        })
+    }
+
+    /// The lease ceiling of a principal.
+    pub fn ceiling_for(&self, principal: &str) -> &LeaseCeiling {
+        self.principals
+            .iter()
+            .find(|p| p.name == principal)
+            .and_then(|p| p.ceiling.as_ref())
+            .unwrap_or(&self.ceiling)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_policy_parses_and_grants_no_network() {
+        let policy = Policy::builtin().unwrap();
+        assert!(!policy.requires_tokens());
+        let lease_json = serde_json::to_value(&policy.ceiling.grants).unwrap();
+        assert!(lease_json.get("net.fetch").is_none());
+    }
+
+    #[test]
+    fn tokens_map_to_principals_by_hash() {
+        let policy = Policy::parse(
+            "[[principals]]\nname = \"alice\"\ntoken = \"s3cret\"\n[[principals]]\nname = \"bob\"\ntoken_sha256 = \"2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b\"\n",
+            "test",
+        )
+        .unwrap();
+        assert!(policy.requires_tokens());
+        assert_eq!(policy.principal_for_token("s3cret").map(|p| p.name.as_str()), Some("alice"));
+        assert_eq!(policy.principal_for_token("secret").map(|p| p.name.as_str()), Some("bob"));
+        assert!(policy.principal_for_token("nope").is_none());
+    }
+
+    #[test]
+    fn principal_without_token_is_rejected() {
+        let err = Policy::parse("[[principals]]\nname = \"x\"\n", "test").unwrap_err();
+        assert!(err.to_string().contains("neither"));
+    }
+}

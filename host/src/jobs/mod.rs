@@ -1,0 +1,361 @@
+//! Job lifecycle: submit → queued → running → completed | failed | cancelled | timed_out.
+//!
+//! A job is written to the store (durably, with its first `state` event) *before* the
+//! client hears about it, then handed to the scheduler. [`JobManager`] owns the in-memory
+//! side: which jobs are running, how to cancel them, and how to wait for one to finish.
+//! The store is the source of truth: every state change is a conditional transition, so a
+//! cancel racing a completion resolves to exactly one terminal state.
+
+mod recovery;
+mod runner;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::Policy;
+use crate::engine::registry::{LoadedAgent, Registry, ResolveError};
+use crate::lease::{Lease, LeaseError, LeaseRequest};
+use crate::store::{InsertOutcome, JobRecord, JobStatus, Store, StoreError, Transition};
+
+pub use recovery::RecoveryReport;
+
+/// What a client asks for.
+#[derive(Debug, Clone)]
+pub struct SubmitRequest {
+    /// `name` or `name@version`.
+    pub agent: String,
+    pub input: Value,
+    /// The lease the submitter asks for, as sent (kept verbatim for idempotency).
+    pub lease: Option<Value>,
+    pub idempotency_key: Option<String>,
+}
+
+/// Why a job could not be submitted or acted on. Mapped to HTTP statuses in `api/`.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error("invalid lease: {0}")]
+    Lease(#[from] LeaseError),
+    #[error(
+        "idempotency key '{0}' was already used for a different request — use a new key, or resend the exact same request"
+    )]
+    IdempotencyConflict(String),
+    #[error("job '{0}' not found")]
+    NotFound(String),
+    #[error("job '{id}' already finished as {status}")]
+    AlreadyFinished { id: String, status: JobStatus },
+    #[error("the host is shutting down and accepts no new jobs — retry against another host or after restart")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// In-memory handles of a job this process is running (or about to).
+struct Handle {
+    cancel: watch::Sender<bool>,
+}
+
+/// Submits, runs, cancels and awaits jobs.
+pub struct JobManager {
+    store: Store,
+    registry: Arc<Registry>,
+    policy: Arc<Policy>,
+    engine: wasmtime::Engine,
+    permits: Arc<Semaphore>,
+    handles: Mutex<HashMap<String, Handle>>,
+    /// Senders of "job finished" signals, keyed by job id.
+    finished: Mutex<HashMap<String, watch::Sender<bool>>>,
+    shutting_down: std::sync::atomic::AtomicBool,
+    /// A weak self-reference so `&self` methods can hand `Arc`s to spawned jobs.
+    me: Weak<JobManager>,
+}
+
+impl std::fmt::Debug for JobManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobManager").finish_non_exhaustive()
+    }
+}
+
+impl JobManager {
+    pub fn new(store: Store, registry: Arc<Registry>, policy: Arc<Policy>) -> Arc<Self> {
+        let engine = registry.engine().clone();
+        let permits = Arc::new(Semaphore::new(policy.server.max_concurrent_jobs.max(1)));
+        Arc::new_cyclic(|me| Self {
+            store,
+            registry,
+            policy,
+            engine,
+            permits,
+            handles: Mutex::new(HashMap::new()),
+            finished: Mutex::new(HashMap::new()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            me: me.clone(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Accepts a job from a client: resolves the agent, computes the effective lease,
+    /// records the job durably and schedules it. Returns the job and whether it is an
+    /// idempotent replay of an earlier submission.
+    pub async fn submit(&self, principal: &str, req: SubmitRequest) -> Result<(JobRecord, bool), JobError> {
+        if self.is_shutting_down() {
+            return Err(JobError::ShuttingDown);
+        }
+        let request_hash = request_hash(&req);
+        // An idempotent replay must return the original job even if the agent is gone now.
+        if let Some(key) = &req.idempotency_key
+            && let Some(existing) = self.store.job_by_idempotency_key(principal, key).await? {
+                return replay(existing, &request_hash, key);
+            }
+        let agent = self.registry.resolve(&req.agent)?;
+        let lease_request = match &req.lease {
+            Some(v) => serde_json::from_value::<LeaseRequest>(v.clone()).map_err(|e| LeaseError::Invalid(e.to_string()))?,
+            None => LeaseRequest::default(),
+        };
+        let ceiling = self.policy.ceiling_for(principal);
+        let lease = Lease::effective(&agent.declared, ceiling, &lease_request, None, time::OffsetDateTime::now_utc())?;
+        let record = new_record(principal, &req, &agent, &lease, Some(request_hash.clone()), None, 0)?;
+        match self.store.insert_job(record).await? {
+            InsertOutcome::Created(job) => {
+                self.schedule(job.clone(), agent, lease, true);
+                Ok((job, false))
+            }
+            InsertOutcome::Existing(existing) => {
+                let key = req.idempotency_key.unwrap_or_default();
+                replay(existing, &request_hash, &key)
+            }
+        }
+    }
+
+    /// Starts a child job on behalf of a running parent (delegation). The child's lease is
+    /// the parent's remaining lease narrowed by what the parent asks for; asking for more
+    /// than the parent holds is `LeaseError::WiderThanParent`.
+    pub async fn submit_child(
+        &self,
+        parent: &crate::capabilities::JobContext,
+        agent_ref: &str,
+        input: Value,
+        lease_request: LeaseRequest,
+    ) -> Result<JobRecord, JobError> {
+        let agent = self.registry.resolve(agent_ref)?;
+        let mut parent_lease = (*parent.lease).clone();
+        // A child can never outlive its parent's deadline.
+        let remaining = parent.deadline.saturating_duration_since(Instant::now());
+        let remaining_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
+        parent_lease.limits.deadline_ms = parent_lease.limits.deadline_ms.min(remaining_ms);
+        let ceiling = self.policy.ceiling_for(&parent.principal);
+        let lease =
+            Lease::effective(&agent.declared, ceiling, &lease_request, Some(&parent_lease), time::OffsetDateTime::now_utc())?;
+        let req = SubmitRequest { agent: agent_ref.to_string(), input, lease: None, idempotency_key: None };
+        let record = new_record(
+            &parent.principal,
+            &req,
+            &agent,
+            &lease,
+            None,
+            Some(parent.job_id.clone()),
+            parent.depth.saturating_add(1),
+        )?;
+        let job = self.store.insert_job(record).await?.job().clone();
+        // Children bypass the concurrency limit: their parent already holds a slot and
+        // waits for them, so making them queue behind other parents could deadlock.
+        self.schedule(job.clone(), agent, lease, false);
+        Ok(job)
+    }
+
+    /// Hands a queued job to a worker task.
+    fn schedule(&self, job: JobRecord, agent: Arc<LoadedAgent>, lease: Lease, needs_permit: bool) {
+        let Some(me) = self.me.upgrade() else { return };
+        let (cancel, cancelled) = watch::channel(false);
+        let (done_tx, _) = watch::channel(false);
+        if let Ok(mut handles) = self.handles.lock() {
+            handles.insert(job.id.clone(), Handle { cancel });
+        }
+        if let Ok(mut finished) = self.finished.lock() {
+            finished.insert(job.id.clone(), done_tx);
+        }
+        let permits = Arc::clone(&self.permits);
+        tokio::spawn(async move {
+            let _permit = if needs_permit { permits.acquire_owned().await.ok() } else { None };
+            let id = job.id.clone();
+            runner::run(&me, job, agent, lease, cancelled).await;
+            me.forget(&id);
+        });
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut handles) = self.handles.lock() {
+            handles.remove(id);
+        }
+        if let Ok(mut finished) = self.finished.lock()
+            && let Some(done) = finished.remove(id) {
+                let _ = done.send(true);
+            }
+    }
+
+    /// A job of `principal` (other principals' jobs do not exist for them).
+    pub async fn get(&self, principal: &str, id: &str) -> Result<JobRecord, JobError> {
+        match self.store.get_job(id).await? {
+            Some(job) if job.principal == principal => Ok(job),
+            _ => Err(JobError::NotFound(id.to_string())),
+        }
+    }
+
+    /// Cancels a job: a queued job is cancelled at once, a running one is interrupted at its
+    /// next epoch tick (or host-call return) and ends as `cancelled`.
+    pub async fn cancel(&self, principal: &str, id: &str) -> Result<JobRecord, JobError> {
+        let job = self.get(principal, id).await?;
+        if job.status.is_terminal() {
+            return Err(JobError::AlreadyFinished { id: job.id, status: job.status });
+        }
+        self.cancel_by_id(&job.id).await?;
+        self.get(principal, id).await
+    }
+
+    /// Cancels without an ownership check (used for the children of a finished parent).
+    pub(crate) async fn cancel_by_id(&self, id: &str) -> Result<(), JobError> {
+        let now = crate::now_ms();
+        let t = Transition::new(&[JobStatus::Queued], JobStatus::Cancelled, now)
+            .finished_at(now)
+            .error(error_json("cancelled", "cancelled before it started"));
+        if self.store.transition_job(id, t).await?.is_none() {
+            // Running (or just finished): signal the runner, which records the outcome.
+            if let Ok(handles) = self.handles.lock()
+                && let Some(h) = handles.get(id) {
+                    let _ = h.cancel.send(true);
+                }
+        }
+        // Wait for the runner to record the outcome, so the caller sees the final state.
+        self.wait_finished(id, Duration::from_secs(5)).await?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for a job to reach a terminal state; returns it as it is then.
+    pub async fn wait_finished(&self, id: &str, timeout: Duration) -> Result<Option<JobRecord>, JobError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut done = self.finished.lock().ok().and_then(|f| f.get(id).map(|s| s.subscribe()));
+        let mut events = self.store.subscribe();
+        loop {
+            let job = self.store.get_job(id).await?;
+            match &job {
+                None => return Ok(None),
+                Some(j) if j.status.is_terminal() => return Ok(job),
+                Some(_) => {}
+            }
+            // Wake on the runner's "finished" signal, any new event of this job (state
+            // changes are events), or the deadline.
+            let woke = tokio::time::timeout_at(deadline, async {
+                match done.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.changed().await;
+                    }
+                    None => loop {
+                        match events.recv().await {
+                            Ok(job_id) if job_id == id => break,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        }
+                    },
+                }
+            })
+            .await;
+            if woke.is_err() {
+                return Ok(job);
+            }
+            done = None;
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops accepting jobs and waits up to `grace` for running ones. Jobs still running
+    /// after that stay `running` in the store and are recovered at the next start.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let running = self.handles.lock().map(|h| h.len()).unwrap_or(0);
+            if running == 0 || tokio::time::Instant::now() >= deadline {
+                return running;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Re-queues or fails the jobs a previous process left unfinished (see `recovery`).
+    pub async fn recover(&self) -> Result<RecoveryReport, JobError> {
+        recovery::recover(self).await
+    }
+}
+
+fn replay(existing: JobRecord, request_hash: &str, key: &str) -> Result<(JobRecord, bool), JobError> {
+    if existing.request_hash.as_deref() == Some(request_hash) {
+        Ok((existing, true))
+    } else {
+        Err(JobError::IdempotencyConflict(key.to_string()))
+    }
+}
+
+/// A stable hash of what the client sent, so "same key, same request" can be told apart
+/// from "same key, different request".
+fn request_hash(req: &SubmitRequest) -> String {
+    let canonical = serde_json::json!({ "agent": req.agent, "input": req.input, "lease": req.lease });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+fn new_record(
+    principal: &str,
+    req: &SubmitRequest,
+    agent: &LoadedAgent,
+    lease: &Lease,
+    request_hash: Option<String>,
+    parent_id: Option<String>,
+    depth: u32,
+) -> Result<JobRecord, JobError> {
+    let lease = serde_json::to_value(lease).map_err(|e| LeaseError::Invalid(format!("cannot serialize lease: {e}")))?;
+    Ok(JobRecord {
+        id: crate::store::new_job_id(),
+        principal: principal.to_string(),
+        agent: req.agent.clone(),
+        agent_name: agent.manifest.name.clone(),
+        agent_version: agent.manifest.version.clone(),
+        input: req.input.clone(),
+        lease,
+        status: JobStatus::Queued,
+        output: None,
+        error: None,
+        idempotency_key: req.idempotency_key.clone(),
+        request_hash,
+        parent_id,
+        depth,
+        attempt: 0,
+        created_at: crate::now_ms(),
+        started_at: None,
+        finished_at: None,
+    })
+}
+
+/// The `error` JSON of a job: a stable code and a message for humans.
+pub fn error_json(code: &str, message: &str) -> Value {
+    serde_json::json!({ "code": code, "message": message })
+}

@@ -1,0 +1,140 @@
+//! Runs one job in a fresh sandbox and records how it ended.
+//!
+//! A new `Store` and instance per job (from the agent's cached `InstancePre`), so nothing
+//! leaks between jobs. The guest runs as a future raced against the job's deadline and its
+//! cancel signal; the store yields at every epoch tick, so even a guest spinning in a tight
+//! loop gives the race a chance to fire within one tick. Dropping the guest future tears
+//! the instance down.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::{JobManager, error_json};
+use crate::bindings::{Agent, HostError};
+use crate::capabilities::{JobContext, JobState, LimitExceeded};
+use crate::engine::registry::LoadedAgent;
+use crate::lease::Lease;
+use crate::store::{JobRecord, JobStatus, Transition};
+
+/// How a run ended.
+enum Outcome {
+    Completed(Value),
+    Failed(Value),
+    TimedOut,
+    Cancelled,
+}
+
+pub(super) async fn run(
+    manager: &Arc<JobManager>,
+    job: JobRecord,
+    agent: Arc<LoadedAgent>,
+    lease: Lease,
+    mut cancelled: watch::Receiver<bool>,
+) {
+    let now = crate::now_ms();
+    let attempt = job.attempt.saturating_add(1);
+    let start = Transition::new(&[JobStatus::Queued], JobStatus::Running, now).started_at(now).attempt(attempt);
+    match manager.store().transition_job(&job.id, start).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return, // cancelled while queued
+        Err(e) => {
+            tracing::error!(job = %job.id, error = %e, "cannot mark job running; leaving it queued for recovery");
+            return;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_millis(lease.limits.deadline_ms);
+    let lease = Arc::new(lease);
+    let ctx = JobContext::new(
+        job.id.clone(),
+        job.principal.clone(),
+        agent.reference(),
+        Arc::clone(&lease),
+        job.depth,
+        deadline,
+        Arc::clone(manager),
+    );
+    let mut store = wasmtime::Store::new(&manager.engine, JobState::new(ctx));
+    store.limiter(|state| &mut state.limiter);
+    let outcome = if let Err(e) = store.set_fuel(lease.limits.fuel) {
+        Outcome::Failed(error_json("internal", &format!("cannot set fuel: {e}")))
+    } else {
+        store.epoch_deadline_async_yield_and_update(1);
+        let input = job.input.to_string();
+        let guest = async {
+            let instance: Agent = agent.pre.instantiate_async(&mut store).await?;
+            instance.corral_agent_handler().call_handle(&mut store, &input).await
+        };
+        tokio::pin!(guest);
+        let timeout = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+        tokio::pin!(timeout);
+        tokio::select! {
+            result = &mut guest => classify(result),
+            () = &mut timeout => Outcome::TimedOut,
+            _ = cancelled.wait_for(|c| *c) => Outcome::Cancelled,
+        }
+    };
+    let children = std::mem::take(&mut store.data_mut().delegation.children);
+    let host_calls = store.data().ctx.host_calls();
+    drop(store);
+    finish(manager, &job, outcome, &lease, host_calls).await;
+    // Children die with their parent: a finished parent can no longer use their results.
+    for child in children {
+        if let Err(e) = manager.cancel_by_id(&child).await {
+            tracing::debug!(job = %job.id, child, error = %e, "child already gone");
+        }
+    }
+}
+
+fn classify(result: wasmtime::Result<Result<String, HostError>>) -> Outcome {
+    match result {
+        Ok(Ok(output)) => match serde_json::from_str(&output) {
+            Ok(value) => Outcome::Completed(value),
+            Err(e) => Outcome::Failed(error_json("invalid_output", &format!("the agent returned invalid JSON: {e}"))),
+        },
+        Ok(Err(HostError::Denied(d))) => Outcome::Failed(serde_json::json!({
+            "code": "denied",
+            "message": format!("{} denied for {}: {}", d.scope, d.target, d.reason),
+            "scope": d.scope,
+            "target": d.target,
+        })),
+        Ok(Err(HostError::Invalid(m))) => Outcome::Failed(error_json("invalid_input", &m)),
+        Ok(Err(HostError::Failed(m))) => Outcome::Failed(error_json("agent_failed", &m)),
+        Err(trap) => {
+            if let Some(limit) = trap.downcast_ref::<LimitExceeded>() {
+                return Outcome::Failed(error_json("limit_exceeded", &limit.to_string()));
+            }
+            if let Some(wasmtime::Trap::OutOfFuel) = trap.downcast_ref::<wasmtime::Trap>() {
+                return Outcome::Failed(error_json(
+                    "limit_exceeded",
+                    "fuel exhausted: the job used its whole CPU budget (limits.fuel)",
+                ));
+            }
+            Outcome::Failed(error_json("trap", &format!("the agent trapped: {trap:#}")))
+        }
+    }
+}
+
+async fn finish(manager: &JobManager, job: &JobRecord, outcome: Outcome, lease: &Lease, host_calls: u64) {
+    let now = crate::now_ms();
+    let t = Transition::new(&[JobStatus::Running], JobStatus::Running, now).finished_at(now);
+    let t = match outcome {
+        Outcome::Completed(output) => Transition { to: JobStatus::Completed, ..t.output(output) },
+        Outcome::Failed(error) => Transition { to: JobStatus::Failed, ..t.error(error) },
+        Outcome::TimedOut => Transition {
+            to: JobStatus::TimedOut,
+            ..t.error(error_json(
+                "timed_out",
+                &format!("the job ran past its {} ms deadline (limits.deadline_ms)", lease.limits.deadline_ms),
+            ))
+        },
+        Outcome::Cancelled => Transition { to: JobStatus::Cancelled, ..t.error(error_json("cancelled", "cancelled while running")) },
+    };
+    let status = t.to;
+    match manager.store().transition_job(&job.id, t).await {
+        Ok(_) => tracing::info!(job = %job.id, agent = %job.agent_name, %status, host_calls, "job finished"),
+        Err(e) => tracing::error!(job = %job.id, error = %e, "cannot record job outcome; it will be recovered at restart"),
+    }
+}

@@ -1,0 +1,116 @@
+//! The `corral` command: `serve` runs the host, `build` turns agent crates into
+//! components, and the rest are clients of a running host's HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// corral — run sandboxed WebAssembly agents under leases.
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about)]
+struct Cli {
+    #[command(flatten)]
+    client: corral::cli::ClientArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the host: load agents from a folder, serve the HTTP API.
+    Serve(ServeArgs),
+    /// Build agent crates (a crate or a workspace) into components in an agents folder.
+    Build(BuildArgs),
+    #[command(flatten)]
+    Client(corral::cli::ClientCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (default from the policy, else 127.0.0.1:7070).
+    #[arg(long, env = "CORRAL_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Folder of agent components (`*.wasm`), watched for changes.
+    #[arg(long, default_value = "agents", env = "CORRAL_AGENTS")]
+    agents: PathBuf,
+    /// Data folder: the SQLite database and the compiled-code cache.
+    #[arg(long, default_value = "data", env = "CORRAL_DATA")]
+    data: PathBuf,
+    /// Operator policy file (TOML); the built-in policy when absent.
+    #[arg(long, env = "CORRAL_POLICY")]
+    policy: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct BuildArgs {
+    /// The agent crate or workspace (folder with a Cargo.toml).
+    #[arg(default_value = "agents")]
+    path: PathBuf,
+    /// Where the components go.
+    #[arg(long, default_value = "agents")]
+    out: PathBuf,
+    /// Build without optimizations.
+    #[arg(long)]
+    debug: bool,
+}
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(args.log_json);
+            let opts = corral::server::ServeOptions {
+                listen: args.listen,
+                agents_dir: args.agents,
+                data_dir: args.data,
+                policy: args.policy,
+            };
+            match runtime.block_on(corral::server::serve(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Build(args) => {
+            let manifest = if args.path.is_dir() { args.path.join("Cargo.toml") } else { args.path };
+            match corral::build::build_agents(&manifest, &args.out, !args.debug) {
+                Ok(built) => {
+                    for agent in built {
+                        eprintln!("built {}", agent.path.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Client(cmd) => runtime.block_on(corral::cli::run(cli.client, cmd)),
+    }
+}

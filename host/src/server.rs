@@ -1,0 +1,149 @@
+//! `corral serve`: wires store, engine, registry, folder watch, job manager and HTTP API
+//! together, recovers unfinished jobs, and shuts down gracefully.
+//!
+//! Shutdown (SIGTERM or Ctrl-C): stop accepting jobs (`503 shutting_down`), give running
+//! jobs up to `server.shutdown_grace_ms` to finish, then stop. Whatever is still running
+//! stays `running` in the store and is recovered at the next start (see `jobs::recovery`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+
+use crate::config::{ConfigError, Policy};
+use crate::engine::{self, EngineError, cache::CodeCache, registry::Registry};
+use crate::jobs::{JobError, JobManager};
+use crate::store::{Store, StoreError};
+
+/// What `corral serve` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Overrides the policy's `server.listen`.
+    pub listen: Option<SocketAddr>,
+    pub agents_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub policy: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "refusing to listen on {0} without API tokens: add [[principals]] with tokens to the policy file, or listen on 127.0.0.1"
+    )]
+    TokensRequired(SocketAddr),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Jobs(#[from] JobError),
+}
+
+/// Runs the host until SIGTERM / Ctrl-C.
+pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let policy = match &opts.policy {
+        Some(path) => Policy::load(path)?,
+        None => Policy::builtin()?,
+    };
+    let listen = opts.listen.unwrap_or(policy.server.listen);
+    if !listen.ip().is_loopback() && !policy.requires_tokens() {
+        return Err(ServeError::TokensRequired(listen));
+    }
+    let policy = Arc::new(policy);
+    let store = Store::open(&opts.data_dir)?;
+
+    let engine = engine::new_engine(&policy.engine)?;
+    engine::start_epoch_ticker(&engine, policy.engine.epoch_tick()).map_err(|e| ServeError::Setup(format!("cannot start the epoch thread: {e}")))?;
+    let mut linker = Linker::new(&engine);
+    crate::capabilities::add_to_linker(&mut linker).map_err(|e| ServeError::Setup(format!("cannot link host imports: {e:#}")))?;
+    let cache = CodeCache::new(&engine, &opts.data_dir.join("compiled"))
+        .map_err(|e| ServeError::Setup(format!("cannot create the compiled-code cache in {}: {e}", opts.data_dir.display())))?;
+    let registry = Arc::new(Registry::new(engine, linker, cache));
+
+    std::fs::create_dir_all(&opts.agents_dir)
+        .map_err(|e| ServeError::Setup(format!("cannot create agents folder {}: {e}", opts.agents_dir.display())))?;
+    let loader = Arc::clone(&registry);
+    let dir = opts.agents_dir.clone();
+    let failures = tokio::task::spawn_blocking(move || loader.load_dir(&dir))
+        .await
+        .map_err(|e| ServeError::Setup(format!("agent loading panicked: {e}")))?;
+    let _watch = engine::watcher::watch(&opts.agents_dir, Arc::clone(&registry))
+        .map_err(|e| ServeError::Setup(format!("cannot watch {}: {e}", opts.agents_dir.display())))?;
+
+    let manager = JobManager::new(store.clone(), Arc::clone(&registry), Arc::clone(&policy));
+    let recovered = manager.recover().await?;
+
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServeError::Listen { addr: listen, source })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Listen { addr: listen, source })?;
+    let (agents, _) = registry.list();
+    tracing::info!(
+        %local,
+        agents = agents.len(),
+        rejected = failures.len(),
+        requeued = recovered.requeued,
+        failed = recovered.failed,
+        data = %opts.data_dir.display(),
+        "corral ready"
+    );
+    // A machine-readable line for scripts and tests that listen on port 0.
+    #[allow(clippy::print_stdout)]
+    {
+        println!("corral listening on http://{local}");
+    }
+
+    let app = crate::api::router(Arc::clone(&manager));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+
+    shutdown_signal().await;
+    let grace = Duration::from_millis(policy.server.shutdown_grace_ms);
+    tracing::info!(grace_ms = policy.server.shutdown_grace_ms, "shutting down: no new jobs; waiting for running jobs");
+    let left = manager.shutdown(grace).await;
+    if left > 0 {
+        tracing::warn!(left, "jobs still running after the grace period; they will be recovered at the next start");
+    }
+    let _ = stop_tx.send(());
+    // Open event streams would hold graceful shutdown forever; give them a moment.
+    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    drop(manager);
+    if let Err(e) = store.close().await {
+        tracing::error!(error = %e, "closing the store failed");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,504 @@
+//! Behaviour of the store, stated as tests. No timing assertions: correctness only.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use super::*;
+
+fn job(id: &str, principal: &str, key: Option<&str>) -> JobRecord {
+    JobRecord {
+        id: id.to_owned(),
+        principal: principal.to_owned(),
+        agent: "echo".into(),
+        agent_name: "echo".into(),
+        agent_version: "1.0.0".into(),
+        input: json!({"text": "hi"}),
+        lease: json!({"grants": {"log": ["*"]}}),
+        status: JobStatus::Queued,
+        output: None,
+        error: None,
+        idempotency_key: key.map(str::to_owned),
+        request_hash: key.map(|_| "hash-1".to_owned()),
+        parent_id: None,
+        depth: 0,
+        attempt: 0,
+        created_at: 1_000,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    match Store::open(dir.path()) {
+        Ok(s) => s,
+        Err(e) => panic!("open failed: {e}"),
+    }
+}
+
+async fn created(store: &Store, j: JobRecord) -> JobRecord {
+    match store.insert_job(j).await {
+        Ok(InsertOutcome::Created(j)) => j,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn group_commit_acks_only_after_commit_and_survives_reopen() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let mut tasks = JoinSet::new();
+    for _ in 0..300 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let id = new_job_id();
+            store.insert_job(job(&id, "alice", None)).await?;
+            // Acked ⇒ committed ⇒ visible to a different (reader) connection right away.
+            let seen = store.get_job(&id).await?;
+            assert!(seen.is_some(), "acked job {id} not visible to readers");
+            Ok::<_, StoreError>(id)
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        ids.push(r.map_err(|e| StoreError::Task(e.to_string()))??);
+    }
+    store.close().await?;
+
+    let store = open(&dir);
+    for id in &ids {
+        assert!(
+            store.get_job(id).await?.is_some(),
+            "job {id} lost on reopen"
+        );
+        let events = store.events_after(id, 0, 10).await?;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].seq, 1);
+        assert_eq!(events[0].data, json!({"status": "queued"}));
+    }
+    store.close().await
+}
+
+#[tokio::test]
+async fn event_seqs_are_gapless_under_concurrent_appenders() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let id = new_job_id();
+    created(&store, job(&id, "alice", None)).await;
+    let mut tasks = JoinSet::new();
+    for t in 0..8 {
+        let (store, id) = (store.clone(), id.clone());
+        tasks.spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..200 {
+                seqs.push(
+                    store
+                        .append_event(&id, "log", json!({"t": t, "i": i}))
+                        .await?,
+                );
+            }
+            Ok::<_, StoreError>(seqs)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.map_err(|e| StoreError::Task(e.to_string()))??);
+    }
+    all.sort_unstable();
+    // Seq 1 is the job's initial state event.
+    assert_eq!(all, (2..=1601).collect::<Vec<u64>>());
+
+    let mut read = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.events_after(&id, after, 500).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        read.extend(page.into_iter().map(|e| e.seq));
+    }
+    assert_eq!(read, (1..=1601).collect::<Vec<u64>>());
+    store.close().await
+}
+
+#[tokio::test]
+async fn idempotent_insert_returns_the_existing_job_untouched() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let first = created(&store, job(&new_job_id(), "alice", Some("k1"))).await;
+
+    let mut again = job(&new_job_id(), "alice", Some("k1"));
+    again.request_hash = Some("hash-2".into());
+    match store.insert_job(again.clone()).await? {
+        InsertOutcome::Existing(existing) => assert_eq!(existing, first),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    assert!(store.get_job(&again.id).await?.is_none());
+    assert_eq!(store.events_after(&first.id, 0, 10).await?.len(), 1);
+
+    // The same key under another principal is a different job.
+    created(&store, job(&new_job_id(), "bob", Some("k1"))).await;
+    store.close().await
+}
+
+#[tokio::test]
+async fn transition_applies_only_from_allowed_statuses() -> Result<(), StoreError> {
+    use JobStatus::*;
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let id = new_job_id();
+    created(&store, job(&id, "alice", None)).await;
+
+    let start = Transition::new(&[Queued], Running, 2_000)
+        .started_at(2_000)
+        .attempt(1);
+    let (running, seq) = store
+        .transition_job(&id, start.clone())
+        .await?
+        .ok_or(StoreError::Closed)?;
+    assert_eq!(
+        (running.status, running.started_at, running.attempt, seq),
+        (Running, Some(2_000), 1, 2)
+    );
+    // Starting twice does not apply.
+    assert!(store.transition_job(&id, start).await?.is_none());
+
+    // A cancel and a completion race; the first to commit wins.
+    let cancel = store.transition_job(
+        &id,
+        Transition::new(&[Queued, Running], Cancelled, 3_000).finished_at(3_000),
+    );
+    let complete = store.transition_job(
+        &id,
+        Transition::new(&[Running], Completed, 3_001)
+            .finished_at(3_001)
+            .output(json!({"ok": true})),
+    );
+    let (cancel, complete) = (cancel.await?, complete.await?);
+    assert!(cancel.is_some() && complete.is_none());
+
+    let final_job = store.get_job(&id).await?.ok_or(StoreError::Closed)?;
+    assert_eq!(
+        (final_job.status, final_job.finished_at, final_job.output),
+        (Cancelled, Some(3_000), None)
+    );
+    let events = store.events_after(&id, 0, 10).await?;
+    let statuses: Vec<_> = events.iter().map(|e| e.data["status"].clone()).collect();
+    assert_eq!(
+        statuses,
+        vec![json!("queued"), json!("running"), json!("cancelled")]
+    );
+    assert!(matches!(
+        store
+            .transition_job("nope", Transition::new(&[Queued], Running, 1))
+            .await,
+        Err(StoreError::UnknownJob(_))
+    ));
+    assert!(store.unfinished_jobs().await?.is_empty());
+    store.close().await
+}
+
+#[tokio::test]
+async fn a_failing_op_in_a_batch_does_not_roll_back_its_neighbours() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    // Hold the writer inside a batch so the next three ops queue up and share the next batch.
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let (started, running) = tokio::sync::oneshot::channel::<()>();
+    let blocker = store.write(move |ctx| {
+        let _ = started.send(());
+        let _ = gate.recv();
+        Ok(ctx.batch())
+    });
+    running.await.map_err(|e| StoreError::Task(e.to_string()))?;
+    let put = |key: &'static str| {
+        move |ctx: &mut WriteCtx<'_>| {
+            ctx.tx().execute(
+                "INSERT INTO kv (namespace, key, value, updated_at) VALUES ('t', ?1, x'01', 0)",
+                [key],
+            )?;
+            Ok(ctx.batch())
+        }
+    };
+    let failed_in = Arc::new(AtomicU64::new(0));
+    let a = store.write(put("a"));
+    let failing = {
+        let failed_in = Arc::clone(&failed_in);
+        store.write(move |ctx| -> Result<(), StoreError> {
+            put("partial")(ctx)?;
+            failed_in.store(ctx.batch(), Ordering::SeqCst);
+            Err(StoreError::KvNotInteger {
+                namespace: "t".into(),
+                key: "partial".into(),
+            })
+        })
+    };
+    let b = store.write(put("b"));
+    let _ = release.send(());
+
+    let first_batch = blocker.await?;
+    let (a, failing, b) = (a.await?, failing.await, b.await?);
+    assert!(matches!(failing, Err(StoreError::KvNotInteger { .. })));
+    assert_ne!(first_batch, a);
+    assert_eq!(a, b);
+    assert_eq!(failed_in.load(Ordering::SeqCst), a);
+    assert!(store.kv_get("t", "a").await?.is_some());
+    assert!(store.kv_get("t", "b").await?.is_some());
+    assert!(store.kv_get("t", "partial").await?.is_none());
+    store.close().await
+}
+
+#[tokio::test]
+async fn kv_increment_counts_and_rejects_non_integers_and_overflow() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    assert_eq!(store.kv_increment("ns", "n", 5).await?, 5);
+    assert_eq!(store.kv_increment("ns", "n", -2).await?, 3);
+    assert_eq!(store.kv_get("ns", "n").await?, Some(b"3".to_vec()));
+
+    store.kv_set("ns", "text", b"hello".to_vec()).await?;
+    assert!(matches!(
+        store.kv_increment("ns", "text", 1).await,
+        Err(StoreError::KvNotInteger { .. })
+    ));
+    assert_eq!(store.kv_get("ns", "text").await?, Some(b"hello".to_vec()));
+
+    store
+        .kv_set("ns", "big", i64::MAX.to_string().into_bytes())
+        .await?;
+    assert!(matches!(
+        store.kv_increment("ns", "big", 1).await,
+        Err(StoreError::KvOverflow { .. })
+    ));
+
+    assert!(store.kv_delete("ns", "n").await?);
+    assert!(!store.kv_delete("ns", "n").await?);
+    assert_eq!(store.kv_get("ns", "n").await?, None);
+    store.close().await
+}
+
+#[tokio::test]
+async fn list_jobs_pages_newest_first_with_a_cursor() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mut j = job(&new_job_id(), "alice", None);
+        if i % 2 == 0 {
+            j.agent_name = "other".into();
+        }
+        ids.push(created(&store, j).await.id);
+    }
+    created(&store, job(&new_job_id(), "bob", None)).await;
+    ids.reverse();
+
+    let mut filter = JobFilter {
+        principal: "alice".into(),
+        status: None,
+        agent: None,
+        limit: 3,
+        cursor: None,
+    };
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (page, next) = store.list_jobs(filter.clone()).await?;
+        pages += 1;
+        seen.extend(page.into_iter().map(|j| j.id));
+        match next {
+            Some(c) => filter.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!((seen, pages), (ids.clone(), 3));
+
+    let (echo, next) = store
+        .list_jobs(JobFilter {
+            principal: "alice".into(),
+            status: Some(JobStatus::Queued),
+            agent: Some("echo".into()),
+            limit: 100,
+            cursor: None,
+        })
+        .await?;
+    assert_eq!(echo.len(), 3);
+    assert!(next.is_none());
+    store.close().await
+}
+
+#[tokio::test]
+async fn reopen_after_drop_without_close_keeps_committed_rows() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let id = new_job_id();
+    created(&store, job(&id, "alice", None)).await;
+    store.append_event(&id, "log", json!("one")).await?;
+    store.kv_set("ns", "k", b"v".to_vec()).await?;
+    // Like a killed process: the store is never closed, its writer never exits cleanly and
+    // nothing is checkpointed out of the WAL.
+    std::mem::forget(store.clone());
+    drop(store);
+
+    let store = open(&dir);
+    assert_eq!(
+        store.get_job(&id).await?.map(|j| j.status),
+        Some(JobStatus::Queued)
+    );
+    assert_eq!(store.events_after(&id, 0, 10).await?.len(), 2);
+    assert_eq!(store.kv_get("ns", "k").await?, Some(b"v".to_vec()));
+    assert_eq!(store.unfinished_jobs().await?.len(), 1);
+    // New seqs continue after the committed ones.
+    assert_eq!(store.append_event(&id, "log", json!("two")).await?, 3);
+    store.close().await
+}
+
+#[tokio::test]
+async fn a_dropped_append_future_still_writes_the_event() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let id = new_job_id();
+    created(&store, job(&id, "alice", None)).await;
+    let mut notified = store.subscribe();
+    drop(store.append_event(&id, "progress", json!({"pct": 50})));
+    drop(store.record_audit(AuditRecord {
+        id: None,
+        job_id: id.clone(),
+        principal: "alice".into(),
+        scope: "net.fetch".into(),
+        target: "https://example.com/".into(),
+        decision: Decision::Deny,
+        reason: Some("no grant".into()),
+        at: 5,
+    }));
+    // Committed before we are told about it.
+    assert_eq!(
+        notified
+            .recv()
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?,
+        id
+    );
+    let events = store.events_after(&id, 1, 10).await?;
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].seq, events[0].kind.as_str()), (2, "progress"));
+    store.close().await?;
+
+    let store = open(&dir);
+    let audit = store.audit_for_job(&id).await?;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (audit[0].decision, audit[0].id.is_some()),
+        (Decision::Deny, true)
+    );
+    store.close().await
+}
+
+#[tokio::test]
+async fn disk_full_is_a_typed_error_and_the_writer_keeps_serving() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    // Cap the file at its current size: SQLite then reports SQLITE_FULL, exactly as on a full disk.
+    store
+        .write(|ctx| {
+            Ok(ctx
+                .tx()
+                .query_row("PRAGMA max_page_count = 1", [], |r| r.get::<_, i64>(0))?)
+        })
+        .await?;
+    let big = vec![7_u8; 1 << 20];
+    let err = store.kv_set("ns", "big", big.clone()).await;
+    match err {
+        Err(StoreError::DiskFull { dir: d }) => assert_eq!(d, dir.path()),
+        other => panic!("expected DiskFull, got {other:?}"),
+    }
+    assert!(err_message_says_what_to_do(
+        &store.kv_set("ns", "big", big.clone()).await
+    ));
+
+    store
+        .write(|ctx| {
+            Ok(ctx
+                .tx()
+                .query_row("PRAGMA max_page_count = 1000000", [], |r| {
+                    r.get::<_, i64>(0)
+                })?)
+        })
+        .await?;
+    store.kv_set("ns", "big", big).await?;
+    assert_eq!(
+        store.kv_get("ns", "big").await?.map(|v| v.len()),
+        Some(1 << 20)
+    );
+    store.close().await
+}
+
+fn err_message_says_what_to_do<T>(r: &Result<T, StoreError>) -> bool {
+    matches!(r, Err(e) if e.to_string().contains("disk full") && e.to_string().contains("free space"))
+}
+
+#[tokio::test]
+async fn opening_a_database_from_a_newer_corral_is_refused() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    open(&dir).close().await?;
+    rusqlite::Connection::open(dir.path().join(DB_FILE))?.pragma_update(
+        None,
+        "user_version",
+        99,
+    )?;
+    match Store::open(dir.path()) {
+        Err(e @ StoreError::SchemaTooNew { found: 99, .. }) => {
+            assert!(e.to_string().contains("upgrade corral"));
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn agents_upsert_by_name_and_version() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let mut a = AgentRecord {
+        name: "fetch".into(),
+        version: "1.0.0".into(),
+        sha256: "aa".into(),
+        description: "fetches".into(),
+        scopes: json!(["net.fetch"]),
+        path: "agents/fetch.wasm".into(),
+        loaded_at: 1,
+    };
+    store.upsert_agent(a.clone()).await?;
+    a.sha256 = "bb".into();
+    store.upsert_agent(a.clone()).await?;
+    assert_eq!(store.list_agents().await?, vec![a]);
+    store.close().await
+}
+
+#[tokio::test]
+async fn writes_after_close_fail_with_closed() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let other = store.clone();
+    store.close().await?;
+    assert!(matches!(
+        other.kv_set("a", "b", vec![]).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(
+        other.append_event("x", "log", json!(1)).await,
+        Err(StoreError::Closed)
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn appending_to_an_unknown_job_is_a_typed_error() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    assert!(matches!(
+        store.append_event("nope", "log", json!(1)).await,
+        Err(StoreError::UnknownJob(_))
+    ));
+    store.close().await
+}

@@ -1,0 +1,157 @@
+//! Nothing accepted is lost: after `kill -9` and a restart on the same data folder, every job
+//! the host accepted reaches a terminal state as the recovery policy documents (queued → run;
+//! running → re-run while attempts remain, else `interrupted`; delegated children →
+//! `parent_interrupted`), finished results stay readable, and event streams stay gapless.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Host, of_kind, sse_events};
+
+const ONE_SLOT: &str = "[server]\nmax_concurrent_jobs = 1\n";
+
+/// Event seqs of a job as stored in SQLite.
+fn stored_seqs(host: &Host, job: &str) -> Vec<i64> {
+    let db = host.db();
+    let mut stmt = db.prepare("SELECT seq FROM events WHERE job_id = ?1 ORDER BY seq").unwrap();
+    stmt.query_map([job], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+async fn assert_gapless(host: &Host, id: &str) {
+    let events = host.events(id).await;
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "SSE seqs of {id} are 1..=n: {events:?}");
+    let stored = stored_seqs(host, id);
+    let expected: Vec<i64> = (1..=stored.len() as i64).collect();
+    assert_eq!(stored, expected, "stored seqs of {id} are 1..=n");
+    assert_eq!(stored.len(), seqs.len(), "SSE and the store agree on {id}");
+    let last = events.last().unwrap();
+    assert_eq!(last["kind"], "state", "{id} ends with its terminal state: {events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_accepted_before_kill_9_are_finished_after_restart() {
+    let mut host = Host::start_with_policy(&["spin", "counter"], Some(ONE_SLOT));
+
+    let done = host.run("counter", json!({"key": "k"}), None).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let done_id = done["id"].as_str().unwrap().to_string();
+
+    let spin_lease = Some(json!({"limits": {"deadline_ms": 1500}}));
+    // Long enough that the jobs behind it are still queued at the kill.
+    let running = host.submit("spin", json!(null), Some(json!({"limits": {"deadline_ms": 5000}}))).await;
+    host.wait_status(&running, "running").await;
+    let mut queued = Vec::new();
+    queued.push(host.submit("counter", json!({"key": "k"}), None).await);
+    queued.push(host.submit("spin", json!(null), spin_lease).await);
+    queued.push(host.submit("counter", json!({"key": "k"}), None).await);
+    queued.push(host.submit("counter", json!({"key": "k"}), None).await);
+    for id in &queued {
+        assert_eq!(host.job(id).await["status"], "queued", "{id} is waiting for the only slot");
+    }
+
+    host.kill_9();
+    host.spawn();
+
+    let rerun = host.wait_done(&running).await;
+    match rerun["status"].as_str().unwrap() {
+        // Re-run once (attempt 2), and the spin hits its deadline again.
+        "timed_out" => assert_eq!(rerun["attempt"], 2, "{rerun}"),
+        "failed" => assert_eq!(rerun["error"]["code"], "interrupted", "{rerun}"),
+        other => panic!("running job ended {other}: {rerun}"),
+    }
+    let mut completed_counters = 1;
+    for id in &queued {
+        let job = host.wait_done(id).await;
+        match job["agent"].as_str().unwrap() {
+            "counter" => {
+                assert_eq!(job["status"], "completed", "{job}\n{}", host.logs());
+                assert_eq!(job["attempt"], 1, "{job}");
+                completed_counters += 1;
+            }
+            _ => assert_eq!(job["status"], "timed_out", "{job}"),
+        }
+    }
+
+    let before = host.job(&done_id).await;
+    assert_eq!(before["status"], "completed");
+    assert_eq!(before["output"], json!({"key": "k", "value": 1}));
+
+    let now = host.run("counter", json!({"key": "k", "by": 0}), None).await;
+    let value = now["output"]["value"].as_i64().unwrap();
+    assert!(value >= completed_counters, "counter k = {value}, but {completed_counters} counter jobs completed");
+
+    for id in std::iter::once(&done_id).chain(std::iter::once(&running)).chain(&queued) {
+        assert_gapless(&host, id).await;
+    }
+    let states: Vec<Value> = of_kind(&host.events(&running).await, "state").into_iter().cloned().collect();
+    let statuses: Vec<&str> = states.iter().map(|s| s["data"]["status"].as_str().unwrap()).collect();
+    assert!(statuses.iter().filter(|s| **s == "running").count() >= 2 || statuses.contains(&"failed"), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_running_at_two_kills_fails_as_interrupted_when_attempts_run_out() {
+    let mut host = Host::start_with_policy(&["spin"], Some("[recovery]\nmax_attempts = 2\n"));
+    let id = host.submit("spin", json!(null), Some(json!({"limits": {"deadline_ms": 60000}}))).await;
+    let job = host.wait_status(&id, "running").await;
+    assert_eq!(job["attempt"], 1);
+
+    host.kill_9();
+    host.spawn();
+    let job = crate::harness::eventually("the spin runs again as attempt 2", || async {
+        let job = host.job(&id).await;
+        (job["status"] == "running" && job["attempt"] == 2).then_some(job)
+    })
+    .await;
+    assert_eq!(job["attempt"], 2);
+
+    host.kill_9();
+    host.spawn();
+    let job = host.wait_done(&id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "interrupted", "{job}");
+    assert_gapless(&host, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegated_child_unfinished_at_kill_9_fails_as_parent_interrupted() {
+    let mut host = Host::start(&["orchestrator", "spin"]);
+    let parent = host
+        .submit("orchestrator", json!({"tasks": [{"agent": "spin", "input": null}]}), Some(json!({"limits": {"deadline_ms": 60000}})))
+        .await;
+    let child = crate::harness::eventually("the orchestrator delegates to spin", || async {
+        let (_, list) = host.get("/v1/jobs?agent=spin").await;
+        list["jobs"].as_array().and_then(|jobs| jobs.iter().find(|j| j["parent_id"] == parent.as_str() && j["status"] == "running").cloned())
+    })
+    .await;
+    let child_id = child["id"].as_str().unwrap().to_string();
+
+    host.kill_9();
+    host.spawn();
+
+    let child = host.wait_done(&child_id).await;
+    assert_eq!(child["status"], "failed", "{child}");
+    assert_eq!(child["error"]["code"], "parent_interrupted", "{child}");
+    // The parent is re-run and delegates again; stop it.
+    let rerun = host.wait_status(&parent, "running").await;
+    assert_eq!(rerun["attempt"], 2, "{rerun}");
+    let (status, _) = host.post(&format!("/v1/jobs/{parent}/cancel"), &json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(host.wait_done(&parent).await["status"], "cancelled");
+    assert_gapless(&host, &child_id).await;
+    assert_gapless(&host, &parent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_results_and_events_survive_a_clean_restart() {
+    let mut host = Host::start(&["echo"]);
+    let job = host.run("echo", json!({"keep": "me"}), None).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let events = host.events(&id).await;
+    let status = host.terminate();
+    assert!(status.success(), "SIGTERM ends the host cleanly: {status:?}\n{}", host.logs());
+    host.spawn();
+    let again = host.job(&id).await;
+    assert_eq!(again["output"], json!({"echo": {"keep": "me"}}));
+    assert_eq!(sse_events(&host.client, &host.url, &id, None, None).await, events);
+}
