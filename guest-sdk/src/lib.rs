@@ -1,4 +1,4 @@
-//! Write [corral](https://example.invalid/corral) agents in Rust.
+//! Write corral agents in Rust.
 //!
 //! A corral agent is a WebAssembly component that can do nothing on its own: every effect —
 //! logging, key-value state, outbound HTTP, delegating to another agent, streaming progress —
@@ -146,6 +146,9 @@ pub trait Agent {
 /// Use it exactly once, in the agent's `cdylib` crate. `scopes` are the lease scopes the agent
 /// declares it needs (optionally with a target pattern after `:`); the host grants at most
 /// these, intersected with its policy and the job's request.
+///
+/// The expansion carries `#[allow(unsafe_code)]` (for the `export_name` / `link_section`
+/// attributes it needs), so an agent crate may `deny(unsafe_code)` but not `forbid` it.
 #[macro_export]
 macro_rules! export_agent {
     (

@@ -50,8 +50,10 @@ async fn jobs_accepted_before_kill_9_are_finished_after_restart() {
         assert_eq!(host.job(id).await["status"], "queued", "{id} is waiting for the only slot");
     }
 
+    let first_pid = host.pid();
     host.kill_9();
     host.spawn();
+    assert_ne!(host.pid(), first_pid, "a new process serves the same data folder");
 
     let rerun = host.wait_done(&running).await;
     match rerun["status"].as_str().unwrap() {
