@@ -39,6 +39,9 @@ struct ServeArgs {
     /// Data folder: the SQLite database and the compiled-code cache.
     #[arg(long, default_value = "data", env = "CORRAL_DATA")]
     data: PathBuf,
+    /// Compiled-code cache folder (trusted: only the host writes it) [default: DATA/compiled].
+    #[arg(long, env = "CORRAL_CACHE")]
+    cache: Option<PathBuf>,
     /// Operator policy file (TOML); the built-in policy when absent.
     #[arg(long, env = "CORRAL_POLICY")]
     policy: Option<PathBuf>,
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
                 listen: args.listen,
                 agents_dir: args.agents,
                 data_dir: args.data,
+                cache_dir: args.cache,
                 policy: args.policy,
             };
             match runtime.block_on(corral::server::serve(opts)) {

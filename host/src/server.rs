@@ -24,6 +24,9 @@ pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     pub agents_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// Compiled-code cache; `<data_dir>/compiled` when absent. Must be a folder only this
+    /// host (or hosts of the same operator) write to: its contents are trusted.
+    pub cache_dir: Option<PathBuf>,
     pub policy: Option<PathBuf>,
 }
 
@@ -64,9 +67,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     engine::start_epoch_ticker(&engine, policy.engine.epoch_tick()).map_err(|e| ServeError::Setup(format!("cannot start the epoch thread: {e}")))?;
     let mut linker = Linker::new(&engine);
     crate::capabilities::add_to_linker(&mut linker).map_err(|e| ServeError::Setup(format!("cannot link host imports: {e:#}")))?;
-    let cache = CodeCache::new(&engine, &opts.data_dir.join("compiled"))
-        .map_err(|e| ServeError::Setup(format!("cannot create the compiled-code cache in {}: {e}", opts.data_dir.display())))?;
-    let registry = Arc::new(Registry::new(engine, linker, cache));
+    let cache_dir = opts.cache_dir.clone().unwrap_or_else(|| opts.data_dir.join("compiled"));
+    let cache = CodeCache::new(&engine, &cache_dir)
+        .map_err(|e| ServeError::Setup(format!("cannot create the compiled-code cache in {}: {e}", cache_dir.display())))?;
+    let registry = Arc::new(Registry::new(engine, linker, cache, Some(store.clone())));
 
     std::fs::create_dir_all(&opts.agents_dir)
         .map_err(|e| ServeError::Setup(format!("cannot create agents folder {}: {e}", opts.agents_dir.display())))?;

@@ -37,6 +37,11 @@ impl HttpState {
         Self { bytes_left: lease.limits.net_bytes }
     }
 
+    /// Network bytes this job may still move.
+    pub fn bytes_left(&self) -> u64 {
+        self.bytes_left
+    }
+
     fn spend(&mut self, n: u64) -> Result<(), HostError> {
         if n > self.bytes_left {
             self.bytes_left = 0;

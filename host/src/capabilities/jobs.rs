@@ -16,7 +16,7 @@ use super::JobState;
 use crate::bindings::HostError;
 use crate::bindings::corral::agent::jobs as wit;
 use crate::jobs::JobError;
-use crate::lease::{Lease, LeaseError, LeaseRequest, Scope};
+use crate::lease::{Lease, LeaseError, LeaseRequest, Limits, Scope};
 use crate::store::JobStatus;
 
 pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
@@ -59,7 +59,13 @@ impl wit::Host for JobState {
             Err(e) => return Ok(Err(HostError::Invalid(format!("delegation lease: {e}")))),
         };
         let manager = std::sync::Arc::clone(&self.ctx.manager);
-        let child = match manager.submit_child(&self.ctx, &agent, input, request).await {
+        let limits = &self.ctx.lease.limits;
+        let remaining = Limits {
+            max_host_calls: limits.max_host_calls.saturating_sub(self.ctx.host_calls()),
+            net_bytes: self.http.bytes_left(),
+            ..limits.clone()
+        };
+        let child = match manager.submit_child(&self.ctx, remaining, &agent, input, request).await {
             Ok(child) => child,
             Err(JobError::Lease(e @ (LeaseError::WiderThanParent { .. } | LeaseError::DelegationDepthExhausted))) => {
                 let reason = format!("delegation refused: {e}");

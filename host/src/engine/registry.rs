@@ -22,6 +22,7 @@ use super::EngineError;
 use crate::bindings::AgentPre;
 use crate::capabilities::JobState;
 use crate::lease::Grants;
+use crate::store::{AgentRecord, Store};
 
 /// The interfaces corral provides to agents. Anything else an agent imports is refused.
 pub const PROVIDED_INTERFACES: &[&str] = &[
@@ -115,6 +116,8 @@ pub struct Registry {
     engine: Engine,
     linker: Linker<JobState>,
     cache: CodeCache,
+    /// Where every loaded version is recorded (the `agents` table), for audit.
+    store: Option<Store>,
     inner: RwLock<Inner>,
 }
 
@@ -125,8 +128,8 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub fn new(engine: Engine, linker: Linker<JobState>, cache: CodeCache) -> Self {
-        Self { engine, linker, cache, inner: RwLock::new(Inner::default()) }
+    pub fn new(engine: Engine, linker: Linker<JobState>, cache: CodeCache, store: Option<Store>) -> Self {
+        Self { engine, linker, cache, store, inner: RwLock::new(Inner::default()) }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -191,6 +194,18 @@ impl Registry {
 
     fn insert(&self, agent: LoadedAgent) -> Arc<LoadedAgent> {
         let agent = Arc::new(agent);
+        if let Some(store) = &self.store {
+            // Queued now, committed with the next batch; a failure only loses history.
+            drop(store.upsert_agent(AgentRecord {
+                name: agent.manifest.name.clone(),
+                version: agent.manifest.version.clone(),
+                sha256: agent.sha256.clone(),
+                description: agent.manifest.description.clone(),
+                scopes: serde_json::json!(agent.manifest.scopes),
+                path: agent.path.display().to_string(),
+                loaded_at: crate::now_ms(),
+            }));
+        }
         let Ok(mut inner) = self.inner.write() else { return agent };
         let name = agent.manifest.name.clone();
         let version = agent.manifest.version.clone();

@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::config::Policy;
 use crate::engine::registry::{LoadedAgent, Registry, ResolveError};
-use crate::lease::{Lease, LeaseError, LeaseRequest};
+use crate::lease::{Lease, LeaseError, LeaseRequest, Limits};
 use crate::store::{InsertOutcome, JobRecord, JobStatus, Store, StoreError, Transition};
 
 pub use recovery::RecoveryReport;
@@ -147,19 +147,22 @@ impl JobManager {
     /// Starts a child job on behalf of a running parent (delegation). The child's lease is
     /// the parent's remaining lease narrowed by what the parent asks for; asking for more
     /// than the parent holds is `LeaseError::WiderThanParent`.
+    ///
+    /// `remaining` is what is left of the parent's budgets (host calls, network bytes); a
+    /// child can never outlive its parent's deadline either.
     pub async fn submit_child(
         &self,
         parent: &crate::capabilities::JobContext,
+        remaining: Limits,
         agent_ref: &str,
         input: Value,
         lease_request: LeaseRequest,
     ) -> Result<JobRecord, JobError> {
         let agent = self.registry.resolve(agent_ref)?;
         let mut parent_lease = (*parent.lease).clone();
-        // A child can never outlive its parent's deadline.
-        let remaining = parent.deadline.saturating_duration_since(Instant::now());
-        let remaining_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
-        parent_lease.limits.deadline_ms = parent_lease.limits.deadline_ms.min(remaining_ms);
+        let time_left = parent.deadline.saturating_duration_since(Instant::now());
+        let time_left_ms = u64::try_from(time_left.as_millis()).unwrap_or(u64::MAX);
+        parent_lease.limits = parent_lease.limits.intersect(&Limits { deadline_ms: time_left_ms, ..remaining });
         let ceiling = self.policy.ceiling_for(&parent.principal);
         let lease =
             Lease::effective(&agent.declared, ceiling, &lease_request, Some(&parent_lease), time::OffsetDateTime::now_utc())?;
