@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Host, component, with_version};
+use crate::harness::{Host, component, spin_policy, with_version};
 
 fn agent<'a>(listing: &'a Value, name: &str) -> Option<&'a Value> {
     listing["agents"].as_array()?.iter().find(|a| a["name"] == name)
@@ -75,7 +75,7 @@ async fn corrupt_wasm_is_reported_and_ignored_and_the_last_good_version_keeps_wo
 /// spin that keeps running on its old version after its file is replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaced_agent_serves_new_jobs_while_accepted_jobs_finish_on_the_old_version() {
-    let host = Host::start_with_policy(&["echo", "spin"], Some("[server]\nmax_concurrent_jobs = 1\n"));
+    let host = Host::start_with_policy(&["echo", "spin"], Some(&spin_policy("[server]\nmax_concurrent_jobs = 1\n")));
 
     let spin = host.submit("spin", json!(null), Some(json!({"limits": {"deadline_ms": 60000}}))).await;
     host.wait_status(&spin, "running").await;

@@ -72,7 +72,7 @@ async fn invalid_lease_is_400_naming_the_problem() {
         (json!({"grants": {"kv.read": ["counter/***"]}}), "***"),
         (json!({"grants": {"kv.read": [""]}}), "empty"),
         (json!({"ttl_ms": 1000, "expires_at": "2030-01-01T00:00:00Z"}), "ttl_ms"),
-        (json!({"expires_at": "next tuesday"}), "expires_at"),
+        (json!({"expires_at": "next tuesday"}), "next tuesday"),
     ];
     for (lease, named) in cases {
         let answer = host.submit_raw(&json!({"agent": "counter", "input": {"key": "x"}, "lease": lease})).await;

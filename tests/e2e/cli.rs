@@ -98,7 +98,7 @@ async fn agents_json_lists_the_loaded_agents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_running_spin() {
-    let host = Host::start(&["spin"]);
+    let host = Host::start_with_policy(&["spin"], Some(&crate::harness::spin_policy("")));
     let id = host.submit("spin", json!(null), Some(json!({"limits": {"deadline_ms": 60000}}))).await;
     host.wait_status(&id, "running").await;
     let out = host.cli(&["cancel", &id]).await;

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Host, of_kind, sse_events};
+use crate::harness::{Host, of_kind, spin_policy, sse_events};
 
 const ONE_SLOT: &str = "[server]\nmax_concurrent_jobs = 1\n";
 
@@ -31,7 +31,7 @@ async fn assert_gapless(host: &Host, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_accepted_before_kill_9_are_finished_after_restart() {
-    let mut host = Host::start_with_policy(&["spin", "counter"], Some(ONE_SLOT));
+    let mut host = Host::start_with_policy(&["spin", "counter"], Some(&spin_policy(ONE_SLOT)));
 
     let done = host.run("counter", json!({"key": "k"}), None).await;
     assert_eq!(done["status"], "completed", "{done}");
@@ -93,7 +93,7 @@ async fn jobs_accepted_before_kill_9_are_finished_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_running_at_two_kills_fails_as_interrupted_when_attempts_run_out() {
-    let mut host = Host::start_with_policy(&["spin"], Some("[recovery]\nmax_attempts = 2\n"));
+    let mut host = Host::start_with_policy(&["spin"], Some(&spin_policy("[recovery]\nmax_attempts = 2\n")));
     let id = host.submit("spin", json!(null), Some(json!({"limits": {"deadline_ms": 60000}}))).await;
     let job = host.wait_status(&id, "running").await;
     assert_eq!(job["attempt"], 1);
@@ -117,7 +117,7 @@ async fn job_running_at_two_kills_fails_as_interrupted_when_attempts_run_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delegated_child_unfinished_at_kill_9_fails_as_parent_interrupted() {
-    let mut host = Host::start(&["orchestrator", "spin"]);
+    let mut host = Host::start_with_policy(&["orchestrator", "spin"], Some(&spin_policy("")));
     let parent = host
         .submit("orchestrator", json!({"tasks": [{"agent": "spin", "input": null}]}), Some(json!({"limits": {"deadline_ms": 60000}})))
         .await;

@@ -272,10 +272,19 @@ impl Answer {
     }
 }
 
-/// The policy ceiling the built-in policy has, plus the given `net.fetch` patterns. A policy's
-/// `[ceiling]` replaces the built-in one as a whole, so tests that need network write all of it.
-pub fn ceiling_with_net_fetch(patterns: &[&str]) -> String {
-    let patterns: Vec<String> = patterns.iter().map(|p| format!("{p:?}")).collect();
+/// Fuel for agents that must be able to spin until their deadline or a cancel: the built-in
+/// ceiling's 2·10¹⁰ units last only a few seconds of a tight loop.
+pub const BIG_FUEL: u64 = 1_000_000_000_000_000;
+
+/// A policy `[ceiling]` like the built-in one, with the given `net.fetch` patterns and fuel.
+/// A policy's `[ceiling]` replaces the built-in one as a whole, so it is written out in full.
+pub fn ceiling(net_fetch: &[&str], fuel: u64) -> String {
+    let net = if net_fetch.is_empty() {
+        String::new()
+    } else {
+        let patterns: Vec<String> = net_fetch.iter().map(|p| format!("{p:?}")).collect();
+        format!("\"net.fetch\" = [{}]\n", patterns.join(", "))
+    };
     format!(
         r#"
 [ceiling.grants]
@@ -284,19 +293,27 @@ pub fn ceiling_with_net_fetch(patterns: &[&str]) -> String {
 "kv.read" = ["**"]
 "kv.write" = ["**"]
 "agent.delegate" = ["**"]
-"net.fetch" = [{}]
-
+{net}
 [ceiling.limits]
-deadline_ms = 30000
+deadline_ms = 60000
 memory_bytes = 67108864
-fuel = 20000000000
+fuel = {fuel}
 max_host_calls = 10000
 net_bytes = 10485760
 delegation_depth = 4
 max_children = 16
-"#,
-        patterns.join(", ")
+"#
     )
+}
+
+/// The built-in ceiling plus `net.fetch` patterns.
+pub fn ceiling_with_net_fetch(patterns: &[&str]) -> String {
+    ceiling(patterns, 20_000_000_000)
+}
+
+/// A policy under which `spin` runs until its deadline or a cancel, plus `extra` TOML tables.
+pub fn spin_policy(extra: &str) -> String {
+    format!("{extra}\n{}", ceiling(&[], BIG_FUEL))
 }
 
 impl Host {

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::harness::Host;
+use crate::harness::{Host, spin_policy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spinning_agent_is_stopped_at_its_deadline_as_timed_out() {
@@ -45,7 +45,7 @@ async fn log_flood_fails_with_limit_exceeded_naming_host_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_job_completes_while_hostile_jobs_run() {
-    let host = Host::start(&["spin", "membomb", "flood", "echo"]);
+    let host = Host::start_with_policy(&["spin", "membomb", "flood", "echo"], Some(&spin_policy("")));
     let spin = host.submit("spin", json!(null), Some(json!({"limits": {"deadline_ms": 30000}}))).await;
     let membomb = host.submit("membomb", json!(null), None).await;
     let flood = host.submit("flood", json!(null), None).await;
@@ -68,7 +68,7 @@ async fn healthy_job_completes_while_hostile_jobs_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_spin_ends_it_cancelled() {
-    let host = Host::start(&["spin"]);
+    let host = Host::start_with_policy(&["spin"], Some(&spin_policy("")));
     let spin = host.submit("spin", json!(null), Some(json!({"limits": {"deadline_ms": 60000}}))).await;
     host.wait_status(&spin, "running").await;
 
@@ -89,7 +89,7 @@ async fn cancelling_a_running_spin_ends_it_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_queued_job_ends_it_before_it_starts() {
-    let host = Host::start_with_policy(&["spin", "echo"], Some("[server]\nmax_concurrent_jobs = 1\n"));
+    let host = Host::start_with_policy(&["spin", "echo"], Some(&spin_policy("[server]\nmax_concurrent_jobs = 1\n")));
     let spin = host.submit("spin", json!(null), Some(json!({"limits": {"deadline_ms": 60000}}))).await;
     host.wait_status(&spin, "running").await;
     let queued = host.submit("echo", json!(1), None).await;
@@ -99,4 +99,13 @@ async fn cancelling_a_queued_job_ends_it_before_it_starts() {
     assert!(job["started_at"].is_null(), "{job}");
     let (status, _) = host.post(&format!("/v1/jobs/{spin}/cancel"), &json!({})).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_bound_agent_is_stopped_by_its_fuel_budget() {
+    let host = Host::start(&["spin"]);
+    let job = host.run("spin", json!(null), Some(json!({"limits": {"fuel": 100_000_000, "deadline_ms": 60000}}))).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "limit_exceeded", "{job}");
+    assert!(job["error"]["message"].as_str().unwrap().contains("fuel"), "{job}");
 }
