@@ -10,6 +10,7 @@ mod recovery;
 mod runner;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,8 @@ pub struct JobManager {
     /// Senders of "job finished" signals, keyed by job id.
     finished: Mutex<HashMap<String, watch::Sender<bool>>>,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Jobs whose guest is running in this process right now.
+    running: Arc<AtomicUsize>,
     /// A weak self-reference so `&self` methods can hand `Arc`s to spawned jobs.
     me: Weak<JobManager>,
 }
@@ -95,6 +98,7 @@ impl JobManager {
             handles: Mutex::new(HashMap::new()),
             finished: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            running: Arc::new(AtomicUsize::new(0)),
             me: me.clone(),
         })
     }
@@ -287,17 +291,24 @@ impl JobManager {
         }
     }
 
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+    /// Counts a job as running until the guard is dropped.
+    pub(crate) fn running_guard(&self) -> RunningGuard {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        RunningGuard(Arc::clone(&self.running))
     }
 
-    /// Stops accepting jobs and waits up to `grace` for running ones. Jobs still running
-    /// after that stay `running` in the store and are recovered at the next start.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting jobs and waits up to `grace` for running ones. Queued jobs are not
+    /// started any more; they and jobs still running after the grace period stay in the
+    /// store as they are and are recovered at the next start.
     pub async fn shutdown(&self, grace: Duration) -> usize {
-        self.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shutting_down.store(true, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + grace;
         loop {
-            let running = self.handles.lock().map(|h| h.len()).unwrap_or(0);
+            let running = self.running.load(Ordering::SeqCst);
             if running == 0 || tokio::time::Instant::now() >= deadline {
                 return running;
             }
@@ -308,6 +319,15 @@ impl JobManager {
     /// Re-queues or fails the jobs a previous process left unfinished (see `recovery`).
     pub async fn recover(&self) -> Result<RecoveryReport, JobError> {
         recovery::recover(self).await
+    }
+}
+
+/// Decrements the running-jobs count when a run ends, however it ends.
+pub(crate) struct RunningGuard(Arc<AtomicUsize>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

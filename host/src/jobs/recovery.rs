@@ -77,7 +77,8 @@ async fn recover_one(manager: &JobManager, job: &JobRecord) -> Result<bool, JobE
     };
     let mut job = job.clone();
     if job.status == JobStatus::Running {
-        let t = Transition::new(&[JobStatus::Running], JobStatus::Queued, now);
+        let t = Transition::new(&[JobStatus::Running], JobStatus::Queued, now)
+            .reason(format!("the host restarted while this job was running; running it again (attempt {})", job.attempt + 1));
         match manager.store().transition_job(&job.id, t).await? {
             Some((updated, _)) => job = updated,
             None => return Ok(false),

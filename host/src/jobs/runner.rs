@@ -34,6 +34,9 @@ pub(super) async fn run(
     lease: Lease,
     mut cancelled: watch::Receiver<bool>,
 ) {
+    if manager.is_shutting_down() {
+        return; // stays queued; recovered at the next start
+    }
     let now = crate::now_ms();
     let attempt = job.attempt.saturating_add(1);
     let start = Transition::new(&[JobStatus::Queued], JobStatus::Running, now).started_at(now).attempt(attempt);
@@ -45,6 +48,7 @@ pub(super) async fn run(
             return;
         }
     }
+    let _running = manager.running_guard();
     let deadline = Instant::now() + Duration::from_millis(lease.limits.deadline_ms);
     let lease = Arc::new(lease);
     let ctx = JobContext::new(

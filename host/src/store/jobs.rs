@@ -136,6 +136,8 @@ pub struct Transition {
     pub output: Option<Value>,
     pub error: Option<Value>,
     pub attempt: Option<u32>,
+    /// Why the change happened, recorded in the `state` event only (e.g. recovery).
+    pub reason: Option<String>,
 }
 
 impl Transition {
@@ -149,7 +151,12 @@ impl Transition {
             output: None,
             error: None,
             attempt: None,
+            reason: None,
         }
+    }
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
     }
     pub fn started_at(mut self, at: i64) -> Self {
         self.started_at = Some(at);
@@ -396,7 +403,10 @@ impl Store {
                 t.error.as_ref().map(to_text),
                 t.attempt,
             ])?;
-            let data = state_event(t.to, t.output.as_ref(), t.error.as_ref());
+            let mut data = state_event(t.to, t.output.as_ref(), t.error.as_ref());
+            if let (Some(reason), Some(map)) = (&t.reason, data.as_object_mut()) {
+                map.insert("reason".into(), reason.clone().into());
+            }
             let seq = events::append(ctx, &id, "state", &data, t.at)?;
             if t.to.is_terminal() {
                 ctx.job_finished(&id);
