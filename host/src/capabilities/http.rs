@@ -26,6 +26,10 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     wit::add_to_linker::<JobState, HasSelf<JobState>>(linker, |s| s)
 }
 
+/// Headers an agent may not set: `host` would send the request to another virtual host
+/// than the one the lease was checked for; the others are connection framing.
+const FORBIDDEN_HEADERS: &[&str] = &["host", "connection", "content-length", "transfer-encoding", "te", "upgrade", "keep-alive"];
+
 /// Per-job network state: what is left of the byte budget.
 #[derive(Debug)]
 pub struct HttpState {
@@ -119,6 +123,11 @@ impl JobState {
         let client = client.build().map_err(|e| HostError::Failed(format!("cannot build HTTP client: {e}")))?;
         let mut builder = client.request(method, url.clone());
         for (name, value) in req.headers {
+            if FORBIDDEN_HEADERS.iter().any(|f| name.eq_ignore_ascii_case(f)) || name.to_ascii_lowercase().starts_with("proxy-") {
+                return Err(invalid(format!(
+                    "header '{name}' is set by the host, not the agent (the lease was checked for the URL's host)"
+                )));
+            }
             builder = builder.header(name, value);
         }
         if let Some(body) = req.body {
