@@ -145,6 +145,13 @@ async fn principal_cannot_see_or_touch_another_principals_job() {
     assert!(answer.body["jobs"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str()), "{:?}", answer.body);
     let events = sse_events(&host.client, &host.url, &id, Some("a-token"), None).await;
     assert!(!events.is_empty());
+
+    // Idempotency keys are per principal: bob's "k" is not alice's "k".
+    let alice = host.request(Method::POST, "/v1/jobs", Some("a-token"), Some(&json!({"agent": "echo", "input": "a", "idempotency_key": "k"}))).await;
+    let bob = host.request(Method::POST, "/v1/jobs", Some("b-token"), Some(&json!({"agent": "echo", "input": "b", "idempotency_key": "k"}))).await;
+    assert_eq!(alice.status, 202, "{:?}", alice.body);
+    assert_eq!(bob.status, 202, "{:?}", bob.body);
+    assert_ne!(alice.body["id"], bob.body["id"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,4 +246,25 @@ async fn agents_health_and_openapi_describe_the_host() {
     assert!(openapi["paths"].get("/v1/jobs").is_some(), "{openapi}");
     let (status, missing) = host.get("/v2/nothing").await;
     assert_eq!(status, 404, "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_answers_202_at_once_or_200_with_the_result_when_asked_to_wait() {
+    let host = Host::start(&["echo"]);
+    let answer = host.request(Method::POST, "/v1/jobs?wait=30000", None, Some(&json!({"agent": "echo", "input": "w"}))).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["status"], "completed");
+    assert_eq!(answer.body["output"], json!({"echo": "w"}));
+    assert_eq!(answer.body["agent_version"], "0.1.0");
+    assert_eq!(answer.body["attempt"], 1);
+    assert!(answer.body["parent_id"].is_null());
+    for field in ["created_at", "started_at", "finished_at"] {
+        assert!(answer.body[field].as_str().is_some_and(|t| t.ends_with('Z')), "{field}: {:?}", answer.body);
+    }
+
+    let answer = host.submit_raw(&json!({"agent": "echo@0.1.0", "input": "now"})).await;
+    assert_eq!(answer.status, 202, "{:?}", answer.body);
+    assert!(matches!(answer.body["status"].as_str(), Some("queued" | "running" | "completed")), "{:?}", answer.body);
+    let job = host.wait_done(answer.body["id"].as_str().unwrap()).await;
+    assert_eq!(job["output"], json!({"echo": "now"}));
 }

@@ -154,3 +154,56 @@ async fn completed_results_and_events_survive_a_clean_restart() {
     assert_eq!(again["output"], json!({"echo": {"keep": "me"}}));
     assert_eq!(sse_events(&host.client, &host.url, &id, None, None).await, events);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stream_of_a_job_killed_mid_flood_stays_gapless() {
+    // A flood with a huge host-call budget writes log events as fast as it can until killed.
+    let policy = crate::harness::ceiling_with_limits(&[], crate::harness::BIG_FUEL, 1_000_000_000);
+    let mut host = Host::start_with_policy(&["flood"], Some(&policy));
+    let id = host.submit("flood", json!(null), Some(json!({"limits": {"deadline_ms": 60000}}))).await;
+    crate::harness::eventually("the flood has written a few hundred events", || async {
+        (stored_seqs(&host, &id).len() > 300).then_some(())
+    })
+    .await;
+
+    host.kill_9();
+    let at_kill = stored_seqs(&host, &id);
+    let expected: Vec<i64> = (1..=at_kill.len() as i64).collect();
+    assert_eq!(at_kill, expected, "what survived the kill is a gapless prefix");
+
+    host.spawn();
+    let job = crate::harness::eventually("the flood runs again as attempt 2", || async {
+        let job = host.job(&id).await;
+        (job["status"] == "running" && job["attempt"] == 2).then_some(job)
+    })
+    .await;
+    assert_eq!(job["attempt"], 2);
+    let (status, _) = host.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(host.wait_done(&id).await["status"], "cancelled");
+    assert_gapless(&host, &id).await;
+    assert!(stored_seqs(&host, &id).len() > at_kill.len(), "the re-run appended after what was there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_still_running_after_the_sigterm_grace_period_is_rerun_after_restart() {
+    let mut host = Host::start_with_policy(&["spin", "echo"], Some(&spin_policy("[server]\nshutdown_grace_ms = 200\n")));
+    let done = host.run("echo", json!("before"), None).await["id"].as_str().unwrap().to_string();
+    let id = host.submit("spin", json!(null), Some(json!({"limits": {"deadline_ms": 60000}}))).await;
+    host.wait_status(&id, "running").await;
+
+    let status = host.terminate();
+    assert!(status.success(), "{status:?}\n{}", host.logs());
+    host.spawn();
+    let job = crate::harness::eventually("the spin runs again as attempt 2", || async {
+        let job = host.job(&id).await;
+        (job["status"] == "running" && job["attempt"] == 2).then_some(job)
+    })
+    .await;
+    assert_eq!(job["attempt"], 2);
+    let (status, _) = host.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(host.wait_done(&id).await["status"], "cancelled");
+    assert_eq!(host.job(&done).await["output"], json!({"echo": "before"}));
+    assert_gapless(&host, &id).await;
+}

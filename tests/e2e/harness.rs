@@ -279,6 +279,11 @@ pub const BIG_FUEL: u64 = 1_000_000_000_000_000;
 /// A policy `[ceiling]` like the built-in one, with the given `net.fetch` patterns and fuel.
 /// A policy's `[ceiling]` replaces the built-in one as a whole, so it is written out in full.
 pub fn ceiling(net_fetch: &[&str], fuel: u64) -> String {
+    ceiling_with_limits(net_fetch, fuel, 10_000)
+}
+
+/// [`ceiling`] with a host-call budget too.
+pub fn ceiling_with_limits(net_fetch: &[&str], fuel: u64, max_host_calls: u64) -> String {
     let net = if net_fetch.is_empty() {
         String::new()
     } else {
@@ -298,7 +303,7 @@ pub fn ceiling(net_fetch: &[&str], fuel: u64) -> String {
 deadline_ms = 60000
 memory_bytes = 67108864
 fuel = {fuel}
-max_host_calls = 10000
+max_host_calls = {max_host_calls}
 net_bytes = 10485760
 delegation_depth = 4
 max_children = 16

@@ -23,6 +23,11 @@ async fn counter_with_kv_write_increments_across_jobs() {
     assert_eq!(second["output"], json!({"key": "hits", "value": 6}));
     // The job's lease shows what it ran under.
     assert!(second["lease"]["grants"]["kv.write"].is_array(), "{second}");
+    // A request without grants narrows no grant, only what it names.
+    let third = host.run("counter", json!({"key": "hits"}), Some(json!({"limits": {"deadline_ms": 5000}}))).await;
+    assert_eq!(third["output"], json!({"key": "hits", "value": 7}), "{third}");
+    assert_eq!(third["lease"]["limits"]["deadline_ms"], 5000);
+    assert_eq!(third["lease"]["grants"], second["lease"]["grants"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,5 +228,47 @@ async fn expired_lease_refuses_calls_with_a_reason_naming_the_expiry() {
     assert!(reason.contains("expired"), "reason names the expiry: {reason}");
     // A job with a long enough lease is unaffected.
     let ok = host.run("counter", json!({"key": "late"}), Some(json!({"ttl_ms": 60000}))).await;
+    assert_eq!(ok["status"], "completed", "{ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_beyond_max_children_is_denied() {
+    let host = Host::start(&["orchestrator", "echo"]);
+    let tasks: Vec<Value> = (0..3).map(|n| json!({"agent": "echo", "input": n})).collect();
+    let job = host.run("orchestrator", json!({"tasks": tasks}), Some(json!({"limits": {"max_children": 2}}))).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "denied", "{job}");
+    assert_eq!(job["error"]["scope"], "agent.delegate", "{job}");
+    assert!(job["error"]["message"].as_str().unwrap().contains("max_children"), "{job}");
+    let events = host.events(job["id"].as_str().unwrap()).await;
+    assert_eq!(of_kind(&events, "delegated").len(), 2, "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegation_deeper_than_the_depth_limit_is_refused() {
+    let host = Host::start(&["orchestrator", "echo"]);
+    // orchestrator → orchestrator → echo needs depth 2; the lease allows 1.
+    let input = json!({"tasks": [{"agent": "orchestrator", "input": {"tasks": [{"agent": "echo", "input": "deep"}]}}]});
+    let job = host.run("orchestrator", input.clone(), Some(json!({"limits": {"delegation_depth": 1}}))).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(message.contains("depth"), "{job}");
+    let (_, echoes) = host.get("/v1/jobs?agent=echo").await;
+    assert!(echoes["jobs"].as_array().unwrap().is_empty(), "echo never ran: {echoes}");
+
+    let job = host.run("orchestrator", input, Some(json!({"limits": {"delegation_depth": 2}}))).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["output"], json!({"results": [{"results": [{"echo": "deep"}]}]}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_beyond_the_net_bytes_budget_fails() {
+    let port = serve_loopback("a response body that is longer than the tiny byte budget of this job").await;
+    let host = Host::start_with_policy(&["fetch"], Some(&ceiling_with_net_fetch(&["http://127.0.0.1:*/**"])));
+    let url = format!("http://127.0.0.1:{port}/allowed/x");
+    let job = host.run("fetch", json!({"url": url}), Some(json!({"limits": {"net_bytes": 16}}))).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"]["message"].as_str().unwrap().contains("net_bytes"), "{job}");
+    let ok = host.run("fetch", json!({"url": url}), None).await;
     assert_eq!(ok["status"], "completed", "{ok}");
 }

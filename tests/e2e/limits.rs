@@ -109,3 +109,32 @@ async fn cpu_bound_agent_is_stopped_by_its_fuel_budget() {
     assert_eq!(job["error"]["code"], "limit_exceeded", "{job}");
     assert!(job["error"]["message"].as_str().unwrap().contains("fuel"), "{job}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_parent_also_ends_its_running_child() {
+    let host = Host::start_with_policy(&["orchestrator", "spin"], Some(&spin_policy("")));
+    let parent = host
+        .submit("orchestrator", json!({"tasks": [{"agent": "spin", "input": null}]}), Some(json!({"limits": {"deadline_ms": 60000}})))
+        .await;
+    let child = crate::harness::eventually("the child spin runs", || async {
+        let (_, list) = host.get("/v1/jobs?agent=spin&status=running").await;
+        list["jobs"].as_array().and_then(|jobs| jobs.first().cloned())
+    })
+    .await;
+    assert_eq!(child["parent_id"], parent.as_str());
+    let child_id = child["id"].as_str().unwrap();
+    let (status, _) = host.post(&format!("/v1/jobs/{parent}/cancel"), &json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(host.wait_done(&parent).await["status"], "cancelled");
+    let child = host.wait_done(child_id).await;
+    assert_eq!(child["status"], "cancelled", "{child}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_rejecting_its_input_fails_with_invalid_input() {
+    let host = Host::start(&["counter"]);
+    let job = host.run("counter", json!({"not_a_key": 1}), None).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "invalid_input", "{job}");
+    assert!(job["error"]["message"].as_str().unwrap().contains("not_a_key"), "{job}");
+}
