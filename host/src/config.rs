@@ -40,7 +40,8 @@ pub const DEFAULT_POLICY: &str = r#"
 [ceiling.limits]
 deadline_ms = 30000
 memory_bytes = 67108864
-fuel = 20000000000
+# Fuel is a CPU budget (~ instructions); generous, so the deadline is what usually ends a busy job.
+fuel = 1000000000000
 max_host_calls = 10000
 net_bytes = 10485760
 delegation_depth = 4

@@ -31,7 +31,7 @@ pub(crate) fn deserialize_option<'de, D: Deserializer<'de>>(
         .map(|text| {
             OffsetDateTime::parse(&text, &Rfc3339).map_err(|e| {
                 serde::de::Error::custom(format!(
-                    "'{text}' is not an RFC 3339 time such as 2026-11-21T10:00:00Z ({e})"
+                    "expires_at: '{text}' is not an RFC 3339 time such as 2026-11-21T10:00:00Z ({e})"
                 ))
             })
         })
