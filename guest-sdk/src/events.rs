@@ -16,7 +16,6 @@ pub fn chunk(data: &str) -> Result<(), Error> {
 
 /// Appends one chunk holding this JSON value.
 pub fn chunk_json(value: &Value) -> Result<(), Error> {
-    let data = serde_json::to_string(value)
-        .map_err(|err| Error::invalid(format!("cannot serialize chunk: {err}")))?;
+    let data = serde_json::to_string(value).map_err(|err| Error::invalid(format!("cannot serialize chunk: {err}")))?;
     chunk(&data)
 }

@@ -15,12 +15,7 @@ pub use wit::Response;
 impl Request {
     /// A request with this method (`GET`, `POST`, ...) and absolute `http(s)://` URL.
     pub fn new(method: impl Into<String>, url: impl Into<String>) -> Self {
-        Self {
-            method: method.into(),
-            url: url.into(),
-            headers: Vec::new(),
-            body: None,
-        }
+        Self { method: method.into(), url: url.into(), headers: Vec::new(), body: None }
     }
 
     /// A `GET` request.
@@ -56,10 +51,7 @@ impl Response {
 
     /// The first header with this name (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The body as text; invalid UTF-8 is replaced with U+FFFD.

@@ -20,9 +20,6 @@ pub fn delegate(agent: &str, input: &Value, lease: Option<&Value>) -> Result<Val
         .transpose()
         .map_err(|err| Error::invalid(format!("cannot serialize lease for {agent}: {err}")))?;
     let output = wit::delegate(agent, &input, lease.as_deref())?;
-    serde_json::from_str(&output).map_err(|err| {
-        Error::failed(format!(
-            "agent {agent} returned output that is not JSON: {err}"
-        ))
-    })
+    serde_json::from_str(&output)
+        .map_err(|err| Error::failed(format!("agent {agent} returned output that is not JSON: {err}")))
 }

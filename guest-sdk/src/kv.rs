@@ -33,20 +33,15 @@ pub fn increment(namespace: &str, key: &str, delta: i64) -> Result<i64, Error> {
 pub fn get_json<T: DeserializeOwned>(namespace: &str, key: &str) -> Result<Option<T>, Error> {
     match get(namespace, key)? {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|err| {
-            Error::invalid(format!(
-                "value at {namespace}/{key} is not the expected JSON: {err}"
-            ))
-        }),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|err| Error::invalid(format!("value at {namespace}/{key} is not the expected JSON: {err}"))),
     }
 }
 
 /// Writes a value as JSON (`kv.write`).
 pub fn set_json<T: Serialize + ?Sized>(namespace: &str, key: &str, value: &T) -> Result<(), Error> {
-    let bytes = serde_json::to_vec(value).map_err(|err| {
-        Error::invalid(format!(
-            "cannot serialize value for {namespace}/{key}: {err}"
-        ))
-    })?;
+    let bytes = serde_json::to_vec(value)
+        .map_err(|err| Error::invalid(format!("cannot serialize value for {namespace}/{key}: {err}")))?;
     set(namespace, key, &bytes)
 }

@@ -100,12 +100,7 @@ pub use serde_json::{self, Value, json};
 // The generated code is the canonical-ABI glue between the component and the host: raw
 // pointers into linear memory and `export_name` functions. It is unsafe by nature; the
 // generator is `wit-bindgen`, not hand-written code.
-#[allow(
-    unsafe_code,
-    missing_debug_implementations,
-    clippy::all,
-    clippy::pedantic
-)]
+#[allow(unsafe_code, missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
@@ -237,8 +232,7 @@ pub mod __private {
                 .map_err(|err| HostError::Invalid(format!("job input is not valid JSON: {err}")))?
         };
         let output = A::handle(value).map_err(HostError::from)?;
-        serde_json::to_string(&output).map_err(|err| {
-            HostError::from(Error::failed(format!("cannot serialize output: {err}")))
-        })
+        serde_json::to_string(&output)
+            .map_err(|err| HostError::from(Error::failed(format!("cannot serialize output: {err}"))))
     }
 }

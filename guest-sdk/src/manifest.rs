@@ -53,13 +53,7 @@ const fn put_json_string(buf: &mut [u8], mut at: usize, s: &str) -> usize {
 }
 
 /// Writes the whole manifest; returns its length.
-const fn write(
-    buf: &mut [u8],
-    name: &str,
-    version: &str,
-    description: &str,
-    scopes: &[&str],
-) -> usize {
+const fn write(buf: &mut [u8], name: &str, version: &str, description: &str, scopes: &[&str]) -> usize {
     let mut at = put_raw(buf, 0, "{\"name\":");
     at = put_json_string(buf, at, name);
     at = put_raw(buf, at, ",\"version\":");
@@ -85,12 +79,7 @@ pub const fn manifest_len(name: &str, version: &str, description: &str, scopes: 
 
 /// The manifest JSON; `N` must be [`manifest_len`] of the same arguments (checked: a mismatch
 /// is a compile error where this is evaluated in a constant).
-pub const fn manifest<const N: usize>(
-    name: &str,
-    version: &str,
-    description: &str,
-    scopes: &[&str],
-) -> [u8; N] {
+pub const fn manifest<const N: usize>(name: &str, version: &str, description: &str, scopes: &[&str]) -> [u8; N] {
     let mut buf = [0u8; N];
     let len = write(&mut buf, name, version, description, scopes);
     assert!(len == N, "manifest length mismatch");
@@ -202,10 +191,7 @@ mod tests {
         let value = json("echo", "0.1.0", description, &["log", "kv.write:counter/*"]);
         assert_eq!(value["name"], "echo");
         assert_eq!(value["description"], description);
-        assert_eq!(
-            value["scopes"],
-            serde_json::json!(["log", "kv.write:counter/*"])
-        );
+        assert_eq!(value["scopes"], serde_json::json!(["log", "kv.write:counter/*"]));
     }
 
     #[test]

@@ -59,9 +59,7 @@ pub enum BuildError {
     #[error("could not read cargo's output: {0}")]
     CargoOutput(std::io::Error),
     /// The workspace built, but no `cdylib` came out of it.
-    #[error(
-        "cargo built no agent from {manifest} — an agent crate needs `[lib] crate-type = [\"cdylib\"]`"
-    )]
+    #[error("cargo built no agent from {manifest} — an agent crate needs `[lib] crate-type = [\"cdylib\"]`")]
     NoAgents {
         /// The manifest that was built.
         manifest: PathBuf,
@@ -104,11 +102,7 @@ pub enum BuildError {
 ///
 /// cargo's progress and diagnostics go to this process's stderr. Runs `$CARGO` if set (so it
 /// works under `cargo run`), else `cargo` from `PATH`.
-pub fn build_agents(
-    manifest_path: &Path,
-    out_dir: &Path,
-    release: bool,
-) -> Result<Vec<BuiltAgent>, BuildError> {
+pub fn build_agents(manifest_path: &Path, out_dir: &Path, release: bool) -> Result<Vec<BuiltAgent>, BuildError> {
     if target_missing(manifest_path) == Some(true) {
         return Err(BuildError::TargetMissing);
     }
@@ -125,14 +119,8 @@ pub fn build_agents(
     if release {
         command.arg("--release");
     }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let spawn_error = |source| BuildError::CargoSpawn {
-        cargo: cargo.to_string_lossy().into_owned(),
-        source,
-    };
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let spawn_error = |source| BuildError::CargoSpawn { cargo: cargo.to_string_lossy().into_owned(), source };
     let mut child = command.spawn().map_err(spawn_error)?;
 
     let mut artifacts = Vec::new();
@@ -144,40 +132,23 @@ pub fn build_agents(
     }
     let status = child.wait().map_err(BuildError::CargoOutput)?;
     if !status.success() {
-        return Err(BuildError::CargoFailed {
-            status: status.to_string(),
-        });
+        return Err(BuildError::CargoFailed { status: status.to_string() });
     }
     if artifacts.is_empty() {
-        return Err(BuildError::NoAgents {
-            manifest: manifest_path.to_path_buf(),
-        });
+        return Err(BuildError::NoAgents { manifest: manifest_path.to_path_buf() });
     }
 
-    fs::create_dir_all(out_dir).map_err(|source| BuildError::Write {
-        path: out_dir.to_path_buf(),
-        source,
-    })?;
+    fs::create_dir_all(out_dir).map_err(|source| BuildError::Write { path: out_dir.to_path_buf(), source })?;
     let mut built = Vec::with_capacity(artifacts.len());
     for (crate_name, wasm) in artifacts {
-        let in_agent = |source: BuildError| BuildError::Agent {
-            crate_name: crate_name.clone(),
-            source: Box::new(source),
-        };
-        let module = fs::read(&wasm).map_err(|source| BuildError::Read {
-            path: wasm.clone(),
-            source,
-        })?;
+        let in_agent =
+            |source: BuildError| BuildError::Agent { crate_name: crate_name.clone(), source: Box::new(source) };
+        let module = fs::read(&wasm).map_err(|source| BuildError::Read { path: wasm.clone(), source })?;
         let component = componentize(&module).map_err(in_agent)?;
         let manifest = read_manifest(&component).map_err(|err| in_agent(err.into()))?;
         let path = out_dir.join(format!("{}.wasm", manifest.name));
         write_atomically(&path, &component)?;
-        built.push(BuiltAgent {
-            crate_name,
-            manifest,
-            size: component.len() as u64,
-            path,
-        });
+        built.push(BuiltAgent { crate_name, manifest, size: component.len() as u64, path });
     }
     Ok(built)
 }
@@ -204,11 +175,7 @@ fn cdylib_wasm_artifacts(line: &str) -> Vec<(String, PathBuf)> {
         .pointer("/target/kind")
         .and_then(|kind| kind.as_array())
         .is_some_and(|kinds| kinds.iter().any(|kind| kind == "cdylib"));
-    let Some(name) = message
-        .pointer("/target/name")
-        .and_then(|name| name.as_str())
-        .filter(|_| is_cdylib)
-    else {
+    let Some(name) = message.pointer("/target/name").and_then(|name| name.as_str()).filter(|_| is_cdylib) else {
         return Vec::new();
     };
     message
@@ -227,10 +194,7 @@ fn cdylib_wasm_artifacts(line: &str) -> Vec<(String, PathBuf)> {
 fn target_missing(manifest_path: &Path) -> Option<bool> {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| OsString::from("rustc"));
     // Run from the manifest's folder so a rust-toolchain.toml there picks the same toolchain.
-    let dir = manifest_path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = manifest_path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let output = Command::new(rustc)
         .args(["--print", "sysroot"])
         .current_dir(dir)
@@ -242,28 +206,15 @@ fn target_missing(manifest_path: &Path) -> Option<bool> {
         return None;
     }
     let sysroot = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim());
-    Some(
-        !sysroot
-            .join("lib")
-            .join("rustlib")
-            .join(AGENT_TARGET)
-            .join("lib")
-            .is_dir(),
-    )
+    Some(!sysroot.join("lib").join("rustlib").join(AGENT_TARGET).join("lib").is_dir())
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let write_error = |source| BuildError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let write_error = |source| BuildError::Write { path: path.to_path_buf(), source };
     let result = (|| {
         let mut file = fs::File::create(&temp)?;
         file.write_all(bytes)?;
@@ -283,17 +234,13 @@ mod tests {
 
     #[test]
     fn only_cdylib_wasm_artifacts_are_collected() {
-        let cdylib =
-            r#"{"reason":"compiler-artifact","target":{"kind":["cdylib"],"name":"my-agent"},
+        let cdylib = r#"{"reason":"compiler-artifact","target":{"kind":["cdylib"],"name":"my-agent"},
             "filenames":["/t/wasm32-unknown-unknown/release/my_agent.wasm"]}"#
-                .replace('\n', "");
+            .replace('\n', "");
         let lib = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"serde"},"filenames":["/t/libserde.rlib"]}"#;
         assert_eq!(
             cdylib_wasm_artifacts(&cdylib),
-            vec![(
-                "my_agent".to_owned(),
-                PathBuf::from("/t/wasm32-unknown-unknown/release/my_agent.wasm")
-            )]
+            vec![("my_agent".to_owned(), PathBuf::from("/t/wasm32-unknown-unknown/release/my_agent.wasm"))]
         );
         assert!(cdylib_wasm_artifacts(lib).is_empty());
         assert!(cdylib_wasm_artifacts("not json").is_empty());
@@ -305,10 +252,7 @@ mod tests {
         // (module (import "env" "f" (func))): what a stray extern or a WASI call looks like.
         let module = b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0\x02\x09\x01\x03env\x01f\0\0";
         let err = componentize(module).unwrap_err();
-        assert!(
-            matches!(&err, BuildError::Componentize(m) if m.contains("env")),
-            "{err}"
-        );
+        assert!(matches!(&err, BuildError::Componentize(m) if m.contains("env")), "{err}");
         assert!(componentize(b"\0asm\x01\0\0\0\xff").is_err());
     }
 
@@ -319,10 +263,7 @@ mod tests {
         let path = dir.join("a.wasm");
         write_atomically(&path, b"abc").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"abc");
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.wasm")]);
         fs::remove_dir_all(&dir).unwrap();
     }

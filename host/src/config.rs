@@ -153,7 +153,8 @@ impl Policy {
         for (k, v) in overlay {
             base.insert(k, v);
         }
-        let policy: Policy = toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        let policy: Policy =
+            toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
         for p in &policy.principals {
             if p.token.is_none() && p.token_sha256.is_none() {
                 return Err(invalid(format!("principal '{}' has neither `token` nor `token_sha256`", p.name)));
@@ -182,11 +183,7 @@ impl Policy {
 
     /// The lease ceiling of a principal.
     pub fn ceiling_for(&self, principal: &str) -> &LeaseCeiling {
-        self.principals
-            .iter()
-            .find(|p| p.name == principal)
-            .and_then(|p| p.ceiling.as_ref())
-            .unwrap_or(&self.ceiling)
+        self.principals.iter().find(|p| p.name == principal).and_then(|p| p.ceiling.as_ref()).unwrap_or(&self.ceiling)
     }
 }
 

@@ -64,12 +64,15 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let store = Store::open(&opts.data_dir)?;
 
     let engine = engine::new_engine(&policy.engine)?;
-    engine::start_epoch_ticker(&engine, policy.engine.epoch_tick()).map_err(|e| ServeError::Setup(format!("cannot start the epoch thread: {e}")))?;
+    engine::start_epoch_ticker(&engine, policy.engine.epoch_tick())
+        .map_err(|e| ServeError::Setup(format!("cannot start the epoch thread: {e}")))?;
     let mut linker = Linker::new(&engine);
-    crate::capabilities::add_to_linker(&mut linker).map_err(|e| ServeError::Setup(format!("cannot link host imports: {e:#}")))?;
+    crate::capabilities::add_to_linker(&mut linker)
+        .map_err(|e| ServeError::Setup(format!("cannot link host imports: {e:#}")))?;
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(|| opts.data_dir.join("compiled"));
-    let cache = CodeCache::new(&engine, &cache_dir)
-        .map_err(|e| ServeError::Setup(format!("cannot create the compiled-code cache in {}: {e}", cache_dir.display())))?;
+    let cache = CodeCache::new(&engine, &cache_dir).map_err(|e| {
+        ServeError::Setup(format!("cannot create the compiled-code cache in {}: {e}", cache_dir.display()))
+    })?;
     let registry = Arc::new(Registry::new(engine, linker, cache, Some(store.clone())));
 
     std::fs::create_dir_all(&opts.agents_dir)
@@ -85,7 +88,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let manager = JobManager::new(store.clone(), Arc::clone(&registry), Arc::clone(&policy));
     let recovered = manager.recover().await?;
 
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServeError::Listen { addr: listen, source })?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|source| ServeError::Listen { addr: listen, source })?;
     let local = listener.local_addr().map_err(|source| ServeError::Listen { addr: listen, source })?;
     let (agents, _) = registry.list();
     tracing::info!(

@@ -1,11 +1,6 @@
 //! Fake-server tests of the CLI client. Drives the `corral` client subcommands as a user would (the real binary, its stdout, stderr
 //! and exit code) against the fake server in `support`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod support;
 
@@ -23,16 +18,11 @@ struct Run {
 
 async fn corral_with_env(server: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
-    cmd.args(args)
-        .env("CORRAL_SERVER", server)
-        .env_remove("CORRAL_TOKEN")
-        .env("NO_COLOR", "1");
+    cmd.args(args).env("CORRAL_SERVER", server).env_remove("CORRAL_TOKEN").env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8(out.stdout).unwrap(),
@@ -45,17 +35,11 @@ async fn corral(server: &str, args: &[&str]) -> Run {
 }
 
 fn json_lines(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn seqs(stdout: &str) -> Vec<u64> {
-    json_lines(stdout)
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect()
+    json_lines(stdout).iter().map(|e| e["seq"].as_u64().unwrap()).collect()
 }
 
 // ---- invoke ----------------------------------------------------------------------------------
@@ -63,21 +47,11 @@ fn seqs(stdout: &str) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn invoke_prints_output_when_job_completes_within_wait() {
     let (url, state) = serve(standard()).await;
-    let run = corral(
-        &url,
-        &["invoke", "echo@0.1.0", "--input", r#"{"name": "x"}"#],
-    )
-    .await;
+    let run = corral(&url, &["invoke", "echo@0.1.0", "--input", r#"{"name": "x"}"#]).await;
     assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(
-        serde_json::from_str::<Value>(&run.stdout).unwrap(),
-        json!({"greeting": "hello"})
-    );
+    assert_eq!(serde_json::from_str::<Value>(&run.stdout).unwrap(), json!({"greeting": "hello"}));
     let seen = &state.lock().unwrap().seen;
-    assert_eq!(
-        seen.submits[0].0,
-        json!({"agent": "echo@0.1.0", "input": {"name": "x"}})
-    );
+    assert_eq!(seen.submits[0].0, json!({"agent": "echo@0.1.0", "input": {"name": "x"}}));
     assert_eq!(seen.submits[0].1.as_deref(), Some("30000"));
 }
 
@@ -87,10 +61,7 @@ async fn invoke_exits_1_when_job_failed() {
     let run = corral(&url, &["invoke", "fail"]).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(run.stdout, "");
-    assert_eq!(
-        run.stderr.trim(),
-        "error: job job-failed failed: agent trapped: unreachable (trap)"
-    );
+    assert_eq!(run.stderr.trim(), "error: job job-failed failed: agent trapped: unreachable (trap)");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,10 +81,7 @@ async fn invoke_prints_job_id_and_exits_0_when_still_running_after_wait() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout.trim(), "job job-running is running");
     assert!(run.stderr.contains("corral events job-running"), "{run:?}");
-    assert_eq!(
-        state.lock().unwrap().seen.submits[0].1.as_deref(),
-        Some("10")
-    );
+    assert_eq!(state.lock().unwrap().seen.submits[0].1.as_deref(), Some("10"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -127,19 +95,7 @@ async fn invoke_reads_input_and_lease_from_files_and_sends_idempotency_key() {
     std::fs::write(&lease, r#"{"grants": ["log"]}"#).unwrap();
     let input_arg = format!("@{}", input.display());
     let lease_arg = format!("--lease=@{}", lease.display());
-    let run = corral(
-        &url,
-        &[
-            "invoke",
-            "echo",
-            "-i",
-            &input_arg,
-            &lease_arg,
-            "--idempotency-key",
-            "k-1",
-        ],
-    )
-    .await;
+    let run = corral(&url, &["invoke", "echo", "-i", &input_arg, &lease_arg, "--idempotency-key", "k-1"]).await;
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(
@@ -153,10 +109,7 @@ async fn invoke_rejects_input_that_is_not_json_with_exit_2_before_any_request() 
     let (url, state) = serve(standard()).await;
     let run = corral(&url, &["invoke", "echo", "--input", "hello"]).await;
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(
-        run.stderr.starts_with("error: --input is not valid JSON"),
-        "{run:?}"
-    );
+    assert!(run.stderr.starts_with("error: --input is not valid JSON"), "{run:?}");
     assert!(run.stderr.contains(r#"--input '"hello"'"#), "{run:?}");
     assert!(state.lock().unwrap().seen.submits.is_empty());
 }
@@ -172,11 +125,7 @@ async fn invoke_follow_prints_events_as_lines_then_the_output() {
          denied kv.write counter/x: no kv.write grant\npartial text\n[state] completed\n\
          {\n  \"greeting\": \"hello\"\n}\n"
     );
-    assert_eq!(
-        state.lock().unwrap().seen.submits[0].1,
-        None,
-        "--follow submits without waiting"
-    );
+    assert_eq!(state.lock().unwrap().seen.submits[0].1, None, "--follow submits without waiting");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -195,14 +144,10 @@ async fn invoke_follow_exits_1_when_job_fails() {
     let run = corral(&url, &["invoke", "fail", "-f"]).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
-        run.stdout
-            .contains("[error] about to trap\n[state] failed: agent trapped: unreachable (trap)\n"),
+        run.stdout.contains("[error] about to trap\n[state] failed: agent trapped: unreachable (trap)\n"),
         "{run:?}"
     );
-    assert!(
-        run.stderr.contains("error: job job-failed failed"),
-        "{run:?}"
-    );
+    assert!(run.stderr.contains("error: job job-failed failed"), "{run:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -219,10 +164,7 @@ async fn server_error_prints_message_and_code_and_exits_2() {
     let (url, _) = serve(standard()).await;
     let run = corral(&url, &["invoke", "nope"]).await;
     assert_eq!(run.code, 2, "{run:?}");
-    assert_eq!(
-        run.stderr.trim(),
-        "error: no agent named 'nope' is registered (agent_not_found)"
-    );
+    assert_eq!(run.stderr.trim(), "error: no agent named 'nope' is registered (agent_not_found)");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -232,10 +174,7 @@ async fn unreachable_server_exits_2_and_asks_whether_corral_serve_runs() {
     drop(listener);
     let run = corral(&url, &["agents"]).await;
     assert_eq!(run.code, 2, "{run:?}");
-    assert_eq!(
-        run.stderr.trim(),
-        format!("error: cannot reach corral at {url} — is `corral serve` running?")
-    );
+    assert_eq!(run.stderr.trim(), format!("error: cannot reach corral at {url} — is `corral serve` running?"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -246,12 +185,7 @@ async fn token_is_sent_as_bearer_and_a_401_suggests_setting_it() {
 
     let denied = corral(&url, &["agents"]).await;
     assert_eq!(denied.code, 2, "{denied:?}");
-    assert!(
-        denied
-            .stderr
-            .contains("error: missing or invalid bearer token (unauthorized)"),
-        "{denied:?}"
-    );
+    assert!(denied.stderr.contains("error: missing or invalid bearer token (unauthorized)"), "{denied:?}");
     assert!(denied.stderr.contains("CORRAL_TOKEN"), "{denied:?}");
 
     let allowed = corral_with_env(&url, &["agents"], &[("CORRAL_TOKEN", "s3cret")]).await;
@@ -259,24 +193,14 @@ async fn token_is_sent_as_bearer_and_a_401_suggests_setting_it() {
     let flag = corral(&url, &["agents", "--token", "s3cret"]).await;
     assert_eq!(flag.code, 0, "{flag:?}");
     let auths = &state.lock().unwrap().seen.authorizations;
-    assert_eq!(
-        auths[1..],
-        [
-            Some("Bearer s3cret".to_owned()),
-            Some("Bearer s3cret".to_owned())
-        ]
-    );
+    assert_eq!(auths[1..], [Some("Bearer s3cret".to_owned()), Some("Bearer s3cret".to_owned())]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_flag_overrides_the_environment() {
     let (url, _) = serve(standard()).await;
-    let run = corral_with_env(
-        &url,
-        &["--server", &url, "job", "job-echo"],
-        &[("CORRAL_SERVER", "http://127.0.0.1:1")],
-    )
-    .await;
+    let run =
+        corral_with_env(&url, &["--server", &url, "job", "job-echo"], &[("CORRAL_SERVER", "http://127.0.0.1:1")]).await;
     assert_eq!(run.code, 0, "{run:?}");
 }
 
@@ -284,11 +208,7 @@ async fn server_flag_overrides_the_environment() {
 async fn a_server_url_that_is_not_http_is_a_usage_error() {
     let run = corral("ftp://example", &["agents"]).await;
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("'ftp://example' is not a usable server URL"),
-        "{run:?}"
-    );
+    assert!(run.stderr.contains("'ftp://example' is not a usable server URL"), "{run:?}");
 }
 
 // ---- agents, jobs, job, cancel ---------------------------------------------------------------
@@ -357,10 +277,7 @@ async fn job_that_does_not_exist_exits_2() {
     let (url, _) = serve(standard()).await;
     let run = corral(&url, &["job", "missing"]).await;
     assert_eq!(run.code, 2, "{run:?}");
-    assert_eq!(
-        run.stderr.trim(),
-        "error: no job with id 'missing' (job_not_found)"
-    );
+    assert_eq!(run.stderr.trim(), "error: no job with id 'missing' (job_not_found)");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -377,10 +294,7 @@ async fn cancel_finished_job_exits_2_with_the_conflict_message() {
     let (url, _) = serve(standard()).await;
     let run = corral(&url, &["cancel", "job-echo"]).await;
     assert_eq!(run.code, 2, "{run:?}");
-    assert_eq!(
-        run.stderr.trim(),
-        "error: job 'job-echo' has already finished (job_finished)"
-    );
+    assert_eq!(run.stderr.trim(), "error: job 'job-echo' has already finished (job_finished)");
 }
 
 // ---- events ----------------------------------------------------------------------------------
@@ -394,12 +308,7 @@ async fn events_resume_after_disconnect_without_duplicates() {
     // Dropped after 3, after 4 (mid-way through 5), closed early after 5.
     assert_eq!(
         state.lock().unwrap().seen.resumes["job-flaky"],
-        [
-            None,
-            Some("3".to_owned()),
-            Some("4".to_owned()),
-            Some("5".to_owned())
-        ]
+        [None, Some("3".to_owned()), Some("4".to_owned()), Some("5".to_owned())]
     );
 }
 
@@ -420,10 +329,7 @@ async fn events_after_seq_starts_with_last_event_id() {
     let run = corral(&url, &["events", "job-echo", "--after", "6", "--json"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(seqs(&run.stdout), [7, 8]);
-    assert_eq!(
-        state.lock().unwrap().seen.resumes["job-echo"],
-        [Some("6".to_owned())]
-    );
+    assert_eq!(state.lock().unwrap().seen.resumes["job-echo"], [Some("6".to_owned())]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -433,11 +339,7 @@ async fn events_of_a_finished_job_after_its_last_seq_end_without_waiting() {
     let run = corral(&url, &["events", "job-echo", "--after", "8"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout, "");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -460,11 +362,7 @@ async fn events_no_follow_of_a_failed_job_still_exits_0() {
     let (url, _) = serve(standard()).await;
     let run = corral(&url, &["events", "job-failed", "--no-follow"]).await;
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .ends_with("[state] failed: agent trapped: unreachable (trap)\n"),
-        "{run:?}"
-    );
+    assert!(run.stdout.ends_with("[state] failed: agent trapped: unreachable (trap)\n"), "{run:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -472,16 +370,8 @@ async fn events_give_up_after_bounded_reconnects_when_the_stream_keeps_closing()
     let (url, state) = serve(standard()).await;
     let run = corral(&url, &["events", "job-lost"]).await;
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("lost the event stream for job job-lost after 5 reconnects"),
-        "{run:?}"
-    );
-    assert_eq!(
-        state.lock().unwrap().seen.resumes["job-lost"].len(),
-        6,
-        "one connection and 5 retries"
-    );
+    assert!(run.stderr.contains("lost the event stream for job job-lost after 5 reconnects"), "{run:?}");
+    assert_eq!(state.lock().unwrap().seen.resumes["job-lost"].len(), 6, "one connection and 5 retries");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -489,10 +379,7 @@ async fn events_of_an_unknown_job_exit_2_without_retrying() {
     let (url, state) = serve(standard()).await;
     let run = corral(&url, &["events", "missing"]).await;
     assert_eq!(run.code, 2, "{run:?}");
-    assert_eq!(
-        run.stderr.trim(),
-        "error: no job with id 'missing' (job_not_found)"
-    );
+    assert_eq!(run.stderr.trim(), "error: no job with id 'missing' (job_not_found)");
     assert_eq!(state.lock().unwrap().seen.resumes["missing"].len(), 1);
 }
 
@@ -500,8 +387,7 @@ async fn events_of_an_unknown_job_exit_2_without_retrying() {
 async fn invoke_follow_survives_a_dropped_stream() {
     let mut fake = standard();
     // The flaky job's events, reached through `invoke`.
-    fake.agents
-        .insert("echo".to_owned(), "job-flaky".to_owned());
+    fake.agents.insert("echo".to_owned(), "job-flaky".to_owned());
     let (url, _) = serve(fake).await;
     let run = corral(&url, &["invoke", "echo", "--follow"]).await;
     assert_eq!(run.code, 0, "{run:?}");

@@ -47,7 +47,10 @@ async fn corrupt_wasm_is_reported_and_ignored_and_the_last_good_version_keeps_wo
     let listing = host.wait_agents("report bad.wasm", |l| error_for(l, "bad.wasm").is_some()).await;
     let error = error_for(&listing, "bad.wasm").unwrap();
     assert!(!error["error"].as_str().unwrap().is_empty(), "{error}");
-    assert!(agent(&listing, "echo").is_some() && agent(&listing, "counter").is_some(), "other agents unaffected: {listing}");
+    assert!(
+        agent(&listing, "echo").is_some() && agent(&listing, "counter").is_some(),
+        "other agents unaffected: {listing}"
+    );
     let job = host.run("echo", json!(1), None).await;
     assert_eq!(job["status"], "completed", "{job}");
 
@@ -66,8 +69,10 @@ async fn corrupt_wasm_is_reported_and_ignored_and_the_last_good_version_keeps_wo
 
     // Fixing the file clears the error.
     host.drop_agent_bytes("counter.wasm", &std::fs::read(component("counter")).unwrap());
-    host.wait_agents("forget the counter.wasm error", |l| error_for(l, "counter.wasm").is_none() && agent(l, "counter").is_some())
-        .await;
+    host.wait_agents("forget the counter.wasm error", |l| {
+        error_for(l, "counter.wasm").is_none() && agent(l, "counter").is_some()
+    })
+    .await;
 }
 
 /// `spin` never finishes, so "a running job finishes on the old version" is shown with a job
@@ -86,11 +91,13 @@ async fn replaced_agent_serves_new_jobs_while_accepted_jobs_finish_on_the_old_ve
     host.drop_agent_bytes("spin.wasm", &with_version("spin", "0.1.0", "0.2.0"));
     let listing = host
         .wait_agents("switch echo and spin to 0.2.0", |l| {
-            agent(l, "echo").is_some_and(|a| a["latest"] == "0.2.0") && agent(l, "spin").is_some_and(|a| a["latest"] == "0.2.0")
+            agent(l, "echo").is_some_and(|a| a["latest"] == "0.2.0")
+                && agent(l, "spin").is_some_and(|a| a["latest"] == "0.2.0")
         })
         .await;
     // The file now provides 0.2.0 only.
-    let versions: Vec<&Value> = agent(&listing, "echo").unwrap()["versions"].as_array().unwrap().iter().map(|v| &v["version"]).collect();
+    let versions: Vec<&Value> =
+        agent(&listing, "echo").unwrap()["versions"].as_array().unwrap().iter().map(|v| &v["version"]).collect();
     assert_eq!(versions, vec!["0.2.0"], "{listing}");
 
     let new_echo = host.submit("echo", json!({"on": "new"}), None).await;
@@ -122,7 +129,8 @@ async fn second_version_in_its_own_file_is_offered_alongside_and_a_bare_name_pic
     let host = Host::start(&["echo"]);
     host.drop_agent_bytes("echo-next.wasm", &with_version("echo", "0.1.0", "0.3.0"));
     host.wait_agents("offer echo 0.3.0 next to 0.1.0", |l| {
-        agent(l, "echo").is_some_and(|a| a["latest"] == "0.3.0" && a["versions"].as_array().is_some_and(|v| v.len() == 2))
+        agent(l, "echo")
+            .is_some_and(|a| a["latest"] == "0.3.0" && a["versions"].as_array().is_some_and(|v| v.len() == 2))
     })
     .await;
     let newest = host.run("echo", json!(1), None).await;

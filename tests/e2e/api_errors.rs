@@ -58,7 +58,9 @@ async fn oversize_body_is_413_payload_too_large() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_limit_follows_the_policy() {
     let host = Host::start_with_policy(&["echo"], Some("[server]\nmax_body_bytes = 2048\n"));
-    let answer = host.post_raw("/v1/jobs", serde_json::to_vec(&json!({"agent": "echo", "input": "y".repeat(4096)})).unwrap()).await;
+    let answer = host
+        .post_raw("/v1/jobs", serde_json::to_vec(&json!({"agent": "echo", "input": "y".repeat(4096)})).unwrap())
+        .await;
     assert_eq!((answer.status, answer.code()), (413, "payload_too_large"), "{:?}", answer.body);
     let answer = host.submit_raw(&json!({"agent": "echo", "input": "small"})).await;
     assert!(answer.status == 202 || answer.status == 200, "{:?}", answer.body);
@@ -86,11 +88,9 @@ async fn invalid_lease_is_400_naming_the_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_job_is_404_job_not_found() {
     let host = Host::start(&["echo"]);
-    for (method, path) in [
-        (Method::GET, "/v1/jobs/nope"),
-        (Method::POST, "/v1/jobs/nope/cancel"),
-        (Method::GET, "/v1/jobs/nope/events"),
-    ] {
+    for (method, path) in
+        [(Method::GET, "/v1/jobs/nope"), (Method::POST, "/v1/jobs/nope/cancel"), (Method::GET, "/v1/jobs/nope/events")]
+    {
         let answer = host.request(method, path, None, None).await;
         assert_eq!((answer.status, answer.code()), (404, "job_not_found"), "{path}: {:?}", answer.body);
     }
@@ -125,7 +125,14 @@ async fn with_tokens_configured_requests_without_a_valid_token_are_401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn principal_cannot_see_or_touch_another_principals_job() {
     let host = Host::start_with_policy(&["echo"], Some(TWO_PRINCIPALS));
-    let answer = host.request(Method::POST, "/v1/jobs?wait=30000", Some("a-token"), Some(&json!({"agent": "echo", "input": "alice's"}))).await;
+    let answer = host
+        .request(
+            Method::POST,
+            "/v1/jobs?wait=30000",
+            Some("a-token"),
+            Some(&json!({"agent": "echo", "input": "alice's"})),
+        )
+        .await;
     let id = answer.body["id"].as_str().unwrap().to_string();
     let answer = host.request(Method::GET, &format!("/v1/jobs/{id}"), Some("a-token"), None).await;
     assert_eq!(answer.status, 200);
@@ -147,8 +154,22 @@ async fn principal_cannot_see_or_touch_another_principals_job() {
     assert!(!events.is_empty());
 
     // Idempotency keys are per principal: bob's "k" is not alice's "k".
-    let alice = host.request(Method::POST, "/v1/jobs", Some("a-token"), Some(&json!({"agent": "echo", "input": "a", "idempotency_key": "k"}))).await;
-    let bob = host.request(Method::POST, "/v1/jobs", Some("b-token"), Some(&json!({"agent": "echo", "input": "b", "idempotency_key": "k"}))).await;
+    let alice = host
+        .request(
+            Method::POST,
+            "/v1/jobs",
+            Some("a-token"),
+            Some(&json!({"agent": "echo", "input": "a", "idempotency_key": "k"})),
+        )
+        .await;
+    let bob = host
+        .request(
+            Method::POST,
+            "/v1/jobs",
+            Some("b-token"),
+            Some(&json!({"agent": "echo", "input": "b", "idempotency_key": "k"})),
+        )
+        .await;
     assert_eq!(alice.status, 202, "{:?}", alice.body);
     assert_eq!(bob.status, 202, "{:?}", bob.body);
     assert_ne!(alice.body["id"], bob.body["id"]);
@@ -214,7 +235,9 @@ async fn job_listing_pages_return_every_job_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_stream_resumes_after_last_event_id_exactly() {
     let host = Host::start(&["orchestrator", "echo"]);
-    let job = host.run("orchestrator", json!({"tasks": [{"agent": "echo", "input": 1}, {"agent": "echo", "input": 2}]}), None).await;
+    let job = host
+        .run("orchestrator", json!({"tasks": [{"agent": "echo", "input": 1}, {"agent": "echo", "input": 2}]}), None)
+        .await;
     let id = job["id"].as_str().unwrap();
     let all = host.events(id).await;
     let n = all.len() as u64;
@@ -251,7 +274,8 @@ async fn agents_health_and_openapi_describe_the_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_answers_202_at_once_or_200_with_the_result_when_asked_to_wait() {
     let host = Host::start(&["echo"]);
-    let answer = host.request(Method::POST, "/v1/jobs?wait=30000", None, Some(&json!({"agent": "echo", "input": "w"}))).await;
+    let answer =
+        host.request(Method::POST, "/v1/jobs?wait=30000", None, Some(&json!({"agent": "echo", "input": "w"}))).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["status"], "completed");
     assert_eq!(answer.body["output"], json!({"echo": "w"}));

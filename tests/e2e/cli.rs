@@ -28,7 +28,14 @@ async fn invoke_reads_input_and_lease_from_files() {
     assert_eq!(printed, json!({"key": "from-file", "value": 3}));
 
     let out = host
-        .cli(&["invoke", "counter", "--input", &format!("@{}", input.display()), "--lease", &format!("@{}", lease.display())])
+        .cli(&[
+            "invoke",
+            "counter",
+            "--input",
+            &format!("@{}", input.display()),
+            "--lease",
+            &format!("@{}", lease.display()),
+        ])
         .await;
     assert_eq!(out.code, 1, "a denied job exits 1: {out:?}");
     assert!(out.stderr.contains("denied"), "{out:?}");

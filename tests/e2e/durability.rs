@@ -85,7 +85,11 @@ async fn jobs_accepted_before_kill_9_are_finished_after_restart() {
     }
     let states: Vec<Value> = of_kind(&host.events(&running).await, "state").into_iter().cloned().collect();
     let statuses: Vec<&str> = states.iter().map(|s| s["data"]["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["queued", "running", "queued", "running", "timed_out"], "the re-run is visible in the stream: {states:?}");
+    assert_eq!(
+        statuses,
+        ["queued", "running", "queued", "running", "timed_out"],
+        "the re-run is visible in the stream: {states:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,11 +120,17 @@ async fn job_running_at_two_kills_fails_as_interrupted_when_attempts_run_out() {
 async fn delegated_child_unfinished_at_kill_9_fails_as_parent_interrupted() {
     let mut host = Host::start_with_policy(&["orchestrator", "spin"], Some(&spin_policy("")));
     let parent = host
-        .submit("orchestrator", json!({"tasks": [{"agent": "spin", "input": null}]}), Some(json!({"limits": {"deadline_ms": 60000}})))
+        .submit(
+            "orchestrator",
+            json!({"tasks": [{"agent": "spin", "input": null}]}),
+            Some(json!({"limits": {"deadline_ms": 60000}})),
+        )
         .await;
     let child = crate::harness::eventually("the orchestrator delegates to spin", || async {
         let (_, list) = host.get("/v1/jobs?agent=spin").await;
-        list["jobs"].as_array().and_then(|jobs| jobs.iter().find(|j| j["parent_id"] == parent.as_str() && j["status"] == "running").cloned())
+        list["jobs"].as_array().and_then(|jobs| {
+            jobs.iter().find(|j| j["parent_id"] == parent.as_str() && j["status"] == "running").cloned()
+        })
     })
     .await;
     let child_id = child["id"].as_str().unwrap().to_string();
@@ -187,7 +197,8 @@ async fn event_stream_of_a_job_killed_mid_flood_stays_gapless() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_still_running_after_the_sigterm_grace_period_is_rerun_after_restart() {
-    let mut host = Host::start_with_policy(&["spin", "echo"], Some(&spin_policy("[server]\nshutdown_grace_ms = 200\n")));
+    let mut host =
+        Host::start_with_policy(&["spin", "echo"], Some(&spin_policy("[server]\nshutdown_grace_ms = 200\n")));
     let done = host.run("echo", json!("before"), None).await["id"].as_str().unwrap().to_string();
     let id = host.submit("spin", json!(null), Some(json!({"limits": {"deadline_ms": 60000}}))).await;
     host.wait_status(&id, "running").await;

@@ -221,7 +221,13 @@ impl Drop for Host {
 }
 
 /// Reads a job's SSE stream to its end (the server closes it after the terminal state).
-pub async fn sse_events(client: &reqwest::Client, url: &str, id: &str, token: Option<&str>, last_event_id: Option<u64>) -> Vec<Value> {
+pub async fn sse_events(
+    client: &reqwest::Client,
+    url: &str,
+    id: &str,
+    token: Option<&str>,
+    last_event_id: Option<u64>,
+) -> Vec<Value> {
     use futures::StreamExt;
     let mut rb = client.get(format!("{url}/v1/jobs/{id}/events"));
     if let Some(t) = token {
@@ -323,7 +329,13 @@ pub fn spin_policy(extra: &str) -> String {
 
 impl Host {
     /// Any request, with an explicit bearer token (or none), whatever `self.token` says.
-    pub async fn request(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Answer {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Answer {
         let mut rb = self.client.request(method, format!("{}{path}", self.url));
         if let Some(t) = token {
             rb = rb.bearer_auth(t);
@@ -388,7 +400,11 @@ impl Host {
                 "job {id} ended {now} while waiting for {status}: {job}\n{}",
                 self.logs()
             );
-            assert!(start.elapsed() < Duration::from_secs(60), "job {id} never became {status}: {job}\n{}", self.logs());
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "job {id} never became {status}: {job}\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -406,7 +422,11 @@ impl Host {
 
     /// The host's SQLite database, opened read-only.
     pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open_with_flags(self.data_dir().join("corral.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+        rusqlite::Connection::open_with_flags(
+            self.data_dir().join("corral.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
     }
 
     /// Copies a file into the agents folder the way a careful user does: write aside, then

@@ -9,7 +9,8 @@ use crate::harness::{Host, ceiling_with_net_fetch, eventually, of_kind};
 /// Audit rows of a job: (scope, target, decision, reason).
 fn audit_rows(host: &Host, job: &str) -> Vec<(String, String, String, Option<String>)> {
     let db = host.db();
-    let mut stmt = db.prepare("SELECT scope, target, decision, reason FROM audit WHERE job_id = ?1 ORDER BY id").unwrap();
+    let mut stmt =
+        db.prepare("SELECT scope, target, decision, reason FROM audit WHERE job_id = ?1 ORDER BY id").unwrap();
     stmt.query_map([job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect()
 }
 
@@ -60,11 +61,16 @@ async fn kv_write_without_grant_is_denied_and_audited() {
     let deny = rows.iter().find(|r| r.2 == "deny").unwrap();
     assert_eq!((deny.0.as_str(), deny.1.as_str()), ("kv.write", "counter/locked"), "{rows:?}");
     assert!(deny.3.as_deref().is_some_and(|r| !r.is_empty()), "{rows:?}");
-    assert!(rows.iter().any(|r| r.0 == "kv.read" && r.2 == "allow"), "the kv.read check was allowed and audited: {rows:?}");
+    assert!(
+        rows.iter().any(|r| r.0 == "kv.read" && r.2 == "allow"),
+        "the kv.read check was allowed and audited: {rows:?}"
+    );
 
     // Nothing was written, and the host keeps serving.
     let db = host.db();
-    let written: i64 = db.query_row("SELECT count(*) FROM kv WHERE namespace = 'counter' AND key = 'locked'", [], |r| r.get(0)).unwrap();
+    let written: i64 = db
+        .query_row("SELECT count(*) FROM kv WHERE namespace = 'counter' AND key = 'locked'", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(written, 0);
     assert_eq!(host.run("echo", json!("still here"), None).await["status"], "completed");
     assert_eq!(host.run("counter", json!({"key": "locked"}), None).await["output"]["value"], 1);
@@ -85,8 +91,11 @@ async fn sneaky_agent_gets_denials_as_values_and_completes() {
     assert_eq!(fetch["scope"], "net.fetch");
 
     let events = host.events(job["id"].as_str().unwrap()).await;
-    let denied: Vec<&str> =
-        of_kind(&events, "capability").iter().filter(|e| e["data"]["decision"] == "deny").map(|e| e["data"]["scope"].as_str().unwrap()).collect();
+    let denied: Vec<&str> = of_kind(&events, "capability")
+        .iter()
+        .filter(|e| e["data"]["decision"] == "deny")
+        .map(|e| e["data"]["scope"].as_str().unwrap())
+        .collect();
     for scope in ["kv.write", "kv.read", "net.fetch", "agent.delegate", "events"] {
         assert!(denied.contains(&scope), "{scope} denial recorded: {denied:?}");
     }
@@ -94,7 +103,8 @@ async fn sneaky_agent_gets_denials_as_values_and_completes() {
     assert!(of_kind(&events, "delegated").is_empty());
     let (_, list) = host.get("/v1/jobs").await;
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "{list}");
-    let stored: i64 = host.db().query_row("SELECT count(*) FROM kv WHERE namespace = 'sneaky'", [], |r| r.get(0)).unwrap();
+    let stored: i64 =
+        host.db().query_row("SELECT count(*) FROM kv WHERE namespace = 'sneaky'", [], |r| r.get(0)).unwrap();
     assert_eq!(stored, 0);
 }
 
@@ -135,7 +145,9 @@ async fn fetch_is_allowed_only_for_urls_the_lease_grants() {
         assert!(target.starts_with(url.trim_end_matches("/x").trim_end_matches("/other")), "{url} vs {target}");
         let events = host.events(job["id"].as_str().unwrap()).await;
         assert!(
-            of_kind(&events, "capability").iter().any(|e| e["data"]["decision"] == "deny" && e["data"]["scope"] == "net.fetch"),
+            of_kind(&events, "capability")
+                .iter()
+                .any(|e| e["data"]["decision"] == "deny" && e["data"]["scope"] == "net.fetch"),
             "{url}: {events:?}"
         );
     }
@@ -146,7 +158,8 @@ async fn fetch_without_a_policy_net_grant_is_denied_even_if_the_request_asks() {
     let port = serve_loopback("secret").await;
     let host = Host::start(&["fetch"]);
     let url = format!("http://127.0.0.1:{port}/allowed/x");
-    let job = host.run("fetch", json!({"url": url}), Some(json!({"grants": {"net.fetch": ["http://127.0.0.1:*/**"]}}))).await;
+    let job =
+        host.run("fetch", json!({"url": url}), Some(json!({"grants": {"net.fetch": ["http://127.0.0.1:*/**"]}}))).await;
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["code"], "denied", "{job}");
     assert_eq!(job["error"]["scope"], "net.fetch");
@@ -223,7 +236,8 @@ async fn expired_lease_refuses_calls_with_a_reason_naming_the_expiry() {
     assert_eq!(job["error"]["code"], "denied", "{job}");
     assert!(job["lease"]["expires_at"].is_string(), "{job}");
     let events = host.events(&counter).await;
-    let denial = of_kind(&events, "capability").into_iter().find(|e| e["data"]["decision"] == "deny").expect("a denial event");
+    let denial =
+        of_kind(&events, "capability").into_iter().find(|e| e["data"]["decision"] == "deny").expect("a denial event");
     let reason = denial["data"]["reason"].as_str().unwrap();
     assert!(reason.contains("expired"), "reason names the expiry: {reason}");
     // A job with a long enough lease is unaffected.

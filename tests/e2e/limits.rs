@@ -38,7 +38,11 @@ async fn log_flood_fails_with_limit_exceeded_naming_host_calls() {
     // The flood was cut off at the budget: at most 500 log events were stored.
     let logs: i64 = host
         .db()
-        .query_row("SELECT count(*) FROM events WHERE job_id = ?1 AND kind = 'log'", [job["id"].as_str().unwrap()], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM events WHERE job_id = ?1 AND kind = 'log'",
+            [job["id"].as_str().unwrap()],
+            |r| r.get(0),
+        )
         .unwrap();
     assert!(logs <= 500, "{logs} log events");
 }
@@ -84,7 +88,11 @@ async fn cancelling_a_running_spin_ends_it_cancelled() {
 
     let events = host.events(&spin).await;
     let last = events.last().unwrap();
-    assert_eq!((last["kind"].as_str(), last["data"]["status"].as_str()), (Some("state"), Some("cancelled")), "{events:?}");
+    assert_eq!(
+        (last["kind"].as_str(), last["data"]["status"].as_str()),
+        (Some("state"), Some("cancelled")),
+        "{events:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +122,11 @@ async fn cpu_bound_agent_is_stopped_by_its_fuel_budget() {
 async fn cancelling_a_parent_also_ends_its_running_child() {
     let host = Host::start_with_policy(&["orchestrator", "spin"], Some(&spin_policy("")));
     let parent = host
-        .submit("orchestrator", json!({"tasks": [{"agent": "spin", "input": null}]}), Some(json!({"limits": {"deadline_ms": 60000}})))
+        .submit(
+            "orchestrator",
+            json!({"tasks": [{"agent": "spin", "input": null}]}),
+            Some(json!({"limits": {"deadline_ms": 60000}})),
+        )
         .await;
     let child = crate::harness::eventually("the child spin runs", || async {
         let (_, list) = host.get("/v1/jobs?agent=spin&status=running").await;

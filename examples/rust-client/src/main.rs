@@ -13,10 +13,7 @@
 //! could not be reached.
 
 #![allow(clippy::print_stdout, reason = "printing is this program's job")]
-#![allow(
-    clippy::indexing_slicing,
-    reason = "`value[\"key\"]` on serde_json::Value yields Null, never panics"
-)]
+#![allow(clippy::indexing_slicing, reason = "`value[\"key\"]` on serde_json::Value yields Null, never panics")]
 
 use std::process::ExitCode;
 
@@ -44,37 +41,21 @@ async fn run() -> Result<ExitCode, BoxError> {
     let mut args = std::env::args().skip(1);
     let agent = args.next().unwrap_or_else(|| "echo".to_owned());
     let input: Value = match args.next() {
-        Some(text) => {
-            serde_json::from_str(&text).map_err(|e| format!("the input is not JSON: {e}"))?
-        }
+        Some(text) => serde_json::from_str(&text).map_err(|e| format!("the input is not JSON: {e}"))?,
         None => json!({ "hello": "corral" }),
     };
     let base = std::env::var("CORRAL").unwrap_or_else(|_| "http://127.0.0.1:7070".to_owned());
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: base.trim_end_matches('/').to_owned(),
-    };
+    let api = Api { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned() };
 
-    let answer = api
-        .request(Method::POST, "/v1/jobs")
-        .json(&json!({ "agent": agent, "input": input }))
-        .send()
-        .await?;
+    let answer = api.request(Method::POST, "/v1/jobs").json(&json!({ "agent": agent, "input": input })).send().await?;
     let status = answer.status();
     let job: Value = answer.json().await?;
     if !status.is_success() {
         // Errors are {"error": {"code", "message"}} with stable codes.
-        eprintln!(
-            "refused ({status}): {} — {}",
-            text(&job["error"]["code"]),
-            text(&job["error"]["message"])
-        );
+        eprintln!("refused ({status}): {} — {}", text(&job["error"]["code"]), text(&job["error"]["message"]));
         return Ok(ExitCode::from(2));
     }
-    let id = job["id"]
-        .as_str()
-        .ok_or("the answer has no job id")?
-        .to_owned();
+    let id = job["id"].as_str().ok_or("the answer has no job id")?.to_owned();
     println!("job {id} ({agent}) submitted");
 
     // Follow the events; if the stream breaks, resume after the last event seen.
@@ -114,10 +95,7 @@ impl Api {
     /// Prints the job's events after `last_seq`; the final `state` event's data once it came.
     async fn follow(&self, id: &str, last_seq: &mut u64) -> Result<Option<Value>, BoxError> {
         let request = self.request(Method::GET, &format!("/v1/jobs/{id}/events"));
-        let answer = request
-            .header("last-event-id", last_seq.to_string())
-            .send()
-            .await?;
+        let answer = request.header("last-event-id", last_seq.to_string()).send().await?;
         let mut body = answer.error_for_status()?.bytes_stream();
         let (mut pending, mut data) = (Vec::new(), String::new());
         while let Some(bytes) = body.next().await {
@@ -153,11 +131,9 @@ fn print_event(event: &Value) {
         "state" => format!("→ {}", text(&d["status"])),
         "log" => format!("{}: {}", text(&d["level"]), text(&d["message"])),
         "progress" => format!("{}/{} {}", d["done"], d["total"], text(&d["message"])),
-        "capability" => [&d["decision"], &d["scope"], &d["target"], &d["reason"]]
-            .map(text)
-            .join(" ")
-            .trim_end()
-            .to_owned(),
+        "capability" => {
+            [&d["decision"], &d["scope"], &d["target"], &d["reason"]].map(text).join(" ").trim_end().to_owned()
+        }
         "chunk" => text(&d["data"]).to_owned(),
         "delegated" => format!("{} as job {}", text(&d["agent"]), text(&d["child_id"])),
         _ => d.to_string(), // kinds added later

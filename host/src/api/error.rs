@@ -77,16 +77,20 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let detail = rejection.body_text();
         match &rejection {
-            JsonRejection::JsonSyntaxError(_) => Self::bad_request("invalid_json", format!("request body is not valid JSON: {detail}")),
+            JsonRejection::JsonSyntaxError(_) => {
+                Self::bad_request("invalid_json", format!("request body is not valid JSON: {detail}"))
+            }
             JsonRejection::JsonDataError(_) => Self::bad_request("invalid_request", detail),
             JsonRejection::MissingJsonContentType(_) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send the body as JSON with `Content-Type: application/json`",
             ),
-            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body is too large: {detail}"))
-            }
+            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is too large: {detail}"),
+            ),
             _ => Self::new(rejection.status(), "invalid_request", detail),
         }
     }

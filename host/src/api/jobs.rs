@@ -113,12 +113,18 @@ pub async fn submit(
     if query.wait.is_some_and(|w| w > MAX_WAIT_MS) {
         return Err(ApiError::bad_request("invalid_query", format!("wait must be at most {MAX_WAIT_MS} ms")));
     }
-    let req = SubmitRequest { agent: body.agent, input: body.input, lease: body.lease, idempotency_key: body.idempotency_key };
+    let req = SubmitRequest {
+        agent: body.agent,
+        input: body.input,
+        lease: body.lease,
+        idempotency_key: body.idempotency_key,
+    };
     let (mut job, replayed) = state.manager.submit(&principal.0, req).await?;
     if let Some(wait) = query.wait.filter(|w| *w > 0)
-        && let Some(done) = state.manager.wait_finished(&job.id, Duration::from_millis(wait)).await? {
-            job = done;
-        }
+        && let Some(done) = state.manager.wait_finished(&job.id, Duration::from_millis(wait)).await?
+    {
+        job = done;
+    }
     let status = if job.status.is_terminal() { StatusCode::OK } else { StatusCode::ACCEPTED };
     let mut response = (status, Json(JobView::from(job))).into_response();
     if replayed {
@@ -167,7 +173,10 @@ pub async fn list(
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request("invalid_query", format!("unknown status '{s}' (queued, running, completed, failed, cancelled, timed_out)"))
+            ApiError::bad_request(
+                "invalid_query",
+                format!("unknown status '{s}' (queued, running, completed, failed, cancelled, timed_out)"),
+            )
         })?),
     };
     let filter = JobFilter {

@@ -28,7 +28,8 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
 
 /// Headers an agent may not set: `host` would send the request to another virtual host
 /// than the one the lease was checked for; the others are connection framing.
-const FORBIDDEN_HEADERS: &[&str] = &["host", "connection", "content-length", "transfer-encoding", "te", "upgrade", "keep-alive"];
+const FORBIDDEN_HEADERS: &[&str] =
+    &["host", "connection", "content-length", "transfer-encoding", "te", "upgrade", "keep-alive"];
 
 /// Per-job network state: what is left of the byte budget.
 #[derive(Debug)]
@@ -123,7 +124,9 @@ impl JobState {
         let client = client.build().map_err(|e| HostError::Failed(format!("cannot build HTTP client: {e}")))?;
         let mut builder = client.request(method, url.clone());
         for (name, value) in req.headers {
-            if FORBIDDEN_HEADERS.iter().any(|f| name.eq_ignore_ascii_case(f)) || name.to_ascii_lowercase().starts_with("proxy-") {
+            if FORBIDDEN_HEADERS.iter().any(|f| name.eq_ignore_ascii_case(f))
+                || name.to_ascii_lowercase().starts_with("proxy-")
+            {
                 return Err(invalid(format!(
                     "header '{name}' is set by the host, not the agent (the lease was checked for the URL's host)"
                 )));
@@ -183,7 +186,19 @@ mod tests {
 
     #[test]
     fn private_and_metadata_addresses_are_not_public() {
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.4", "169.254.169.254", "100.64.0.1", "::1", "fd00::1", "fe80::1", "::ffff:10.0.0.1", "0.0.0.0"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.4",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} must not be public");
         }
         for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {

@@ -38,7 +38,12 @@ impl DelegationState {
 }
 
 impl wit::Host for JobState {
-    async fn delegate(&mut self, agent: String, input: String, lease: Option<String>) -> wasmtime::Result<Result<String, HostError>> {
+    async fn delegate(
+        &mut self,
+        agent: String,
+        input: String,
+        lease: Option<String>,
+    ) -> wasmtime::Result<Result<String, HostError>> {
         if let Err(denied) = self.ctx.authorize(Scope::AgentDelegate, &agent)? {
             return Ok(Err(denied));
         }
@@ -47,7 +52,10 @@ impl wit::Host for JobState {
             return Ok(Err(self.ctx.deny(Scope::AgentDelegate, &agent, reason)));
         }
         if u32::try_from(self.delegation.children.len()).unwrap_or(u32::MAX) >= self.delegation.max_children {
-            let reason = format!("fan-out limit reached: this job may start {} children (limits.max_children)", self.delegation.max_children);
+            let reason = format!(
+                "fan-out limit reached: this job may start {} children (limits.max_children)",
+                self.delegation.max_children
+            );
             return Ok(Err(self.ctx.deny(Scope::AgentDelegate, &agent, reason)));
         }
         let input = match serde_json::from_str(&input) {
@@ -63,7 +71,7 @@ impl wit::Host for JobState {
         let remaining = Limits {
             max_host_calls: limits.max_host_calls.saturating_sub(self.ctx.host_calls()),
             net_bytes: self.http.bytes_left(),
-            ..limits.clone()
+            ..*limits
         };
         let child = match manager.submit_child(&self.ctx, remaining, &agent, input, request).await {
             Ok(child) => child,

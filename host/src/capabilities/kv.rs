@@ -22,7 +22,9 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
 
 fn target(namespace: &str, key: &str) -> Result<String, HostError> {
     if namespace.is_empty() || namespace.contains('/') || namespace.len() > MAX_KEY {
-        return Err(HostError::Invalid(format!("invalid kv namespace '{namespace}': non-empty, no '/', at most {MAX_KEY} bytes")));
+        return Err(HostError::Invalid(format!(
+            "invalid kv namespace '{namespace}': non-empty, no '/', at most {MAX_KEY} bytes"
+        )));
     }
     if key.is_empty() || key.len() > MAX_KEY {
         return Err(HostError::Invalid(format!("invalid kv key: non-empty, at most {MAX_KEY} bytes")));
@@ -36,7 +38,12 @@ fn failed(e: impl std::fmt::Display) -> HostError {
 
 impl JobState {
     /// Validates the target and checks every scope in `scopes`.
-    fn kv_authorize(&mut self, scopes: &[Scope], namespace: &str, key: &str) -> wasmtime::Result<Result<(), HostError>> {
+    fn kv_authorize(
+        &mut self,
+        scopes: &[Scope],
+        namespace: &str,
+        key: &str,
+    ) -> wasmtime::Result<Result<(), HostError>> {
         let target = match target(namespace, key) {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
@@ -63,7 +70,10 @@ impl wit::Host for JobState {
             return Ok(Err(e));
         }
         if value.len() > MAX_VALUE {
-            return Ok(Err(HostError::Invalid(format!("kv value of {} bytes exceeds the {MAX_VALUE}-byte limit", value.len()))));
+            return Ok(Err(HostError::Invalid(format!(
+                "kv value of {} bytes exceeds the {MAX_VALUE}-byte limit",
+                value.len()
+            ))));
         }
         Ok(self.ctx.manager.store().kv_set(&namespace, &key, value).await.map_err(failed))
     }
@@ -75,7 +85,12 @@ impl wit::Host for JobState {
         Ok(self.ctx.manager.store().kv_delete(&namespace, &key).await.map_err(failed))
     }
 
-    async fn increment(&mut self, namespace: String, key: String, delta: i64) -> wasmtime::Result<Result<i64, HostError>> {
+    async fn increment(
+        &mut self,
+        namespace: String,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, HostError>> {
         if let Err(e) = self.kv_authorize(&[Scope::KvRead, Scope::KvWrite], &namespace, &key)? {
             return Ok(Err(e));
         }

@@ -101,11 +101,9 @@ impl JobContext {
         self.record(scope, target, reason.clone());
         Ok(match reason {
             None => Ok(()),
-            Some(reason) => Err(HostError::Denied(Denial {
-                scope: scope.as_str().to_string(),
-                target: target.to_string(),
-                reason,
-            })),
+            Some(reason) => {
+                Err(HostError::Denied(Denial { scope: scope.as_str().to_string(), target: target.to_string(), reason }))
+            }
         })
     }
 
@@ -117,7 +115,8 @@ impl JobContext {
     }
 
     fn record(&self, scope: Scope, target: &str, denial: Option<String>) {
-        let (decision, audit_decision) = if denial.is_some() { ("deny", Decision::Deny) } else { ("allow", Decision::Allow) };
+        let (decision, audit_decision) =
+            if denial.is_some() { ("deny", Decision::Deny) } else { ("allow", Decision::Allow) };
         if denial.is_some() {
             tracing::info!(job = %self.job_id, agent = %self.agent, scope = scope.as_str(), target, "capability denied");
         }

@@ -40,11 +40,7 @@ pub enum ClientError {
 
     /// The server answered with its JSON error envelope (or at least a non-2xx status).
     #[error("{message} ({code})")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Api { status: u16, code: String, message: String },
 
     /// The connection failed in some other way (reset mid-response, TLS, ...).
     #[error("request to {server} failed: {source}")]
@@ -55,21 +51,12 @@ pub enum ClientError {
     },
 
     /// The server sent something this client cannot read; usually a version mismatch.
-    #[error(
-        "could not read the server's {what}: {reason} — are `corral` and the server the same version?"
-    )]
+    #[error("could not read the server's {what}: {reason} — are `corral` and the server the same version?")]
     Decode { what: &'static str, reason: String },
 
     /// An event stream kept dropping before the job finished.
-    #[error(
-        "lost the event stream for job {job} after {attempts} reconnects (last event seq {last_seq:?}): {reason}"
-    )]
-    StreamLost {
-        job: String,
-        attempts: u32,
-        last_seq: Option<u64>,
-        reason: String,
-    },
+    #[error("lost the event stream for job {job} after {attempts} reconnects (last event seq {last_seq:?}): {reason}")]
+    StreamLost { job: String, attempts: u32, last_seq: Option<u64>, reason: String },
 }
 
 impl ClientError {
@@ -99,10 +86,7 @@ pub enum JobStatus {
 impl JobStatus {
     /// Whether the job can no longer change.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Self::Completed | Self::Failed | Self::Cancelled | Self::TimedOut
-        )
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled | Self::TimedOut)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -152,11 +136,8 @@ pub struct Job {
 
 impl Job {
     fn from_value(value: Value) -> Result<Self, ClientError> {
-        let mut job: Job =
-            serde_json::from_value(value.clone()).map_err(|e| ClientError::Decode {
-                what: "job",
-                reason: e.to_string(),
-            })?;
+        let mut job: Job = serde_json::from_value(value.clone())
+            .map_err(|e| ClientError::Decode { what: "job", reason: e.to_string() })?;
         job.raw = value;
         Ok(job)
     }
@@ -275,18 +256,11 @@ impl Event {
         let d = &self.data;
         let text = |key: &str| d.get(key).and_then(Value::as_str).map(str::to_owned);
         match self.kind.as_str() {
-            "state" => match d
-                .get("status")
-                .cloned()
-                .map(serde_json::from_value::<JobStatus>)
-            {
+            "state" => match d.get("status").cloned().map(serde_json::from_value::<JobStatus>) {
                 Some(Ok(status)) => EventBody::State {
                     status,
                     output: d.get("output").cloned().filter(|v| !v.is_null()),
-                    error: d
-                        .get("error")
-                        .cloned()
-                        .and_then(|e| serde_json::from_value(e).ok()),
+                    error: d.get("error").cloned().and_then(|e| serde_json::from_value(e).ok()),
                 },
                 _ => EventBody::Other,
             },
@@ -340,10 +314,7 @@ pub struct Client {
 impl Client {
     /// `server` is the base URL (`http://127.0.0.1:7070`); `token` is sent as a bearer token.
     pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let invalid = |reason: String| ClientError::InvalidServerUrl {
-            url: server.to_owned(),
-            reason,
-        };
+        let invalid = |reason: String| ClientError::InvalidServerUrl { url: server.to_owned(), reason };
         let mut base = Url::parse(server).map_err(|e| invalid(e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(invalid("the scheme must be http or https".to_owned()));
@@ -361,11 +332,7 @@ impl Client {
             .user_agent(concat!("corral-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| invalid(e.to_string()))?;
-        Ok(Self {
-            base,
-            token: token.filter(|t| !t.is_empty()),
-            http,
-        })
+        Ok(Self { base, token: token.filter(|t| !t.is_empty()), http })
     }
 
     /// The server as the user gave it, for messages.
@@ -376,10 +343,7 @@ impl Client {
     fn url(&self, path: &str) -> Result<Url, ClientError> {
         self.base
             .join(path)
-            .map_err(|e| ClientError::InvalidServerUrl {
-                url: self.server().to_owned(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| ClientError::InvalidServerUrl { url: self.server().to_owned(), reason: e.to_string() })
     }
 
     fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
@@ -392,38 +356,24 @@ impl Client {
 
     fn transport(&self, source: reqwest::Error) -> ClientError {
         if source.is_connect() {
-            ClientError::Unreachable {
-                server: self.server().to_owned(),
-            }
+            ClientError::Unreachable { server: self.server().to_owned() }
         } else {
-            ClientError::Transport {
-                server: self.server().to_owned(),
-                source,
-            }
+            ClientError::Transport { server: self.server().to_owned(), source }
         }
     }
 
     /// Sends a request and returns the JSON body of a 2xx answer, or the server's error.
-    async fn send_json(
-        &self,
-        req: reqwest::RequestBuilder,
-        what: &'static str,
-    ) -> Result<Value, ClientError> {
+    async fn send_json(&self, req: reqwest::RequestBuilder, what: &'static str) -> Result<Value, ClientError> {
         let resp = req.send().await.map_err(|e| self.transport(e))?;
         let resp = check_status(resp).await?;
         let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            what,
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { what, reason: e.to_string() })
     }
 
     /// `GET /healthz`.
     pub async fn health(&self) -> Result<(), ClientError> {
         let url = self.url("healthz")?;
-        self.send_json(self.request(reqwest::Method::GET, url), "health check")
-            .await
-            .map(|_| ())
+        self.send_json(self.request(reqwest::Method::GET, url), "health check").await.map(|_| ())
     }
 
     /// `POST /v1/jobs`, waiting up to `wait_ms` for the job to finish when given.
@@ -439,10 +389,7 @@ impl Client {
     /// `GET /v1/jobs/{id}`.
     pub async fn job(&self, id: &str) -> Result<Job, ClientError> {
         let url = self.job_url(id, None)?;
-        Job::from_value(
-            self.send_json(self.request(reqwest::Method::GET, url), "job")
-                .await?,
-        )
+        Job::from_value(self.send_json(self.request(reqwest::Method::GET, url), "job").await?)
     }
 
     /// `GET /v1/jobs` with filters.
@@ -466,53 +413,26 @@ impl Client {
         if url.query() == Some("") {
             url.set_query(None);
         }
-        let raw = self
-            .send_json(self.request(reqwest::Method::GET, url), "job list")
-            .await?;
-        let decode = |reason: String| ClientError::Decode {
-            what: "job list",
-            reason,
-        };
-        let items = raw
-            .get("jobs")
-            .and_then(Value::as_array)
-            .ok_or_else(|| decode("no `jobs` array".to_owned()))?;
-        let jobs = items
-            .iter()
-            .cloned()
-            .map(Job::from_value)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = raw
-            .get("next_cursor")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        Ok(JobPage {
-            jobs,
-            next_cursor,
-            raw,
-        })
+        let raw = self.send_json(self.request(reqwest::Method::GET, url), "job list").await?;
+        let decode = |reason: String| ClientError::Decode { what: "job list", reason };
+        let items = raw.get("jobs").and_then(Value::as_array).ok_or_else(|| decode("no `jobs` array".to_owned()))?;
+        let jobs = items.iter().cloned().map(Job::from_value).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = raw.get("next_cursor").and_then(Value::as_str).map(str::to_owned);
+        Ok(JobPage { jobs, next_cursor, raw })
     }
 
     /// `POST /v1/jobs/{id}/cancel`.
     pub async fn cancel(&self, id: &str) -> Result<Job, ClientError> {
         let url = self.job_url(id, Some("cancel"))?;
-        Job::from_value(
-            self.send_json(self.request(reqwest::Method::POST, url), "job")
-                .await?,
-        )
+        Job::from_value(self.send_json(self.request(reqwest::Method::POST, url), "job").await?)
     }
 
     /// `GET /v1/agents`; returns the typed list and the raw answer.
     pub async fn agents(&self) -> Result<(Vec<Agent>, Value), ClientError> {
         let url = self.url("v1/agents")?;
-        let raw = self
-            .send_json(self.request(reqwest::Method::GET, url), "agent list")
-            .await?;
-        let list: AgentList =
-            serde_json::from_value(raw.clone()).map_err(|e| ClientError::Decode {
-                what: "agent list",
-                reason: e.to_string(),
-            })?;
+        let raw = self.send_json(self.request(reqwest::Method::GET, url), "agent list").await?;
+        let list: AgentList = serde_json::from_value(raw.clone())
+            .map_err(|e| ClientError::Decode { what: "agent list", reason: e.to_string() })?;
         Ok((list.agents, raw))
     }
 
@@ -533,12 +453,10 @@ impl Client {
     fn job_url(&self, id: &str, suffix: Option<&str>) -> Result<Url, ClientError> {
         let mut url = self.url("v1/jobs")?;
         {
-            let mut segments =
-                url.path_segments_mut()
-                    .map_err(|()| ClientError::InvalidServerUrl {
-                        url: self.server().to_owned(),
-                        reason: "it has no host".to_owned(),
-                    })?;
+            let mut segments = url.path_segments_mut().map_err(|()| ClientError::InvalidServerUrl {
+                url: self.server().to_owned(),
+                reason: "it has no host".to_owned(),
+            })?;
             segments.push(id);
             if let Some(s) = suffix {
                 segments.push(s);
@@ -549,9 +467,7 @@ impl Client {
 
     async fn open_events(&self, job: &str, after: Option<u64>) -> Result<SseStream, ClientError> {
         let url = self.job_url(job, Some("events"))?;
-        let mut req = self
-            .request(reqwest::Method::GET, url)
-            .header(reqwest::header::ACCEPT, "text/event-stream");
+        let mut req = self.request(reqwest::Method::GET, url).header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some(seq) = after {
             req = req.header("Last-Event-ID", seq.to_string());
         }
@@ -563,12 +479,8 @@ impl Client {
 
 type SseStream = Pin<
     Box<
-        dyn Stream<
-                Item = Result<
-                    eventsource_stream::Event,
-                    eventsource_stream::EventStreamError<reqwest::Error>,
-                >,
-            > + Send,
+        dyn Stream<Item = Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>>
+            + Send,
     >,
 >;
 
@@ -589,19 +501,11 @@ async fn check_status(resp: reqwest::Response) -> Result<reqwest::Response, Clie
             let text = String::from_utf8_lossy(&body);
             let text: String = text.trim().chars().take(200).collect();
             let reason = status.canonical_reason().unwrap_or("error");
-            let message = if text.is_empty() {
-                format!("the server answered {status}")
-            } else {
-                text
-            };
+            let message = if text.is_empty() { format!("the server answered {status}") } else { text };
             (reason.to_lowercase().replace(' ', "_"), message)
         }
     };
-    Err(ClientError::Api {
-        status: status.as_u16(),
-        code,
-        message,
-    })
+    Err(ClientError::Api { status: status.as_u16(), code, message })
 }
 
 /// Reads a job's events in order, exactly once each, across dropped connections.
@@ -693,18 +597,12 @@ impl EventFollower {
                     return Ok(());
                 }
                 // The job does not exist, or we may not see it: retrying cannot help.
-                Err(
-                    e @ ClientError::Api {
-                        status: 400..=499, ..
-                    },
-                ) => {
+                Err(e @ ClientError::Api { status: 400..=499, .. }) => {
                     self.done = true;
                     return Err(e);
                 }
                 // Before the first event, an unreachable server is the user's problem to fix.
-                Err(e @ ClientError::Unreachable { .. })
-                    if self.last_seq.is_none() && self.failures == 0 =>
-                {
+                Err(e @ ClientError::Unreachable { .. }) if self.last_seq.is_none() && self.failures == 0 => {
                     self.done = true;
                     return Err(e);
                 }
@@ -716,11 +614,7 @@ impl EventFollower {
     /// Counts a failed or empty connection, gives up past the limit, otherwise backs off. A
     /// clean end with nothing new may also mean the job had finished before we (re)connected and
     /// we already hold every event: then there is nothing left to wait for.
-    async fn after_drop(
-        &mut self,
-        reason: String,
-        clean_and_empty: bool,
-    ) -> Result<(), ClientError> {
+    async fn after_drop(&mut self, reason: String, clean_and_empty: bool) -> Result<(), ClientError> {
         if clean_and_empty
             && let Ok(job) = self.client.job(&self.job).await
             && job.status.is_terminal()
@@ -747,10 +641,7 @@ impl EventFollower {
 
 /// Reads one SSE message. The `seq` in the JSON wins; the SSE `id` fills in if it is missing.
 fn parse_sse(sse: &eventsource_stream::Event) -> Result<Event, ClientError> {
-    let decode = |reason: String| ClientError::Decode {
-        what: "event stream",
-        reason,
-    };
+    let decode = |reason: String| ClientError::Decode { what: "event stream", reason };
     let mut value: Value = serde_json::from_str(&sse.data).map_err(|e| decode(e.to_string()))?;
     if let Some(obj) = value.as_object_mut() {
         if !obj.contains_key("seq")

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::client::{
-    Client, ClientError, ErrorInfo, EventBody, Job, JobQuery, JobStatus, SubmitJob,
-};
+use super::client::{Client, ClientError, ErrorInfo, EventBody, Job, JobQuery, JobStatus, SubmitJob};
 use super::render::{self, EventPrinter, Style};
 use super::{ClientArgs, ClientCommand};
 
@@ -52,14 +50,8 @@ pub(super) async fn run(args: ClientArgs, cmd: ClientCommand) -> ExitCode {
         Err(failure) => {
             let mut err = io::stderr().lock();
             let _ = writeln!(err, "error: {failure}");
-            if let Failure::Client(ClientError::Api {
-                status: 401 | 403, ..
-            }) = failure
-            {
-                let _ = writeln!(
-                    err,
-                    "hint: pass --token or set CORRAL_TOKEN to a token the server accepts"
-                );
+            if let Failure::Client(ClientError::Api { status: 401 | 403, .. }) = failure {
+                let _ = writeln!(err, "hint: pass --token or set CORRAL_TOKEN to a token the server accepts");
             }
             ExitCode::from(2)
         }
@@ -68,19 +60,10 @@ pub(super) async fn run(args: ClientArgs, cmd: ClientCommand) -> ExitCode {
 
 async fn execute(client: &Client, cmd: ClientCommand, json: bool) -> Result<Done, Failure> {
     match cmd {
-        ClientCommand::Invoke {
-            agent,
-            input,
-            lease,
-            idempotency_key,
-            follow,
-            wait,
-        } => {
+        ClientCommand::Invoke { agent, input, lease, idempotency_key, follow, wait } => {
             let agent = agent.trim().to_owned();
             if agent.is_empty() || agent.starts_with('@') {
-                return Err(Failure::Usage(
-                    "name the agent to run, e.g. `corral invoke echo`".to_owned(),
-                ));
+                return Err(Failure::Usage("name the agent to run, e.g. `corral invoke echo`".to_owned()));
             }
             let submit = SubmitJob {
                 agent,
@@ -110,20 +93,8 @@ async fn execute(client: &Client, cmd: ClientCommand, json: bool) -> Result<Done
             }
             Ok(Done::Success)
         }
-        ClientCommand::Jobs {
-            status,
-            agent,
-            limit,
-            cursor,
-        } => {
-            let page = client
-                .jobs(&JobQuery {
-                    status,
-                    agent,
-                    limit,
-                    cursor,
-                })
-                .await?;
+        ClientCommand::Jobs { status, agent, limit, cursor } => {
+            let page = client.jobs(&JobQuery { status, agent, limit, cursor }).await?;
             if json {
                 stdout_line(&render::pretty(&page.raw))?;
                 return Ok(Done::Success);
@@ -143,11 +114,7 @@ async fn execute(client: &Client, cmd: ClientCommand, json: bool) -> Result<Done
             stdout_line(&render::pretty(&job.raw))?;
             Ok(Done::Success)
         }
-        ClientCommand::Events {
-            job,
-            after,
-            no_follow,
-        } => {
+        ClientCommand::Events { job, after, no_follow } => {
             if no_follow {
                 let current = client.job(&job).await?;
                 if !current.status.is_terminal() {
@@ -164,10 +131,7 @@ async fn execute(client: &Client, cmd: ClientCommand, json: bool) -> Result<Done
             } else if job.status == JobStatus::Cancelled {
                 stdout_line(&format!("job {} cancelled", job.id))?;
             } else {
-                stdout_line(&format!(
-                    "cancel requested for job {} (now {})",
-                    job.id, job.status
-                ))?;
+                stdout_line(&format!("cancel requested for job {} (now {})", job.id, job.status))?;
             }
             Ok(Done::Success)
         }
@@ -187,11 +151,7 @@ fn report_submitted(job: &Job, wait_ms: u64, json: bool) -> Result<Done, Failure
             Ok(Done::Success)
         }
         status if status.is_terminal() => {
-            stderr_line(&render::job_failure_line(
-                &job.id,
-                status,
-                job.error.as_ref(),
-            ));
+            stderr_line(&render::job_failure_line(&job.id, status, job.error.as_ref()));
             Ok(Done::JobUnsuccessful)
         }
         status => {
@@ -254,11 +214,7 @@ async fn follow_events(
         } else {
             printer.event(&event)?;
         }
-        if let EventBody::State {
-            status,
-            output,
-            error,
-        } = event.body()
+        if let EventBody::State { status, output, error } = event.body()
             && status.is_terminal()
         {
             ending = Some((status, output, error));

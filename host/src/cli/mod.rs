@@ -45,23 +45,11 @@ pub use client::{Client, ClientError};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// Base URL of the corral server.
-    #[arg(
-        long,
-        global = true,
-        env = "CORRAL_SERVER",
-        default_value = "http://127.0.0.1:7070",
-        value_name = "URL"
-    )]
+    #[arg(long, global = true, env = "CORRAL_SERVER", default_value = "http://127.0.0.1:7070", value_name = "URL")]
     pub server: String,
 
     /// Bearer token, when the server is configured with tokens.
-    #[arg(
-        long,
-        global = true,
-        env = "CORRAL_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
+    #[arg(long, global = true, env = "CORRAL_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
 
     /// Print raw JSON instead of tables and text (one event per line when following).
@@ -99,12 +87,7 @@ pub enum ClientCommand {
         follow: bool,
 
         /// How long to wait for the result before printing the job id instead.
-        #[arg(
-            long,
-            value_name = "MS",
-            default_value_t = 30_000,
-            conflicts_with = "follow"
-        )]
+        #[arg(long, value_name = "MS", default_value_t = 30_000, conflicts_with = "follow")]
         wait: u64,
     },
 

@@ -24,28 +24,18 @@ pub struct Style {
 
 impl Style {
     /// Plain text: what pipes, files and tests get.
-    pub const PLAIN: Style = Style {
-        color: false,
-        progress_bar: false,
-    };
+    pub const PLAIN: Style = Style { color: false, progress_bar: false };
 
     /// The style for stdout as it is now.
     pub fn detect() -> Self {
         use std::io::IsTerminal as _;
         let tty = io::stdout().is_terminal();
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        Style {
-            color: tty && !no_color,
-            progress_bar: tty,
-        }
+        Style { color: tty && !no_color, progress_bar: tty }
     }
 
     fn paint(self, code: &str, text: &str) -> String {
-        if self.color {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_owned()
-        }
+        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
     }
 }
 
@@ -68,22 +58,13 @@ pub struct EventPrinter<W: Write> {
 
 impl<W: Write> std::fmt::Debug for EventPrinter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventPrinter")
-            .field("style", &self.style)
-            .field("bar", &self.bar.is_some())
-            .finish()
+        f.debug_struct("EventPrinter").field("style", &self.style).field("bar", &self.bar.is_some()).finish()
     }
 }
 
 impl<W: Write> EventPrinter<W> {
     pub fn new(out: W, style: Style) -> Self {
-        Self {
-            out,
-            style,
-            bar: None,
-            open_chunk: String::new(),
-            mid_line: false,
-        }
+        Self { out, style, bar: None, open_chunk: String::new(), mid_line: false }
     }
 
     /// Prints one event.
@@ -93,11 +74,7 @@ impl<W: Write> EventPrinter<W> {
             return self.chunk(data);
         }
         self.end_chunk()?;
-        if let EventBody::Progress {
-            done,
-            total,
-            message,
-        } = &body
+        if let EventBody::Progress { done, total, message } = &body
             && self.style.progress_bar
         {
             self.update_bar(*done, *total, message.as_deref());
@@ -219,11 +196,7 @@ pub fn event_line(event: &Event, body: &EventBody, style: Style) -> String {
             };
             format!("{tag} {message}")
         }
-        EventBody::Progress {
-            done,
-            total,
-            message,
-        } => {
+        EventBody::Progress { done, total, message } => {
             let count = match total {
                 Some(total) => format!("{done}/{total}"),
                 None => done.to_string(),
@@ -234,24 +207,16 @@ pub fn event_line(event: &Event, body: &EventBody, style: Style) -> String {
             }
         }
         EventBody::Chunk { data } => data.trim_end_matches('\n').to_owned(),
-        EventBody::Capability {
-            scope,
-            target,
-            allowed: false,
-            reason,
-        } => {
+        EventBody::Capability { scope, target, allowed: false, reason } => {
             let line = match reason {
                 Some(r) => format!("denied {scope} {target}: {r}"),
                 None => format!("denied {scope} {target}"),
             };
             style.paint(RED_BOLD, &line)
         }
-        EventBody::Capability {
-            scope,
-            target,
-            allowed: true,
-            ..
-        } => style.paint(DIM, &format!("allowed {scope} {target}")),
+        EventBody::Capability { scope, target, allowed: true, .. } => {
+            style.paint(DIM, &format!("allowed {scope} {target}"))
+        }
         EventBody::Delegated { child_id, agent } => {
             format!("[delegated] {agent} as job {child_id}")
         }
@@ -329,19 +294,12 @@ pub fn agents_table(agents: &[Agent]) -> String {
                 a.name.clone(),
                 latest,
                 versions.join(","),
-                if scopes.is_empty() {
-                    "-".to_owned()
-                } else {
-                    scopes
-                },
+                if scopes.is_empty() { "-".to_owned() } else { scopes },
                 a.description.clone(),
             ]
         })
         .collect();
-    table(
-        &["NAME", "LATEST", "VERSIONS", "SCOPES", "DESCRIPTION"],
-        &rows,
-    )
+    table(&["NAME", "LATEST", "VERSIONS", "SCOPES", "DESCRIPTION"], &rows)
 }
 
 pub fn jobs_table(jobs: &[Job]) -> String {
@@ -360,23 +318,13 @@ pub fn jobs_table(jobs: &[Job]) -> String {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn ev(seq: u64, kind: &str, data: Value) -> Event {
-        Event {
-            seq,
-            kind: kind.to_owned(),
-            at: "2025-01-01T00:00:00Z".to_owned(),
-            data,
-        }
+        Event { seq, kind: kind.to_owned(), at: "2025-01-01T00:00:00Z".to_owned(), data }
     }
 
     fn printed(events: &[Event]) -> String {
@@ -398,22 +346,10 @@ mod tests {
                 "capability",
                 json!({"scope": "kv.write", "target": "counter/x", "decision": "deny", "reason": "no grant"}),
             ),
-            ev(
-                4,
-                "capability",
-                json!({"scope": "log", "target": "*", "decision": "allow"}),
-            ),
-            ev(
-                5,
-                "progress",
-                json!({"done": 1, "total": 3, "message": "step"}),
-            ),
+            ev(4, "capability", json!({"scope": "log", "target": "*", "decision": "allow"})),
+            ev(5, "progress", json!({"done": 1, "total": 3, "message": "step"})),
             ev(6, "delegated", json!({"child_id": "c1", "agent": "fetch"})),
-            ev(
-                7,
-                "state",
-                json!({"status": "failed", "error": {"code": "trap", "message": "boom"}}),
-            ),
+            ev(7, "state", json!({"status": "failed", "error": {"code": "trap", "message": "boom"}})),
         ]);
         assert_eq!(
             text,
@@ -442,31 +378,14 @@ mod tests {
 
     #[test]
     fn colour_highlights_denials_only_when_asked() {
-        let deny = ev(
-            1,
-            "capability",
-            json!({"scope": "kv.write", "target": "k", "decision": "deny"}),
-        );
-        let styled = event_line(
-            &deny,
-            &deny.body(),
-            Style {
-                color: true,
-                progress_bar: false,
-            },
-        );
+        let deny = ev(1, "capability", json!({"scope": "kv.write", "target": "k", "decision": "deny"}));
+        let styled = event_line(&deny, &deny.body(), Style { color: true, progress_bar: false });
         assert_eq!(styled, "\x1b[1;31mdenied kv.write k\x1b[0m");
     }
 
     #[test]
     fn table_pads_all_but_the_last_column() {
-        let t = table(
-            &["ID", "AGENT"],
-            &[
-                vec!["a".into(), "echo".into()],
-                vec!["long-id".into(), "x".into()],
-            ],
-        );
+        let t = table(&["ID", "AGENT"], &[vec!["a".into(), "echo".into()], vec!["long-id".into(), "x".into()]]);
         assert_eq!(t, "ID       AGENT\na        echo\nlong-id  x\n");
     }
 }

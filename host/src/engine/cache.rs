@@ -34,12 +34,7 @@ impl CodeCache {
 
     /// The component for `bytes` (whose hash is `sha256`): from the cache when present,
     /// else compiled and written to the cache. Returns whether the cache was hit.
-    pub fn load_or_compile(
-        &self,
-        engine: &Engine,
-        sha256: &str,
-        bytes: &[u8],
-    ) -> wasmtime::Result<(Component, bool)> {
+    pub fn load_or_compile(&self, engine: &Engine, sha256: &str, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
         let entry = self.entry(sha256);
         if entry.is_file() {
             match deserialize_trusted(engine, &entry) {

@@ -120,17 +120,18 @@ pub fn read_manifest(component_bytes: &[u8]) -> Result<AgentManifest, ManifestEr
 
 /// Parses and validates manifest JSON (the content of the `corral:manifest` section).
 pub fn parse_manifest(json: &[u8]) -> Result<AgentManifest, ManifestError> {
-    let manifest: AgentManifest =
-        serde_json::from_slice(json).map_err(|err| ManifestError::Json(err.to_string()))?;
+    let manifest: AgentManifest = serde_json::from_slice(json).map_err(|err| ManifestError::Json(err.to_string()))?;
     if !is_valid_name(&manifest.name) {
         return Err(ManifestError::InvalidName(manifest.name));
     }
     if manifest.version.parse::<Version>().is_err() {
         return Err(ManifestError::InvalidVersion(manifest.version));
     }
-    if let Some(bad) = manifest.scopes.iter().find(|scope| {
-        scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control())
-    }) {
+    if let Some(bad) = manifest
+        .scopes
+        .iter()
+        .find(|scope| scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
         return Err(ManifestError::InvalidScope(bad.clone()));
     }
     Ok(manifest)
@@ -140,9 +141,7 @@ pub fn parse_manifest(json: &[u8]) -> Result<AgentManifest, ManifestError> {
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// The names of the component's own (top-level) imports, e.g. `corral:agent/kv@0.1.0`.
@@ -179,8 +178,7 @@ fn check_header(bytes: &[u8]) -> Result<(), ManifestError> {
         Err(ManifestError::CoreModule)
     } else if bytes.starts_with(b"\0asm") {
         Err(ManifestError::Malformed(
-            "unknown WebAssembly version or layer (built for another component-model version?)"
-                .to_owned(),
+            "unknown WebAssembly version or layer (built for another component-model version?)".to_owned(),
         ))
     } else {
         Err(ManifestError::NotWasm)
@@ -219,18 +217,11 @@ impl FromStr for Version {
             None => (rest, None),
         };
         let mut numbers = core.split('.').map(|part| {
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                None
-            } else {
-                part.parse::<u64>().ok()
-            }
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) { None } else { part.parse::<u64>().ok() }
         });
-        let (Some(Some(major)), Some(Some(minor)), Some(Some(patch)), None) = (
-            numbers.next(),
-            numbers.next(),
-            numbers.next(),
-            numbers.next(),
-        ) else {
+        let (Some(Some(major)), Some(Some(minor)), Some(Some(patch)), None) =
+            (numbers.next(), numbers.next(), numbers.next(), numbers.next())
+        else {
             return Err(invalid());
         };
         let suffix_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
@@ -342,22 +333,10 @@ mod tests {
 
     #[test]
     fn bad_names_versions_and_scopes_are_rejected() {
-        assert!(matches!(
-            parse_manifest(&manifest_json("Echo", "0.1.0")),
-            Err(ManifestError::InvalidName(_))
-        ));
-        assert!(matches!(
-            parse_manifest(&manifest_json("", "0.1.0")),
-            Err(ManifestError::InvalidName(_))
-        ));
-        assert!(matches!(
-            parse_manifest(&manifest_json(&"a".repeat(65), "0.1.0")),
-            Err(ManifestError::InvalidName(_))
-        ));
-        assert!(matches!(
-            parse_manifest(&manifest_json("a", "1.0")),
-            Err(ManifestError::InvalidVersion(_))
-        ));
+        assert!(matches!(parse_manifest(&manifest_json("Echo", "0.1.0")), Err(ManifestError::InvalidName(_))));
+        assert!(matches!(parse_manifest(&manifest_json("", "0.1.0")), Err(ManifestError::InvalidName(_))));
+        assert!(matches!(parse_manifest(&manifest_json(&"a".repeat(65), "0.1.0")), Err(ManifestError::InvalidName(_))));
+        assert!(matches!(parse_manifest(&manifest_json("a", "1.0")), Err(ManifestError::InvalidVersion(_))));
         assert!(matches!(
             parse_manifest(br#"{"name":"a","version":"1.0.0","scopes":["kv read"]}"#),
             Err(ManifestError::InvalidScope(_))
@@ -371,44 +350,16 @@ mod tests {
         let component = b"\0asm\x0d\0\x01\0";
         assert!(!is_component(core));
         assert!(is_component(component));
-        assert!(matches!(
-            read_manifest(core),
-            Err(ManifestError::CoreModule)
-        ));
-        assert!(matches!(
-            read_manifest(b"hello"),
-            Err(ManifestError::NotWasm)
-        ));
-        assert!(matches!(
-            read_manifest(component),
-            Err(ManifestError::Missing)
-        ));
+        assert!(matches!(read_manifest(core), Err(ManifestError::CoreModule)));
+        assert!(matches!(read_manifest(b"hello"), Err(ManifestError::NotWasm)));
+        assert!(matches!(read_manifest(component), Err(ManifestError::Missing)));
     }
 
     #[test]
     fn versions_sort_by_semver_precedence() {
-        let mut versions = vec![
-            "1.10.0",
-            "1.2.0",
-            "1.2.0-rc.10",
-            "1.2.0-rc.2",
-            "1.2.0-alpha",
-            "0.9.9",
-            "junk",
-        ];
+        let mut versions = vec!["1.10.0", "1.2.0", "1.2.0-rc.10", "1.2.0-rc.2", "1.2.0-alpha", "0.9.9", "junk"];
         versions.sort_by_key(|v| version_key(v));
-        assert_eq!(
-            versions,
-            vec![
-                "junk",
-                "0.9.9",
-                "1.2.0-alpha",
-                "1.2.0-rc.2",
-                "1.2.0-rc.10",
-                "1.2.0",
-                "1.10.0"
-            ]
-        );
+        assert_eq!(versions, vec!["junk", "0.9.9", "1.2.0-alpha", "1.2.0-rc.2", "1.2.0-rc.10", "1.2.0", "1.10.0"]);
     }
 
     #[test]
@@ -416,9 +367,7 @@ mod tests {
         for text in ["0.1.0", "1.2.3-rc.1", "1.2.3+build.7", "1.2.3-x+y"] {
             assert_eq!(text.parse::<Version>().unwrap().to_string(), text);
         }
-        for bad in [
-            "1.2", "1.2.3.4", "01.x.3", "1.2.3-", "1.2.3+", "a.b.c", "1..3",
-        ] {
+        for bad in ["1.2", "1.2.3.4", "01.x.3", "1.2.3-", "1.2.3+", "a.b.c", "1..3"] {
             assert!(bad.parse::<Version>().is_err(), "{bad}");
         }
     }

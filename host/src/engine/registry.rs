@@ -16,9 +16,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use super::EngineError;
 use super::cache::CodeCache;
 use super::manifest::{self, AgentManifest};
-use super::EngineError;
 use crate::bindings::AgentPre;
 use crate::capabilities::JobState;
 use crate::lease::Grants;
@@ -164,17 +164,16 @@ impl Registry {
                 )));
             }
         }
-        let exports_handler = ty
-            .exports(&self.engine)
-            .any(|(name, _)| name == HANDLER_EXPORT);
+        let exports_handler = ty.exports(&self.engine).any(|(name, _)| name == HANDLER_EXPORT);
         if !exports_handler {
-            return Err(invalid(format!("does not export '{HANDLER_EXPORT}' — use corral-guest's export_agent! macro")));
+            return Err(invalid(format!(
+                "does not export '{HANDLER_EXPORT}' — use corral-guest's export_agent! macro"
+            )));
         }
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| invalid(format!("cannot be linked: {e:#}")))?;
-        let pre = AgentPre::new(instance_pre).map_err(|e| invalid(format!("has the wrong handler signature: {e:#}")))?;
+        let instance_pre =
+            self.linker.instantiate_pre(&component).map_err(|e| invalid(format!("cannot be linked: {e:#}")))?;
+        let pre =
+            AgentPre::new(instance_pre).map_err(|e| invalid(format!("has the wrong handler signature: {e:#}")))?;
         Ok(LoadedAgent { manifest, declared, sha256, path: path.to_path_buf(), pre, from_cache })
     }
 
@@ -211,9 +210,10 @@ impl Registry {
         let version = agent.manifest.version.clone();
         // The file now provides this version only: forget what it provided before.
         if let Some(previous) = inner.files.remove(&agent.path)
-            && previous != (name.clone(), version.clone()) {
-                remove_version(&mut inner, &previous);
-            }
+            && previous != (name.clone(), version.clone())
+        {
+            remove_version(&mut inner, &previous);
+        }
         inner.failures.remove(&agent.path);
         // Another file that provided the same name@version no longer does.
         inner.files.retain(|_, provided| *provided != (name.clone(), version.clone()));
@@ -236,7 +236,9 @@ impl Registry {
         let mut failures = Vec::new();
         for path in wasm_files(dir) {
             match self.load_file(&path) {
-                Ok(agent) => tracing::info!(agent = %agent.reference(), file = %path.display(), cached = agent.from_cache, "agent loaded"),
+                Ok(agent) => {
+                    tracing::info!(agent = %agent.reference(), file = %path.display(), cached = agent.from_cache, "agent loaded")
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "agent not loaded");
                     failures.push(e);
@@ -313,10 +315,8 @@ fn remove_version(inner: &mut Inner, (name, version): &(String, String)) {
 /// The `*.wasm` files directly in `dir`, sorted (hidden temp files are skipped).
 pub fn wasm_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_agent_file(p))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_agent_file(p)).collect();
     files.sort();
     files
 }

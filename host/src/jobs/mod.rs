@@ -125,12 +125,15 @@ impl JobManager {
         let request_hash = request_hash(&req);
         // An idempotent replay must return the original job even if the agent is gone now.
         if let Some(key) = &req.idempotency_key
-            && let Some(existing) = self.store.job_by_idempotency_key(principal, key).await? {
-                return replay(existing, &request_hash, key);
-            }
+            && let Some(existing) = self.store.job_by_idempotency_key(principal, key).await?
+        {
+            return replay(existing, &request_hash, key);
+        }
         let agent = self.registry.resolve(&req.agent)?;
         let lease_request = match &req.lease {
-            Some(v) => serde_json::from_value::<LeaseRequest>(v.clone()).map_err(|e| LeaseError::Invalid(e.to_string()))?,
+            Some(v) => {
+                serde_json::from_value::<LeaseRequest>(v.clone()).map_err(|e| LeaseError::Invalid(e.to_string()))?
+            }
             None => LeaseRequest::default(),
         };
         let ceiling = self.policy.ceiling_for(principal);
@@ -168,8 +171,13 @@ impl JobManager {
         let time_left_ms = u64::try_from(time_left.as_millis()).unwrap_or(u64::MAX);
         parent_lease.limits = parent_lease.limits.intersect(&Limits { deadline_ms: time_left_ms, ..remaining });
         let ceiling = self.policy.ceiling_for(&parent.principal);
-        let lease =
-            Lease::effective(&agent.declared, ceiling, &lease_request, Some(&parent_lease), time::OffsetDateTime::now_utc())?;
+        let lease = Lease::effective(
+            &agent.declared,
+            ceiling,
+            &lease_request,
+            Some(&parent_lease),
+            time::OffsetDateTime::now_utc(),
+        )?;
         let req = SubmitRequest { agent: agent_ref.to_string(), input, lease: None, idempotency_key: None };
         let record = new_record(
             &parent.principal,
@@ -212,9 +220,10 @@ impl JobManager {
             handles.remove(id);
         }
         if let Ok(mut finished) = self.finished.lock()
-            && let Some(done) = finished.remove(id) {
-                let _ = done.send(true);
-            }
+            && let Some(done) = finished.remove(id)
+        {
+            let _ = done.send(true);
+        }
     }
 
     /// A job of `principal` (other principals' jobs do not exist for them).
@@ -245,9 +254,10 @@ impl JobManager {
         if self.store.transition_job(id, t).await?.is_none() {
             // Running (or just finished): signal the runner, which records the outcome.
             if let Ok(handles) = self.handles.lock()
-                && let Some(h) = handles.get(id) {
-                    let _ = h.cancel.send(true);
-                }
+                && let Some(h) = handles.get(id)
+            {
+                let _ = h.cancel.send(true);
+            }
         }
         // Wait for the runner to record the outcome, so the caller sees the final state.
         self.wait_finished(id, Duration::from_secs(5)).await?;

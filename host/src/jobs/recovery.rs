@@ -48,14 +48,20 @@ async fn recover_one(manager: &JobManager, job: &JobRecord) -> Result<bool, JobE
         Transition::new(&from, JobStatus::Failed, now).finished_at(now).error(error_json(code, &message))
     };
     if job.parent_id.is_some() {
-        let t = fail("parent_interrupted", "the host restarted while this delegated job was unfinished; its parent delegates again".into());
+        let t = fail(
+            "parent_interrupted",
+            "the host restarted while this delegated job was unfinished; its parent delegates again".into(),
+        );
         manager.store().transition_job(&job.id, t).await?;
         return Ok(false);
     }
     if job.status == JobStatus::Running && job.attempt >= max_attempts {
         let t = fail(
             "interrupted",
-            format!("the host stopped while the job was running, on attempt {} of {max_attempts} (recovery.max_attempts)", job.attempt),
+            format!(
+                "the host stopped while the job was running, on attempt {} of {max_attempts} (recovery.max_attempts)",
+                job.attempt
+            ),
         );
         manager.store().transition_job(&job.id, t).await?;
         return Ok(false);
@@ -77,8 +83,10 @@ async fn recover_one(manager: &JobManager, job: &JobRecord) -> Result<bool, JobE
     };
     let mut job = job.clone();
     if job.status == JobStatus::Running {
-        let t = Transition::new(&[JobStatus::Running], JobStatus::Queued, now)
-            .reason(format!("the host restarted while this job was running; running it again (attempt {})", job.attempt + 1));
+        let t = Transition::new(&[JobStatus::Running], JobStatus::Queued, now).reason(format!(
+            "the host restarted while this job was running; running it again (attempt {})",
+            job.attempt + 1
+        ));
         match manager.store().transition_job(&job.id, t).await? {
             Some((updated, _)) => job = updated,
             None => return Ok(false),

@@ -134,11 +134,15 @@ async fn finish(manager: &JobManager, job: &JobRecord, outcome: Outcome, lease: 
                 &format!("the job ran past its {} ms deadline (limits.deadline_ms)", lease.limits.deadline_ms),
             ))
         },
-        Outcome::Cancelled => Transition { to: JobStatus::Cancelled, ..t.error(error_json("cancelled", "cancelled while running")) },
+        Outcome::Cancelled => {
+            Transition { to: JobStatus::Cancelled, ..t.error(error_json("cancelled", "cancelled while running")) }
+        }
     };
     let status = t.to;
     match manager.store().transition_job(&job.id, t).await {
         Ok(_) => tracing::info!(job = %job.id, agent = %job.agent_name, %status, host_calls, "job finished"),
-        Err(e) => tracing::error!(job = %job.id, error = %e, "cannot record job outcome; it will be recovered at restart"),
+        Err(e) => {
+            tracing::error!(job = %job.id, error = %e, "cannot record job outcome; it will be recovered at restart")
+        }
     }
 }

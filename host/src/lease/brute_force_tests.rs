@@ -1,11 +1,6 @@
 //! Brute-force cross-checks of the pattern engine: soundness of `is_subset_of` and agreement of
 //! `matches` with a naive recursive matcher, over every string up to length 5 on {a, b, /}.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use super::{Grants, Pattern, Scope};
 
@@ -80,19 +75,16 @@ fn naive_matches(pattern: &[char], s: &[char]) -> bool {
         [] => s.is_empty(),
         ['\\', c, rest @ ..] => s.first() == Some(c) && naive_matches(rest, &s[1..]),
         ['*', '*', rest @ ..] => (0..=s.len()).any(|i| naive_matches(rest, &s[i..])),
-        ['*', rest @ ..] => (0..=s.len())
-            .take_while(|&i| i == 0 || s[i - 1] != '/')
-            .any(|i| naive_matches(rest, &s[i..])),
+        ['*', rest @ ..] => {
+            (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != '/').any(|i| naive_matches(rest, &s[i..]))
+        }
         [c, rest @ ..] => s.first() == Some(c) && naive_matches(rest, &s[1..]),
     }
 }
 
 /// Which of `strings` each pattern matches, as a bit vector.
 fn match_sets(patterns: &[Pattern], strings: &[String]) -> Vec<Vec<bool>> {
-    patterns
-        .iter()
-        .map(|p| strings.iter().map(|s| p.matches(s)).collect())
-        .collect()
+    patterns.iter().map(|p| strings.iter().map(|s| p.matches(s)).collect()).collect()
 }
 
 fn check_soundness(patterns: &[Pattern], strings: &[String]) -> (usize, usize) {
@@ -106,10 +98,7 @@ fn check_soundness(patterns: &[Pattern], strings: &[String]) -> (usize, usize) {
             }
             if p.is_subset_of(q) {
                 proved += 1;
-                assert!(
-                    included,
-                    "unsound: '{p}' ⊆ '{q}' claimed, but a string breaks it"
-                );
+                assert!(included, "unsound: '{p}' ⊆ '{q}' claimed, but a string breaks it");
             }
         }
     }
@@ -126,11 +115,7 @@ fn engine_agrees_with_naive_matcher_on_all_short_strings() {
         let source: Vec<char> = p.as_str().chars().collect();
         for s in &strings {
             let chars: Vec<char> = s.chars().collect();
-            assert_eq!(
-                p.matches(s),
-                naive_matches(&source, &chars),
-                "'{p}' vs '{s}'"
-            );
+            assert_eq!(p.matches(s), naive_matches(&source, &chars), "'{p}' vs '{s}'");
         }
     }
 }
@@ -141,10 +126,7 @@ fn subset_is_sound_for_every_short_pattern_pair() {
     let patterns = all_patterns(4);
     let (proved, true_on_sample) = check_soundness(&patterns, &strings);
     // Completeness is not required, but most true inclusions should be proved.
-    assert!(
-        proved * 10 >= true_on_sample * 8,
-        "proved {proved} of {true_on_sample}"
-    );
+    assert!(proved * 10 >= true_on_sample * 8, "proved {proved} of {true_on_sample}");
 }
 
 #[test]
@@ -162,10 +144,8 @@ fn layered_intersection_is_exact_on_random_grants() {
     let random_grants = |rng: &mut Rng| {
         let mut g = Grants::new();
         for _ in 0..1 + rng.below(2) {
-            let layer: Vec<String> = (0..1 + rng.below(3))
-                .filter_map(|_| random_pattern(rng))
-                .map(|p| p.as_str().to_owned())
-                .collect();
+            let layer: Vec<String> =
+                (0..1 + rng.below(3)).filter_map(|_| random_pattern(rng)).map(|p| p.as_str().to_owned()).collect();
             let refs: Vec<&str> = layer.iter().map(String::as_str).collect();
             g = g.with(Scope::KvRead, &refs).unwrap();
         }
@@ -177,11 +157,7 @@ fn layered_intersection_is_exact_on_random_grants() {
         let both = a.intersect(&b);
         for s in &strings {
             let expected = a.allows(Scope::KvRead, s) && b.allows(Scope::KvRead, s);
-            assert_eq!(
-                both.allows(Scope::KvRead, s),
-                expected,
-                "{a:?} ∩ {b:?} on '{s}'"
-            );
+            assert_eq!(both.allows(Scope::KvRead, s), expected, "{a:?} ∩ {b:?} on '{s}'");
         }
         if both.is_within(&a).is_err() || both.is_within(&b).is_err() {
             panic!("{both:?} should be provably within both {a:?} and {b:?}");

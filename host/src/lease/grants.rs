@@ -48,9 +48,7 @@ impl TargetPattern {
             Scope::NetFetch => UrlPattern::parse(source).map(TargetPattern::Url),
             _ => Pattern::parse(source).map(TargetPattern::Glob),
         };
-        parsed.map_err(|e| {
-            LeaseError::Invalid(format!("invalid pattern '{source}' for {scope}: {e}"))
-        })
+        parsed.map_err(|e| LeaseError::Invalid(format!("invalid pattern '{source}' for {scope}: {e}")))
     }
 
     /// The pattern allowing every target of `scope`: `**`, or `*://*:*/**` for `net.fetch`.
@@ -149,10 +147,7 @@ impl Grants {
     /// Builder: parse `patterns` as one more layer for `scope` (a first layer grants the scope;
     /// a further layer narrows it).
     pub fn with(mut self, scope: Scope, patterns: &[&str]) -> Result<Grants, LeaseError> {
-        let layer = patterns
-            .iter()
-            .map(|p| TargetPattern::parse(scope, p))
-            .collect::<Result<Layer, _>>()?;
+        let layer = patterns.iter().map(|p| TargetPattern::parse(scope, p)).collect::<Result<Layer, _>>()?;
         self.narrow(scope, layer);
         Ok(self)
     }
@@ -210,21 +205,13 @@ impl Grants {
                 }
                 let uncovered = mine
                     .first()
-                    .and_then(|layer| {
-                        layer
-                            .iter()
-                            .find(|p| !bound.iter().any(|q| p.is_subset_of(q)))
-                    })
+                    .and_then(|layer| layer.iter().find(|p| !bound.iter().any(|q| p.is_subset_of(q))))
                     .map(|p| p.as_str().to_owned());
                 let detail = match &uncovered {
                     Some(p) => format!("{scope} pattern '{p}' is not within {}", list(bound)),
                     None => format!("{scope} is not within {}", list(bound)),
                 };
-                return Err(NotWithin {
-                    scope: *scope,
-                    pattern: uncovered,
-                    detail,
-                });
+                return Err(NotWithin { scope: *scope, pattern: uncovered, detail });
             }
         }
         Ok(())
@@ -250,30 +237,20 @@ impl Grants {
     }
 
     fn layers(&self, scope: Scope) -> Result<&[Layer], String> {
-        self.scopes.get(&scope).map(Vec::as_slice).ok_or_else(|| {
-            format!("the lease has no {scope} grant — add it to the job's lease or the policy file")
-        })
+        self.scopes
+            .get(&scope)
+            .map(Vec::as_slice)
+            .ok_or_else(|| format!("the lease has no {scope} grant — add it to the job's lease or the policy file"))
     }
 }
 
-fn decide_layers(
-    scope: Scope,
-    layers: &[Layer],
-    target: Target<'_>,
-    shown: &str,
-) -> Result<(), String> {
-    match layers
-        .iter()
-        .find(|layer| !layer.iter().any(|p| p.matches(target)))
-    {
+fn decide_layers(scope: Scope, layers: &[Layer], target: Target<'_>, shown: &str) -> Result<(), String> {
+    match layers.iter().find(|layer| !layer.iter().any(|p| p.matches(target))) {
         None => Ok(()),
-        Some(layer) if layer.is_empty() => Err(format!(
-            "no {scope} grant matches {shown} (the {scope} grant is empty, so every target is denied)"
-        )),
-        Some(layer) if layers.len() == 1 => Err(format!(
-            "no {scope} grant matches {shown} (granted: {})",
-            list(layer)
-        )),
+        Some(layer) if layer.is_empty() => {
+            Err(format!("no {scope} grant matches {shown} (the {scope} grant is empty, so every target is denied)"))
+        }
+        Some(layer) if layers.len() == 1 => Err(format!("no {scope} grant matches {shown} (granted: {})", list(layer))),
         Some(layer) => Err(format!(
             "no {scope} grant matches {shown} (one of the lease's {} constraints for {scope} allows only: {})",
             layers.len(),
@@ -283,11 +260,7 @@ fn decide_layers(
 }
 
 fn list(layer: &[TargetPattern]) -> String {
-    layer
-        .iter()
-        .map(TargetPattern::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
+    layer.iter().map(TargetPattern::as_str).collect::<Vec<_>>().join(", ")
 }
 
 /// Every pattern of `sub` fits in some pattern of `sup`, so `sub` allows nothing `sup` denies.
@@ -358,10 +331,7 @@ impl<'de> Deserialize<'de> for Grants {
         for (name, entries) in raw {
             let scope: Scope = name.parse().map_err(de::Error::custom)?;
             let parse = |texts: Vec<String>| -> Result<Layer, D::Error> {
-                texts
-                    .iter()
-                    .map(|t| TargetPattern::parse(scope, t).map_err(de::Error::custom))
-                    .collect()
+                texts.iter().map(|t| TargetPattern::parse(scope, t).map_err(de::Error::custom)).collect()
             };
             let layers = if entries.iter().all(|e| matches!(e, Entry::One(_))) {
                 let flat = entries
@@ -398,12 +368,7 @@ impl<'de> Deserialize<'de> for Grants {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -453,11 +418,7 @@ mod tests {
         let err = Grants::from_declared(&["kv.wrte:x".to_owned()]).unwrap_err();
         assert!(err.to_string().contains("unknown scope 'kv.wrte'"));
         let err = Grants::from_declared(&["kv.read:a***".to_owned()]).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("invalid pattern 'a***' for kv.read"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("invalid pattern 'a***' for kv.read"), "{err}");
     }
 
     #[test]
@@ -467,29 +428,13 @@ mod tests {
         let both = a.intersect(&b);
         assert!(!both.has_scope(Scope::Log));
         assert!(!both.has_scope(Scope::KvWrite));
-        let targets = [
-            "counter/a",
-            "counter/b",
-            "config/a",
-            "config/x/a",
-            "config/x",
-            "x/a",
-            "counter/a/b",
-            "config/x/y/a",
-            "",
-        ];
+        let targets =
+            ["counter/a", "counter/b", "config/a", "config/x/a", "config/x", "x/a", "counter/a/b", "config/x/y/a", ""];
         for t in targets {
-            assert_eq!(
-                both.allows(Scope::KvRead, t),
-                a.allows(Scope::KvRead, t) && b.allows(Scope::KvRead, t),
-                "{t}"
-            );
+            assert_eq!(both.allows(Scope::KvRead, t), a.allows(Scope::KvRead, t) && b.allows(Scope::KvRead, t), "{t}");
         }
         let json = serde_json::to_string(&both).unwrap();
-        assert_eq!(
-            json,
-            r#"{"kv.read":[["counter/*","config/**"],["*/a","config/x/**"]]}"#
-        );
+        assert_eq!(json, r#"{"kv.read":[["counter/*","config/**"],["*/a","config/x/**"]]}"#);
         assert_eq!(grants(&json), both);
     }
 
@@ -514,26 +459,15 @@ mod tests {
         let mixed = serde_json::from_str::<Grants>(r#"{"kv.read": ["a", ["b"]]}"#);
         assert!(mixed.unwrap_err().to_string().contains("not a mix"));
         let bad = serde_json::from_str::<Grants>(r#"{"kv.read": [1]}"#);
-        assert!(
-            bad.unwrap_err()
-                .to_string()
-                .contains("a pattern string or a list")
-        );
+        assert!(bad.unwrap_err().to_string().contains("a pattern string or a list"));
         let unknown = serde_json::from_str::<Grants>(r#"{"kv.wrte": ["a"]}"#);
-        assert!(
-            unknown
-                .unwrap_err()
-                .to_string()
-                .contains("unknown scope 'kv.wrte'")
-        );
+        assert!(unknown.unwrap_err().to_string().contains("unknown scope 'kv.wrte'"));
     }
 
     #[test]
     fn within_accepts_narrower_and_names_what_is_not_covered() {
-        let parent =
-            grants(r#"{"kv.read": ["counter/*"], "net.fetch": ["http://127.0.0.1:8080/**"]}"#);
-        let ok =
-            grants(r#"{"kv.read": ["counter/a"], "net.fetch": ["http://127.0.0.1:8080/x/*"]}"#);
+        let parent = grants(r#"{"kv.read": ["counter/*"], "net.fetch": ["http://127.0.0.1:8080/**"]}"#);
+        let ok = grants(r#"{"kv.read": ["counter/a"], "net.fetch": ["http://127.0.0.1:8080/x/*"]}"#);
         assert!(ok.is_within(&parent).is_ok());
         assert!(Grants::new().is_within(&parent).is_ok());
 
@@ -541,11 +475,7 @@ mod tests {
         let err = wide.is_within(&parent).unwrap_err();
         assert_eq!(err.scope, Scope::KvRead);
         assert_eq!(err.pattern.as_deref(), Some("counter/**"));
-        assert!(
-            err.detail.contains("'counter/**' is not within counter/*"),
-            "{}",
-            err.detail
-        );
+        assert!(err.detail.contains("'counter/**' is not within counter/*"), "{}", err.detail);
 
         let other_scope = grants(r#"{"kv.write": ["counter/a"]}"#);
         let err = other_scope.is_within(&parent).unwrap_err();
@@ -556,16 +486,8 @@ mod tests {
     fn within_handles_layers_on_both_sides() {
         let parent = grants(r#"{"kv.read": [["a/**"], ["**/z"]]}"#);
         assert!(grants(r#"{"kv.read": ["a/z"]}"#).is_within(&parent).is_ok());
-        assert!(
-            grants(r#"{"kv.read": [["a/*"], ["*/z"]]}"#)
-                .is_within(&parent)
-                .is_ok()
-        );
-        assert!(
-            grants(r#"{"kv.read": ["a/*"]}"#)
-                .is_within(&parent)
-                .is_err()
-        );
+        assert!(grants(r#"{"kv.read": [["a/*"], ["*/z"]]}"#).is_within(&parent).is_ok());
+        assert!(grants(r#"{"kv.read": ["a/*"]}"#).is_within(&parent).is_err());
         // A layered set is within each of its own layers.
         let layered = grants(r#"{"kv.read": [["a*"], ["*b"]]}"#);
         assert!(layered.is_within(&grants(r#"{"kv.read": ["a*"]}"#)).is_ok());
@@ -577,10 +499,7 @@ mod tests {
     fn denial_reason_lists_the_granted_patterns() {
         let g = grants(r#"{"net.fetch": ["http://127.0.0.1:8080/allowed/**"]}"#);
         let reason = g.decide(Scope::NetFetch, "http://10.0.0.1/").unwrap_err();
-        assert_eq!(
-            reason,
-            "no net.fetch grant matches http://10.0.0.1/ (granted: http://127.0.0.1:8080/allowed/**)"
-        );
+        assert_eq!(reason, "no net.fetch grant matches http://10.0.0.1/ (granted: http://127.0.0.1:8080/allowed/**)");
         let layered = grants(r#"{"kv.read": [["a*"], ["*b"]]}"#);
         let reason = layered.decide(Scope::KvRead, "ax").unwrap_err();
         assert!(reason.contains("allows only: *b"), "{reason}");

@@ -84,25 +84,13 @@ impl Limits {
     pub fn narrowed_by(&self, request: &LimitsRequest) -> Limits {
         let r = request;
         Limits {
-            deadline_ms: r
-                .deadline_ms
-                .map_or(self.deadline_ms, |v| v.min(self.deadline_ms)),
-            memory_bytes: r
-                .memory_bytes
-                .map_or(self.memory_bytes, |v| v.min(self.memory_bytes)),
+            deadline_ms: r.deadline_ms.map_or(self.deadline_ms, |v| v.min(self.deadline_ms)),
+            memory_bytes: r.memory_bytes.map_or(self.memory_bytes, |v| v.min(self.memory_bytes)),
             fuel: r.fuel.map_or(self.fuel, |v| v.min(self.fuel)),
-            max_host_calls: r
-                .max_host_calls
-                .map_or(self.max_host_calls, |v| v.min(self.max_host_calls)),
-            net_bytes: r
-                .net_bytes
-                .map_or(self.net_bytes, |v| v.min(self.net_bytes)),
-            delegation_depth: r
-                .delegation_depth
-                .map_or(self.delegation_depth, |v| v.min(self.delegation_depth)),
-            max_children: r
-                .max_children
-                .map_or(self.max_children, |v| v.min(self.max_children)),
+            max_host_calls: r.max_host_calls.map_or(self.max_host_calls, |v| v.min(self.max_host_calls)),
+            net_bytes: r.net_bytes.map_or(self.net_bytes, |v| v.min(self.net_bytes)),
+            delegation_depth: r.delegation_depth.map_or(self.delegation_depth, |v| v.min(self.delegation_depth)),
+            max_children: r.max_children.map_or(self.max_children, |v| v.min(self.max_children)),
         }
     }
 }
@@ -121,35 +109,20 @@ impl LimitsRequest {
             ("fuel", self.fuel, bound.fuel),
             ("max_host_calls", self.max_host_calls, bound.max_host_calls),
             ("net_bytes", self.net_bytes, bound.net_bytes),
-            (
-                "delegation_depth",
-                self.delegation_depth.map(u64::from),
-                u64::from(bound.delegation_depth),
-            ),
-            (
-                "max_children",
-                self.max_children.map(u64::from),
-                u64::from(bound.max_children),
-            ),
+            ("delegation_depth", self.delegation_depth.map(u64::from), u64::from(bound.delegation_depth)),
+            ("max_children", self.max_children.map(u64::from), u64::from(bound.max_children)),
         ];
         pairs
             .into_iter()
             .filter_map(|(name, asked, allowed)| {
-                asked
-                    .filter(|asked| *asked > allowed)
-                    .map(|asked| format!("{name} {asked} > {allowed}"))
+                asked.filter(|asked| *asked > allowed).map(|asked| format!("{name} {asked} > {allowed}"))
             })
             .collect()
     }
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -165,11 +138,7 @@ mod tests {
 
     #[test]
     fn intersection_is_the_fieldwise_minimum() {
-        let other = Limits {
-            fuel: 3,
-            max_children: 9,
-            ..Limits::UNLIMITED
-        };
+        let other = Limits { fuel: 3, max_children: 9, ..Limits::UNLIMITED };
         let both = SMALL.intersect(&other);
         assert_eq!(both, Limits { fuel: 3, ..SMALL });
         assert!(both.is_within(&SMALL));
@@ -179,23 +148,10 @@ mod tests {
 
     #[test]
     fn request_only_lowers_the_fields_it_names() {
-        let request = LimitsRequest {
-            deadline_ms: Some(500),
-            fuel: Some(1_000),
-            ..LimitsRequest::default()
-        };
+        let request = LimitsRequest { deadline_ms: Some(500), fuel: Some(1_000), ..LimitsRequest::default() };
         let narrowed = SMALL.narrowed_by(&request);
-        assert_eq!(
-            narrowed,
-            Limits {
-                deadline_ms: 500,
-                ..SMALL
-            }
-        );
-        assert_eq!(
-            request.excess_over(&SMALL),
-            vec!["fuel 1000 > 10".to_owned()]
-        );
+        assert_eq!(narrowed, Limits { deadline_ms: 500, ..SMALL });
+        assert_eq!(request.excess_over(&SMALL), vec!["fuel 1000 > 10".to_owned()]);
         assert!(LimitsRequest::default().is_empty());
     }
 
@@ -205,9 +161,6 @@ mod tests {
         assert_eq!(serde_json::from_str::<Limits>(&json).unwrap(), SMALL);
         assert!(serde_json::from_str::<Limits>(r#"{"deadline_ms": 1}"#).is_err());
         let err = serde_json::from_str::<LimitsRequest>(r#"{"deadline": 1}"#).unwrap_err();
-        assert!(
-            err.to_string().contains("unknown field `deadline`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unknown field `deadline`"), "{err}");
     }
 }

@@ -109,24 +109,20 @@ impl Lease {
     /// (see [`parse_fetch_target`]); prefer [`Lease::check_url`] when the caller will fetch, so
     /// the URL checked is the URL fetched.
     pub fn check(&self, scope: Scope, target: &str, now: OffsetDateTime) -> Result<(), Denial> {
-        self.check_expiry(now)
-            .and_then(|()| self.grants.decide(scope, target))
-            .map_err(|reason| Denial {
-                scope,
-                target: target.to_owned(),
-                reason,
-            })
+        self.check_expiry(now).and_then(|()| self.grants.decide(scope, target)).map_err(|reason| Denial {
+            scope,
+            target: target.to_owned(),
+            reason,
+        })
     }
 
     /// [`Lease::check`] for a `net.fetch` target already parsed by [`parse_fetch_target`].
     pub fn check_url(&self, url: &Url, now: OffsetDateTime) -> Result<(), Denial> {
-        self.check_expiry(now)
-            .and_then(|()| self.grants.decide_url(url))
-            .map_err(|reason| Denial {
-                scope: Scope::NetFetch,
-                target: url.as_str().to_owned(),
-                reason,
-            })
+        self.check_expiry(now).and_then(|()| self.grants.decide_url(url)).map_err(|reason| Denial {
+            scope: Scope::NetFetch,
+            target: url.as_str().to_owned(),
+            reason,
+        })
     }
 
     fn check_expiry(&self, now: OffsetDateTime) -> Result<(), String> {
@@ -141,12 +137,7 @@ impl Lease {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use time::macros::datetime;
@@ -168,30 +159,17 @@ mod tests {
     fn granted_target_is_allowed() {
         let lease = lease();
         assert!(lease.check(Scope::KvRead, "counter/a", BEFORE).is_ok());
-        assert!(
-            lease
-                .check(
-                    Scope::NetFetch,
-                    "http://127.0.0.1:8080/allowed/x?y=1",
-                    BEFORE
-                )
-                .is_ok()
-        );
+        assert!(lease.check(Scope::NetFetch, "http://127.0.0.1:8080/allowed/x?y=1", BEFORE).is_ok());
         let url = parse_fetch_target("http://127.0.0.1:8080/allowed/x").unwrap();
         assert!(lease.check_url(&url, BEFORE).is_ok());
     }
 
     #[test]
     fn kv_write_without_grant_is_denied_with_a_fix() {
-        let denial = lease()
-            .check(Scope::KvWrite, "counter/a", BEFORE)
-            .unwrap_err();
+        let denial = lease().check(Scope::KvWrite, "counter/a", BEFORE).unwrap_err();
         assert_eq!(denial.scope, Scope::KvWrite);
         assert_eq!(denial.target, "counter/a");
-        assert_eq!(
-            denial.reason,
-            "the lease has no kv.write grant — add it to the job's lease or the policy file"
-        );
+        assert_eq!(denial.reason, "the lease has no kv.write grant — add it to the job's lease or the policy file");
     }
 
     #[test]
@@ -199,71 +177,37 @@ mod tests {
         let lease = lease();
         let at = datetime!(2026-11-21 10:00 UTC);
         let denial = lease.check(Scope::KvRead, "counter/a", at).unwrap_err();
-        assert!(
-            denial
-                .reason
-                .starts_with("lease expired at 2026-11-21T10:00:00Z"),
-            "{}",
-            denial.reason
-        );
+        assert!(denial.reason.starts_with("lease expired at 2026-11-21T10:00:00Z"), "{}", denial.reason);
         assert!(lease.is_expired(at));
         assert!(!lease.is_expired(BEFORE));
     }
 
     #[test]
     fn net_fetch_denial_names_the_target_and_the_grants() {
-        let denial = lease()
-            .check(Scope::NetFetch, "http://10.0.0.1/", BEFORE)
-            .unwrap_err();
+        let denial = lease().check(Scope::NetFetch, "http://10.0.0.1/", BEFORE).unwrap_err();
         assert_eq!(
             denial.reason,
             "no net.fetch grant matches http://10.0.0.1/ (granted: http://127.0.0.1:8080/allowed/**)"
         );
-        let unparsable = lease()
-            .check(Scope::NetFetch, "not a url", BEFORE)
-            .unwrap_err();
-        assert!(
-            unparsable.reason.contains("is not a valid URL"),
-            "{}",
-            unparsable.reason
-        );
-        let traversal = lease()
-            .check(
-                Scope::NetFetch,
-                "http://127.0.0.1:8080/allowed/../secret",
-                BEFORE,
-            )
-            .unwrap_err();
+        let unparsable = lease().check(Scope::NetFetch, "not a url", BEFORE).unwrap_err();
+        assert!(unparsable.reason.contains("is not a valid URL"), "{}", unparsable.reason);
+        let traversal = lease().check(Scope::NetFetch, "http://127.0.0.1:8080/allowed/../secret", BEFORE).unwrap_err();
         assert!(traversal.reason.contains("'..'"), "{}", traversal.reason);
-        assert!(
-            denial
-                .to_string()
-                .starts_with("net.fetch denied for 'http://10.0.0.1/': ")
-        );
+        assert!(denial.to_string().starts_with("net.fetch denied for 'http://10.0.0.1/': "));
     }
 
     #[test]
     fn lease_round_trips_through_json() {
         let mut lease = lease();
-        lease.grants = lease.grants.intersect(
-            &serde_json::from_str(r#"{"kv.read": ["*/a", "x"], "net.fetch": ["*://*:*/**"]}"#)
-                .unwrap(),
-        );
+        lease.grants = lease
+            .grants
+            .intersect(&serde_json::from_str(r#"{"kv.read": ["*/a", "x"], "net.fetch": ["*://*:*/**"]}"#).unwrap());
         let json = serde_json::to_string(&lease).unwrap();
-        assert!(
-            json.contains(r#""expires_at":"2026-11-21T10:00:00Z""#),
-            "{json}"
-        );
-        assert!(
-            json.contains(r#""kv.read":[["counter/*"],["*/a","x"]]"#),
-            "{json}"
-        );
+        assert!(json.contains(r#""expires_at":"2026-11-21T10:00:00Z""#), "{json}");
+        assert!(json.contains(r#""kv.read":[["counter/*"],["*/a","x"]]"#), "{json}");
         let back: Lease = serde_json::from_str(&json).unwrap();
         assert_eq!(back, lease);
-        let no_expiry = Lease {
-            expires_at: None,
-            ..lease
-        };
+        let no_expiry = Lease { expires_at: None, ..lease };
         let json = serde_json::to_string(&no_expiry).unwrap();
         assert!(!json.contains("expires_at"));
         assert_eq!(serde_json::from_str::<Lease>(&json).unwrap(), no_expiry);
@@ -273,10 +217,8 @@ mod tests {
     fn glob_check_allocates_nothing_and_is_fast() {
         // A smoke bound, not a benchmark: debug builds are ~10x slower than release.
         let lease = Lease {
-            grants: serde_json::from_str(
-                r#"{"kv.read": ["tenants/*/counters/**", "config/*.json", "**/shared/*"]}"#,
-            )
-            .unwrap(),
+            grants: serde_json::from_str(r#"{"kv.read": ["tenants/*/counters/**", "config/*.json", "**/shared/*"]}"#)
+                .unwrap(),
             expires_at: None,
             limits: Limits::UNLIMITED,
         };
@@ -284,16 +226,9 @@ mod tests {
         let n = 20_000u32;
         let start = std::time::Instant::now();
         for _ in 0..n {
-            assert!(
-                lease
-                    .check(Scope::KvRead, std::hint::black_box(target), BEFORE)
-                    .is_ok()
-            );
+            assert!(lease.check(Scope::KvRead, std::hint::black_box(target), BEFORE).is_ok());
         }
         let per_check = start.elapsed() / n;
-        assert!(
-            per_check < std::time::Duration::from_micros(50),
-            "{per_check:?}"
-        );
+        assert!(per_check < std::time::Duration::from_micros(50), "{per_check:?}");
     }
 }

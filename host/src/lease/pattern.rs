@@ -40,9 +40,7 @@ pub enum PatternError {
     Empty,
     #[error("`***` is ambiguous; use `*` (within one path segment) or `**` (across segments)")]
     TripleStar,
-    #[error(
-        "the pattern ends with an unfinished escape `\\`; write `\\\\` for a literal backslash"
-    )]
+    #[error("the pattern ends with an unfinished escape `\\`; write `\\\\` for a literal backslash")]
     TrailingEscape,
     #[error("the pattern is longer than {MAX_PATTERN_TOKENS} characters")]
     TooLong,
@@ -96,26 +94,17 @@ impl Pattern {
                 return Err(PatternError::TooLong);
             }
         }
-        Ok(Pattern {
-            source: source.to_owned(),
-            tokens: tokens.into_boxed_slice(),
-        })
+        Ok(Pattern { source: source.to_owned(), tokens: tokens.into_boxed_slice() })
     }
 
     /// The pattern that matches every target: `**`.
     pub fn any() -> Pattern {
-        Pattern {
-            source: "**".to_owned(),
-            tokens: Box::new([Tok::DoubleStar]),
-        }
+        Pattern { source: "**".to_owned(), tokens: Box::new([Tok::DoubleStar]) }
     }
 
     /// `/**`: every absolute path (the default path of a URL pattern).
     pub fn any_path() -> Pattern {
-        Pattern {
-            source: "/**".to_owned(),
-            tokens: Box::new([Tok::Lit('/'), Tok::DoubleStar]),
-        }
+        Pattern { source: "/**".to_owned(), tokens: Box::new([Tok::Lit('/'), Tok::DoubleStar]) }
     }
 
     /// The text this pattern was compiled from.
@@ -241,12 +230,7 @@ impl<'de> Deserialize<'de> for Pattern {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

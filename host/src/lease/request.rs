@@ -21,10 +21,7 @@ pub struct LeaseRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grants: Option<Grants>,
     /// An absolute expiry. Mutually exclusive with `ttl_ms`.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "rfc3339::serialize_option"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339::serialize_option")]
     pub expires_at: Option<OffsetDateTime>,
     /// Expiry relative to submission, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -50,12 +47,8 @@ impl TryFrom<RequestRepr> for LeaseRequest {
     type Error = LeaseError;
 
     fn try_from(repr: RequestRepr) -> Result<Self, Self::Error> {
-        let request = LeaseRequest {
-            grants: repr.grants,
-            expires_at: repr.expires_at,
-            ttl_ms: repr.ttl_ms,
-            limits: repr.limits,
-        };
+        let request =
+            LeaseRequest { grants: repr.grants, expires_at: repr.expires_at, ttl_ms: repr.ttl_ms, limits: repr.limits };
         request.validate()?;
         Ok(request)
     }
@@ -64,21 +57,16 @@ impl TryFrom<RequestRepr> for LeaseRequest {
 impl LeaseRequest {
     /// Parse and validate a JSON request; every problem becomes [`LeaseError::Invalid`].
     pub fn parse_json(json: &str) -> Result<LeaseRequest, LeaseError> {
-        serde_json::from_str(json)
-            .map_err(|e| LeaseError::Invalid(format!("invalid lease request: {e}")))
+        serde_json::from_str(json).map_err(|e| LeaseError::Invalid(format!("invalid lease request: {e}")))
     }
 
     /// Checks that do not depend on the current time.
     pub fn validate(&self) -> Result<(), LeaseError> {
         if self.expires_at.is_some() && self.ttl_ms.is_some() {
-            return Err(LeaseError::Invalid(
-                "give either expires_at or ttl_ms, not both".to_owned(),
-            ));
+            return Err(LeaseError::Invalid("give either expires_at or ttl_ms, not both".to_owned()));
         }
         if self.ttl_ms == Some(0) {
-            return Err(LeaseError::Invalid(
-                "ttl_ms must be at least 1 (omit it for the policy's maximum)".to_owned(),
-            ));
+            return Err(LeaseError::Invalid("ttl_ms must be at least 1 (omit it for the policy's maximum)".to_owned()));
         }
         Ok(())
     }
@@ -139,9 +127,8 @@ impl Lease {
             expiries.push(at);
         }
         if let Some(ttl) = request.ttl_ms {
-            let at = add_ms(now, ttl).ok_or_else(|| {
-                LeaseError::Invalid(format!("ttl_ms {ttl} is too large; give a smaller value"))
-            })?;
+            let at = add_ms(now, ttl)
+                .ok_or_else(|| LeaseError::Invalid(format!("ttl_ms {ttl} is too large; give a smaller value")))?;
             expiries.push(at);
         }
         // A bound too far in the future to represent is no bound.
@@ -151,25 +138,14 @@ impl Lease {
 
         if let Some(parent) = parent {
             if let Some(at) = parent.expires_at.filter(|_| parent.is_expired(now)) {
-                return Err(LeaseError::ParentExpired {
-                    at: rfc3339::display(at),
-                });
+                return Err(LeaseError::ParentExpired { at: rfc3339::display(at) });
             }
-            let depth = parent
-                .limits
-                .delegation_depth
-                .checked_sub(1)
-                .ok_or(LeaseError::DelegationDepthExhausted)?;
-            let room = Limits {
-                delegation_depth: depth,
-                ..parent.limits
-            };
+            let depth = parent.limits.delegation_depth.checked_sub(1).ok_or(LeaseError::DelegationDepthExhausted)?;
+            let room = Limits { delegation_depth: depth, ..parent.limits };
             if let Some(requested) = &request.grants {
                 requested
                     .is_within(&parent.grants)
-                    .map_err(|e| LeaseError::WiderThanParent {
-                        detail: e.to_string(),
-                    })?;
+                    .map_err(|e| LeaseError::WiderThanParent { detail: e.to_string() })?;
             }
             let excess = request.limits.excess_over(&room);
             if !excess.is_empty() {
@@ -182,21 +158,12 @@ impl Lease {
             expiries.extend(parent.expires_at);
         }
 
-        Ok(Lease {
-            grants,
-            expires_at: expiries.into_iter().min(),
-            limits,
-        })
+        Ok(Lease { grants, expires_at: expiries.into_iter().min(), limits })
     }
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::lease::Scope;
@@ -261,16 +228,8 @@ mod tests {
         let lease = root("{}");
         assert!(lease.check(Scope::KvWrite, "counter/a", NOW).is_ok());
         assert!(lease.check(Scope::KvWrite, "counter/a/b", NOW).is_err()); // declared `counter/*`
-        assert!(
-            lease
-                .check(Scope::NetFetch, "http://127.0.0.1:8080/x", NOW)
-                .is_ok()
-        );
-        assert!(
-            lease
-                .check(Scope::NetFetch, "http://127.0.0.1:9/x", NOW)
-                .is_err()
-        );
+        assert!(lease.check(Scope::NetFetch, "http://127.0.0.1:8080/x", NOW).is_ok());
+        assert!(lease.check(Scope::NetFetch, "http://127.0.0.1:9/x", NOW).is_err());
         assert_eq!(lease.limits, ceiling().limits);
         assert_eq!(lease.expires_at, Some(datetime!(2026-11-21 10:00 UTC)));
     }
@@ -284,36 +243,23 @@ mod tests {
 
     #[test]
     fn expiry_is_the_earliest_of_request_and_ceiling() {
-        assert_eq!(
-            root(r#"{"ttl_ms": 60000}"#).expires_at,
-            Some(datetime!(2026-11-21 09:01 UTC))
-        );
-        assert_eq!(
-            root(r#"{"expires_at": "2026-11-22T00:00:00Z"}"#).expires_at,
-            Some(datetime!(2026-11-21 10:00 UTC))
-        );
+        assert_eq!(root(r#"{"ttl_ms": 60000}"#).expires_at, Some(datetime!(2026-11-21 09:01 UTC)));
+        assert_eq!(root(r#"{"expires_at": "2026-11-22T00:00:00Z"}"#).expires_at, Some(datetime!(2026-11-21 10:00 UTC)));
         assert_eq!(
             root(r#"{"expires_at": "2026-11-21T09:30:00+00:00"}"#).expires_at,
             Some(datetime!(2026-11-21 09:30 UTC))
         );
-        let no_bound = LeaseCeiling {
-            max_ttl_ms: None,
-            ..ceiling()
-        };
+        let no_bound = LeaseCeiling { max_ttl_ms: None, ..ceiling() };
         let lease = Lease::effective(&declared(), &no_bound, &LeaseRequest::default(), None, NOW);
         assert_eq!(lease.unwrap().expires_at, None);
-        let huge = LeaseRequest {
-            ttl_ms: Some(u64::MAX),
-            ..LeaseRequest::default()
-        };
+        let huge = LeaseRequest { ttl_ms: Some(u64::MAX), ..LeaseRequest::default() };
         let err = Lease::effective(&declared(), &no_bound, &huge, None, NOW).unwrap_err();
         assert!(err.to_string().contains("too large"), "{err}");
     }
 
     #[test]
     fn past_expiry_is_refused() {
-        let request =
-            LeaseRequest::parse_json(r#"{"expires_at": "2026-11-21T08:00:00Z"}"#).unwrap();
+        let request = LeaseRequest::parse_json(r#"{"expires_at": "2026-11-21T08:00:00Z"}"#).unwrap();
         let err = Lease::effective(&declared(), &ceiling(), &request, None, NOW).unwrap_err();
         assert!(err.to_string().contains("is not in the future"), "{err}");
     }
@@ -322,42 +268,21 @@ mod tests {
     fn request_validation_errors_say_what_is_wrong() {
         let err = LeaseRequest::parse_json(r#"{"grants": {"kv.wrte": ["x"]}}"#).unwrap_err();
         assert!(matches!(err, LeaseError::Invalid(_)));
-        assert!(
-            err.to_string()
-                .contains("unknown scope 'kv.wrte' (known: log, kv.read,"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unknown scope 'kv.wrte' (known: log, kv.read,"), "{err}");
         let err = LeaseRequest::parse_json(r#"{"grants": {"kv.read": ["a***"]}}"#).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("invalid pattern 'a***' for kv.read"),
-            "{err}"
-        );
-        let err =
-            LeaseRequest::parse_json(r#"{"ttl_ms": 5, "expires_at": "2026-11-21T10:00:00Z"}"#)
-                .unwrap_err();
-        assert!(
-            err.to_string().contains("either expires_at or ttl_ms"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("invalid pattern 'a***' for kv.read"), "{err}");
+        let err = LeaseRequest::parse_json(r#"{"ttl_ms": 5, "expires_at": "2026-11-21T10:00:00Z"}"#).unwrap_err();
+        assert!(err.to_string().contains("either expires_at or ttl_ms"), "{err}");
         let err = LeaseRequest::parse_json(r#"{"ttl": 5}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `ttl`"), "{err}");
         let err = LeaseRequest::parse_json(r#"{"limits": {"deadline": 5}}"#).unwrap_err();
-        assert!(
-            err.to_string().contains("unknown field `deadline`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unknown field `deadline`"), "{err}");
         let err = LeaseRequest::parse_json(r#"{"expires_at": "tomorrow"}"#).unwrap_err();
         assert!(err.to_string().contains("not an RFC 3339 time"), "{err}");
         let err = LeaseRequest::parse_json(r#"{"ttl_ms": 0}"#).unwrap_err();
         assert!(err.to_string().contains("at least 1"), "{err}");
-        let err = LeaseRequest::parse_json(r#"{"grants": {"net.fetch": ["http://h:99999/"]}}"#)
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("invalid pattern 'http://h:99999/' for net.fetch"),
-            "{err}"
-        );
+        let err = LeaseRequest::parse_json(r#"{"grants": {"net.fetch": ["http://h:99999/"]}}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid pattern 'http://h:99999/' for net.fetch"), "{err}");
     }
 
     #[test]
@@ -373,10 +298,7 @@ mod tests {
             r#"{"grants":{"kv.read":["counter/*"]},"expires_at":"2026-11-21T10:00:00Z","limits":{"deadline_ms":5000}}"#
         );
         assert_eq!(LeaseRequest::parse_json(&json).unwrap(), request);
-        assert_eq!(
-            serde_json::to_string(&LeaseRequest::default()).unwrap(),
-            "{}"
-        );
+        assert_eq!(serde_json::to_string(&LeaseRequest::default()).unwrap(), "{}");
     }
 
     #[test]
@@ -398,50 +320,24 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert!(
-            ceiling
-                .grants
-                .allows(Scope::NetFetch, "http://127.0.0.1:9/x")
-        );
+        assert!(ceiling.grants.allows(Scope::NetFetch, "http://127.0.0.1:9/x"));
         assert_eq!(ceiling.limits.delegation_depth, 1);
         let json = serde_json::to_string(&ceiling).unwrap();
-        assert_eq!(
-            serde_json::from_str::<LeaseCeiling>(&json).unwrap(),
-            ceiling
-        );
+        assert_eq!(serde_json::from_str::<LeaseCeiling>(&json).unwrap(), ceiling);
     }
 
     #[test]
     fn child_gets_parent_depth_minus_one_and_parent_bounds() {
         let parent = root(r#"{"ttl_ms": 600000}"#);
-        let child = Lease::effective(
-            &declared(),
-            &ceiling(),
-            &LeaseRequest::default(),
-            Some(&parent),
-            NOW,
-        )
-        .unwrap();
+        let child = Lease::effective(&declared(), &ceiling(), &LeaseRequest::default(), Some(&parent), NOW).unwrap();
         assert_eq!(child.limits.delegation_depth, 1);
         assert_eq!(child.expires_at, parent.expires_at);
         assert!(child.grants.is_within(&parent.grants).is_ok());
-        let grandchild = Lease::effective(
-            &declared(),
-            &ceiling(),
-            &LeaseRequest::default(),
-            Some(&child),
-            NOW,
-        )
-        .unwrap();
+        let grandchild =
+            Lease::effective(&declared(), &ceiling(), &LeaseRequest::default(), Some(&child), NOW).unwrap();
         assert_eq!(grandchild.limits.delegation_depth, 0);
-        let err = Lease::effective(
-            &declared(),
-            &ceiling(),
-            &LeaseRequest::default(),
-            Some(&grandchild),
-            NOW,
-        )
-        .unwrap_err();
+        let err =
+            Lease::effective(&declared(), &ceiling(), &LeaseRequest::default(), Some(&grandchild), NOW).unwrap_err();
         assert_eq!(err, LeaseError::DelegationDepthExhausted);
         assert!(err.to_string().contains("delegation depth exhausted"));
     }
@@ -449,12 +345,9 @@ mod tests {
     #[test]
     fn child_request_narrower_than_parent_is_granted() {
         let parent = root(r#"{"grants": {"kv.read": ["counter/**"], "agent.delegate": ["**"]}}"#);
-        let request = LeaseRequest::parse_json(
-            r#"{"grants": {"kv.read": ["counter/x/*"]}, "limits": {"fuel": 10}}"#,
-        )
-        .unwrap();
-        let child =
-            Lease::effective(&declared(), &ceiling(), &request, Some(&parent), NOW).unwrap();
+        let request =
+            LeaseRequest::parse_json(r#"{"grants": {"kv.read": ["counter/x/*"]}, "limits": {"fuel": 10}}"#).unwrap();
+        let child = Lease::effective(&declared(), &ceiling(), &request, Some(&parent), NOW).unwrap();
         assert!(child.check(Scope::KvRead, "counter/x/1", NOW).is_ok());
         assert!(child.check(Scope::KvRead, "counter/y", NOW).is_err());
         assert!(child.check(Scope::AgentDelegate, "helper", NOW).is_err());
@@ -465,28 +358,17 @@ mod tests {
     fn child_request_wider_than_parent_is_refused() {
         let parent = root(r#"{"grants": {"kv.read": ["counter/a"]}, "limits": {"fuel": 100}}"#);
         let wider = LeaseRequest::parse_json(r#"{"grants": {"kv.read": ["counter/*"]}}"#).unwrap();
-        let err =
-            Lease::effective(&declared(), &ceiling(), &wider, Some(&parent), NOW).unwrap_err();
+        let err = Lease::effective(&declared(), &ceiling(), &wider, Some(&parent), NOW).unwrap_err();
         assert!(matches!(err, LeaseError::WiderThanParent { .. }));
-        assert!(
-            err.to_string()
-                .contains("kv.read pattern 'counter/*' is not within counter/a"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("kv.read pattern 'counter/*' is not within counter/a"), "{err}");
         let other_scope = LeaseRequest::parse_json(r#"{"grants": {"log": ["**"]}}"#).unwrap();
-        let err = Lease::effective(&declared(), &ceiling(), &other_scope, Some(&parent), NOW)
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("log is not granted at all"),
-            "{err}"
-        );
+        let err = Lease::effective(&declared(), &ceiling(), &other_scope, Some(&parent), NOW).unwrap_err();
+        assert!(err.to_string().contains("log is not granted at all"), "{err}");
         let more_fuel = LeaseRequest::parse_json(r#"{"limits": {"fuel": 101}}"#).unwrap();
-        let err =
-            Lease::effective(&declared(), &ceiling(), &more_fuel, Some(&parent), NOW).unwrap_err();
+        let err = Lease::effective(&declared(), &ceiling(), &more_fuel, Some(&parent), NOW).unwrap_err();
         assert!(err.to_string().contains("fuel 101 > 100"), "{err}");
         let deeper = LeaseRequest::parse_json(r#"{"limits": {"delegation_depth": 2}}"#).unwrap();
-        let err =
-            Lease::effective(&declared(), &ceiling(), &deeper, Some(&parent), NOW).unwrap_err();
+        let err = Lease::effective(&declared(), &ceiling(), &deeper, Some(&parent), NOW).unwrap_err();
         assert!(err.to_string().contains("delegation_depth 2 > 1"), "{err}");
     }
 
@@ -494,14 +376,8 @@ mod tests {
     fn expired_parent_cannot_delegate() {
         let parent = root(r#"{"ttl_ms": 1000}"#);
         let later = NOW + Duration::seconds(2);
-        let err = Lease::effective(
-            &declared(),
-            &ceiling(),
-            &LeaseRequest::default(),
-            Some(&parent),
-            later,
-        )
-        .unwrap_err();
+        let err =
+            Lease::effective(&declared(), &ceiling(), &LeaseRequest::default(), Some(&parent), later).unwrap_err();
         assert!(matches!(err, LeaseError::ParentExpired { .. }));
         assert!(err.to_string().contains("2026-11-21T09:00:01Z"), "{err}");
     }

@@ -11,10 +11,7 @@ pub(crate) fn display(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
 }
 
-pub(crate) fn serialize_option<S: Serializer>(
-    at: &Option<OffsetDateTime>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_option<S: Serializer>(at: &Option<OffsetDateTime>, serializer: S) -> Result<S::Ok, S::Error> {
     match at {
         Some(at) => {
             let text = at.format(&Rfc3339).map_err(serde::ser::Error::custom)?;

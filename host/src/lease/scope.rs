@@ -31,14 +31,8 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope, in a stable order (also the order of error messages and serialization).
-    pub const ALL: [Scope; 6] = [
-        Scope::Log,
-        Scope::KvRead,
-        Scope::KvWrite,
-        Scope::NetFetch,
-        Scope::AgentDelegate,
-        Scope::Events,
-    ];
+    pub const ALL: [Scope; 6] =
+        [Scope::Log, Scope::KvRead, Scope::KvWrite, Scope::NetFetch, Scope::AgentDelegate, Scope::Events];
 
     /// The wire name, e.g. `"kv.read"`.
     pub const fn as_str(self) -> &'static str {
@@ -54,11 +48,7 @@ impl Scope {
 
     /// The known scope names joined for error messages: `log, kv.read, ...`.
     pub(crate) fn known_list() -> String {
-        Scope::ALL
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        Scope::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -76,12 +66,7 @@ impl FromStr for Scope {
             .iter()
             .copied()
             .find(|scope| scope.as_str() == s)
-            .ok_or_else(|| {
-                LeaseError::Invalid(format!(
-                    "unknown scope '{s}' (known: {})",
-                    Scope::known_list()
-                ))
-            })
+            .ok_or_else(|| LeaseError::Invalid(format!("unknown scope '{s}' (known: {})", Scope::known_list())))
     }
 }
 
@@ -99,12 +84,7 @@ impl<'de> Deserialize<'de> for Scope {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -122,9 +102,6 @@ mod tests {
     fn unknown_scope_error_names_the_known_scopes() {
         let err = "kv.wrte".parse::<Scope>().unwrap_err().to_string();
         assert!(err.contains("unknown scope 'kv.wrte'"), "{err}");
-        assert!(
-            err.contains("log, kv.read, kv.write, net.fetch, agent.delegate, events"),
-            "{err}"
-        );
+        assert!(err.contains("log, kv.read, kv.write, net.fetch, agent.delegate, events"), "{err}");
     }
 }

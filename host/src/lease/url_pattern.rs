@@ -102,17 +102,15 @@ fn default_port(scheme: &str) -> Option<u16> {
 impl UrlPattern {
     /// Compile a pattern such as `https://*.example.com:8443/api/**`.
     pub fn parse(source: &str) -> Result<UrlPattern, PatternError> {
-        let (scheme_text, rest) = source.split_once("://").ok_or_else(|| {
-            url_err("expected scheme://host[:port]/path, e.g. https://api.example.com/v1/**")
-        })?;
+        let (scheme_text, rest) = source
+            .split_once("://")
+            .ok_or_else(|| url_err("expected scheme://host[:port]/path, e.g. https://api.example.com/v1/**"))?;
         let scheme = match scheme_text.to_ascii_lowercase().as_str() {
             "http" => SchemePat::Http,
             "https" => SchemePat::Https,
             "*" => SchemePat::Any,
             other => {
-                return Err(url_err(format!(
-                    "scheme '{other}' is not fetchable; use http, https or *"
-                )));
+                return Err(url_err(format!("scheme '{other}' is not fetchable; use http, https or *")));
             }
         };
         if rest.contains(['?', '#']) {
@@ -126,9 +124,7 @@ impl UrlPattern {
             None => (rest, ""),
         };
         if authority.contains('@') {
-            return Err(url_err(
-                "user@ is not allowed in a URL pattern; match the host only",
-            ));
+            return Err(url_err("user@ is not allowed in a URL pattern; match the host only"));
         }
         let (host_text, port_text) = split_host_port(authority)?;
         let host = parse_host(host_text)?;
@@ -138,9 +134,7 @@ impl UrlPattern {
             Some(text) => match text.parse::<u16>() {
                 Ok(n) if n > 0 => PortPat::Exact(n),
                 _ => {
-                    return Err(url_err(format!(
-                        "port '{text}' is not a number from 1 to 65535 or `*`"
-                    )));
+                    return Err(url_err(format!("port '{text}' is not a number from 1 to 65535 or `*`")));
                 }
             },
         };
@@ -155,18 +149,8 @@ impl UrlPattern {
         {
             port = PortPat::Default;
         }
-        let path = if path_text.is_empty() {
-            Pattern::any_path()
-        } else {
-            Pattern::parse(path_text)?
-        };
-        Ok(UrlPattern {
-            source: source.to_owned(),
-            scheme,
-            host,
-            port,
-            path,
-        })
+        let path = if path_text.is_empty() { Pattern::any_path() } else { Pattern::parse(path_text)? };
+        Ok(UrlPattern { source: source.to_owned(), scheme, host, port, path })
     }
 
     /// The pattern that allows every fetchable URL: `*://*:*/**`.
@@ -198,9 +182,7 @@ impl UrlPattern {
         }
         let host_ok = match (&self.host, url.host()) {
             (HostPat::Any, Some(_)) => true,
-            (HostPat::Subdomain(suffix), Some(Host::Domain(domain))) => {
-                is_subdomain_of(domain, suffix)
-            }
+            (HostPat::Subdomain(suffix), Some(Host::Domain(domain))) => is_subdomain_of(domain, suffix),
             (HostPat::Exact { host, .. }, Some(_)) => url.host_str() == Some(host.as_str()),
             _ => false,
         };
@@ -244,12 +226,8 @@ impl UrlPattern {
 
 fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), PatternError> {
     if authority.starts_with('[') {
-        let end = authority
-            .find(']')
-            .ok_or_else(|| url_err("an IPv6 host needs a closing ']'"))?;
-        let (host, after) = authority
-            .split_at_checked(end + 1)
-            .unwrap_or((authority, ""));
+        let end = authority.find(']').ok_or_else(|| url_err("an IPv6 host needs a closing ']'"))?;
+        let (host, after) = authority.split_at_checked(end + 1).unwrap_or((authority, ""));
         return match after {
             "" => Ok((host, None)),
             _ => after
@@ -274,22 +252,15 @@ fn parse_host(text: &str) -> Result<HostPat, PatternError> {
     if let Some(suffix) = text.strip_prefix("*.") {
         return match normalize_host(suffix)? {
             (Host::Domain(domain), _) if !suffix.contains('*') => Ok(HostPat::Subdomain(domain)),
-            _ => Err(url_err(format!(
-                "'*.{suffix}' needs a domain name after '*.', not an IP address or wildcard"
-            ))),
+            _ => Err(url_err(format!("'*.{suffix}' needs a domain name after '*.', not an IP address or wildcard"))),
         };
     }
     if text.contains('*') {
-        return Err(url_err(format!(
-            "host '{text}': a wildcard must be the whole host (`*`) or a leading `*.`"
-        )));
+        return Err(url_err(format!("host '{text}': a wildcard must be the whole host (`*`) or a leading `*.`")));
     }
     let (host, serialized) = normalize_host(text)?;
     let ip = matches!(host, Host::Ipv4(_) | Host::Ipv6(_));
-    Ok(HostPat::Exact {
-        host: serialized,
-        ip,
-    })
+    Ok(HostPat::Exact { host: serialized, ip })
 }
 
 /// Normalize a host the way target URLs will be normalized, by letting the `url` crate parse it.
@@ -303,27 +274,20 @@ fn normalize_host(text: &str) -> Result<(Host<String>, String), PatternError> {
         return Err(bad());
     }
     match (parsed.host(), parsed.host_str()) {
-        (Some(host), Some(serialized)) if !serialized.is_empty() => {
-            Ok((host.to_owned(), serialized.to_owned()))
-        }
+        (Some(host), Some(serialized)) if !serialized.is_empty() => Ok((host.to_owned(), serialized.to_owned())),
         _ => Err(bad()),
     }
 }
 
 fn is_subdomain_of(domain: &str, suffix: &str) -> bool {
-    domain
-        .strip_suffix(suffix)
-        .and_then(|labels| labels.strip_suffix('.'))
-        .is_some_and(|labels| !labels.is_empty())
+    domain.strip_suffix(suffix).and_then(|labels| labels.strip_suffix('.')).is_some_and(|labels| !labels.is_empty())
 }
 
 fn host_is_subset(sub: &HostPat, sup: &HostPat) -> bool {
     match (sub, sup) {
         (_, HostPat::Any) => true,
         (HostPat::Exact { host: a, .. }, HostPat::Exact { host: b, .. }) => a == b,
-        (HostPat::Exact { host, ip: false }, HostPat::Subdomain(suffix)) => {
-            is_subdomain_of(host, suffix)
-        }
+        (HostPat::Exact { host, ip: false }, HostPat::Subdomain(suffix)) => is_subdomain_of(host, suffix),
         (HostPat::Subdomain(a), HostPat::Subdomain(b)) => a == b || is_subdomain_of(a, b),
         _ => false,
     }
@@ -334,9 +298,7 @@ fn host_is_subset(sub: &HostPat, sup: &HostPat) -> bool {
 pub fn parse_fetch_target(raw: &str) -> Result<Url, FetchTargetError> {
     check_raw_path(raw)?;
     let url = Url::parse(raw).map_err(|e| {
-        FetchTargetError(format!(
-            "'{raw}' is not a valid URL ({e}); net.fetch targets look like https://host/path"
-        ))
+        FetchTargetError(format!("'{raw}' is not a valid URL ({e}); net.fetch targets look like https://host/path"))
     })?;
     check_parsed_target(&url)?;
     Ok(url)
@@ -351,10 +313,7 @@ fn check_raw_path(raw: &str) -> Result<(), FetchTargetError> {
     let from_path = after_scheme.get(start..).unwrap_or("");
     let path = from_path.split(['?', '#']).next().unwrap_or("");
     for segment in path.split(['/', '\\']) {
-        if ["..", ".%2e", "%2e.", "%2e%2e"]
-            .iter()
-            .any(|dots| segment.eq_ignore_ascii_case(dots))
-        {
+        if ["..", ".%2e", "%2e.", "%2e%2e"].iter().any(|dots| segment.eq_ignore_ascii_case(dots)) {
             return Err(FetchTargetError(
                 "the path contains a '..' segment (possibly percent-encoded); \
                  request the resolved path instead"
@@ -366,10 +325,8 @@ fn check_raw_path(raw: &str) -> Result<(), FetchTargetError> {
 }
 
 fn check_encoded_separators(path: &str) -> Result<(), FetchTargetError> {
-    let encoded_separator = path
-        .as_bytes()
-        .windows(3)
-        .any(|w| w.eq_ignore_ascii_case(b"%2f") || w.eq_ignore_ascii_case(b"%5c"));
+    let encoded_separator =
+        path.as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(b"%2f") || w.eq_ignore_ascii_case(b"%5c"));
     if encoded_separator {
         return Err(FetchTargetError(
             "the path contains an encoded slash or backslash (%2F / %5C), which a server may \
@@ -396,13 +353,8 @@ fn check_parsed_target(url: &Url) -> Result<(), FetchTargetError> {
     if url.host().is_none() {
         return Err(FetchTargetError("the URL has no host".to_owned()));
     }
-    if url
-        .path_segments()
-        .is_some_and(|mut s| s.any(|seg| seg == ".."))
-    {
-        return Err(FetchTargetError(
-            "the path contains a '..' segment; request the resolved path instead".to_owned(),
-        ));
+    if url.path_segments().is_some_and(|mut s| s.any(|seg| seg == "..")) {
+        return Err(FetchTargetError("the path contains a '..' segment; request the resolved path instead".to_owned()));
     }
     check_encoded_separators(url.path())
 }
@@ -421,10 +373,7 @@ impl fmt::Display for UrlPattern {
 
 impl PartialEq for UrlPattern {
     fn eq(&self, other: &Self) -> bool {
-        self.scheme == other.scheme
-            && self.host == other.host
-            && self.port == other.port
-            && self.path == other.path
+        self.scheme == other.scheme && self.host == other.host && self.port == other.port && self.path == other.path
     }
 }
 
@@ -452,12 +401,7 @@ impl<'de> Deserialize<'de> for UrlPattern {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -550,11 +494,7 @@ mod tests {
             let err = parse_fetch_target(target).unwrap_err().to_string();
             assert!(err.contains("'..'"), "{target}: {err}");
         }
-        for target in [
-            "http://h/allowed%2Fsecret",
-            "http://h/a%5cb",
-            "http://h/a%2fb",
-        ] {
+        for target in ["http://h/allowed%2Fsecret", "http://h/a%5cb", "http://h/a%2fb"] {
             let err = parse_fetch_target(target).unwrap_err().to_string();
             assert!(err.contains("%2F"), "{target}: {err}");
         }
@@ -564,9 +504,7 @@ mod tests {
 
     #[test]
     fn userinfo_in_target_is_refused() {
-        let err = parse_fetch_target("http://user:pw@h/")
-            .unwrap_err()
-            .to_string();
+        let err = parse_fetch_target("http://user:pw@h/").unwrap_err().to_string();
         assert!(err.contains("user:password@"), "{err}");
         let url = Url::parse("http://user@h/").unwrap();
         assert!(!p("*://*:*/**").matches(&url));

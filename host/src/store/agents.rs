@@ -27,10 +27,7 @@ pub struct AgentRecord {
 
 impl Store {
     /// Inserts the agent version, or replaces the row for the same `(name, version)`.
-    pub fn upsert_agent(
-        &self,
-        agent: AgentRecord,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+    pub fn upsert_agent(&self, agent: AgentRecord) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         self.write(move |ctx| {
             ctx.tx()
                 .prepare_cached(

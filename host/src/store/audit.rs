@@ -46,10 +46,7 @@ pub struct AuditRecord {
 impl Store {
     /// Appends an audit row; resolves to its id once committed. The write happens even if the
     /// future is dropped.
-    pub fn record_audit(
-        &self,
-        record: AuditRecord,
-    ) -> impl Future<Output = Result<i64, StoreError>> + Send + 'static {
+    pub fn record_audit(&self, record: AuditRecord) -> impl Future<Output = Result<i64, StoreError>> + Send + 'static {
         self.write(move |ctx| {
             let tx = ctx.tx();
             tx.prepare_cached(
@@ -88,11 +85,7 @@ impl Store {
                     scope: row.get(3)?,
                     target: row.get(4)?,
                     // The CHECK constraint admits only these two.
-                    decision: if decision == "allow" {
-                        Decision::Allow
-                    } else {
-                        Decision::Deny
-                    },
+                    decision: if decision == "allow" { Decision::Allow } else { Decision::Deny },
                     reason: row.get(6)?,
                     at: row.get(7)?,
                 });

@@ -33,16 +33,8 @@ pub(super) fn append(
 ) -> Result<u64, StoreError> {
     let seq = ctx.next_seq(job_id)?;
     ctx.tx()
-        .prepare_cached(
-            "INSERT INTO events (job_id, seq, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(rusqlite::params![
-            job_id,
-            i64::try_from(seq).unwrap_or(i64::MAX),
-            kind,
-            data.to_string(),
-            at
-        ])?;
+        .prepare_cached("INSERT INTO events (job_id, seq, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(rusqlite::params![job_id, i64::try_from(seq).unwrap_or(i64::MAX), kind, data.to_string(), at])?;
     Ok(seq)
 }
 
@@ -61,38 +53,23 @@ impl Store {
     }
 
     /// Up to `limit` events of `job_id` with seq > `after_seq`, in seq order.
-    pub async fn events_after(
-        &self,
-        job_id: &str,
-        after_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<EventRecord>, StoreError> {
+    pub async fn events_after(&self, job_id: &str, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
         let job_id = job_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, kind, data, at FROM events WHERE job_id = ?1 AND seq > ?2 \
                  ORDER BY seq LIMIT ?3",
             )?;
-            let mut rows = stmt.query(rusqlite::params![
-                job_id,
-                i64::try_from(after_seq).unwrap_or(i64::MAX),
-                limit
-            ])?;
+            let mut rows =
+                stmt.query(rusqlite::params![job_id, i64::try_from(after_seq).unwrap_or(i64::MAX), limit])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 let seq: i64 = row.get(0)?;
                 let seq = u64::try_from(seq).unwrap_or(0);
                 let data: String = row.get(2)?;
-                let data = serde_json::from_str(&data).map_err(|e| {
-                    StoreError::json(format!("data of event {seq} of job {job_id}"), e)
-                })?;
-                out.push(EventRecord {
-                    job_id: job_id.clone(),
-                    seq,
-                    kind: row.get(1)?,
-                    data,
-                    at: row.get(3)?,
-                });
+                let data = serde_json::from_str(&data)
+                    .map_err(|e| StoreError::json(format!("data of event {seq} of job {job_id}"), e))?;
+                out.push(EventRecord { job_id: job_id.clone(), seq, kind: row.get(1)?, data, at: row.get(3)? });
             }
             Ok(out)
         })

@@ -196,10 +196,7 @@ fn to_text(v: &Value) -> String {
 fn job_from_row(row: &Row<'_>) -> Result<JobRecord, StoreError> {
     let id: String = row.get(0)?;
     let status: String = row.get(7)?;
-    let status = JobStatus::parse(&status).ok_or_else(|| StoreError::UnknownStatus {
-        job_id: id.clone(),
-        status,
-    })?;
+    let status = JobStatus::parse(&status).ok_or_else(|| StoreError::UnknownStatus { job_id: id.clone(), status })?;
     let opt_json = |idx: usize, what: &str| -> Result<Option<Value>, StoreError> {
         let text: Option<String> = row.get(idx)?;
         text.map(|t| parse_json(&t, what, &id)).transpose()
@@ -228,11 +225,7 @@ fn job_from_row(row: &Row<'_>) -> Result<JobRecord, StoreError> {
     })
 }
 
-fn query_jobs(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> Result<Vec<JobRecord>, StoreError> {
+fn query_jobs(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<JobRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params)?;
     let mut out = Vec::new();
@@ -247,13 +240,8 @@ fn get_job(conn: &Connection, id: &str) -> Result<Option<JobRecord>, StoreError>
     Ok(query_jobs(conn, &sql, [id])?.into_iter().next())
 }
 
-fn find_by_key(
-    conn: &Connection,
-    principal: &str,
-    key: &str,
-) -> Result<Option<JobRecord>, StoreError> {
-    let sql =
-        format!("SELECT {JOB_COLUMNS} FROM jobs WHERE principal = ?1 AND idempotency_key = ?2");
+fn find_by_key(conn: &Connection, principal: &str, key: &str) -> Result<Option<JobRecord>, StoreError> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE principal = ?1 AND idempotency_key = ?2");
     Ok(query_jobs(conn, &sql, [principal, key])?.into_iter().next())
 }
 
@@ -318,11 +306,7 @@ impl Store {
     }
 
     /// The job a principal submitted with an idempotency key, if any.
-    pub async fn job_by_idempotency_key(
-        &self,
-        principal: &str,
-        key: &str,
-    ) -> Result<Option<JobRecord>, StoreError> {
+    pub async fn job_by_idempotency_key(&self, principal: &str, key: &str) -> Result<Option<JobRecord>, StoreError> {
         let (principal, key) = (principal.to_owned(), key.to_owned());
         self.read(move |conn| find_by_key(conn, &principal, &key)).await
     }
@@ -334,10 +318,7 @@ impl Store {
 
     /// One page of a principal's jobs, newest first, and the cursor for the next page (`None`
     /// when this is the last page).
-    pub async fn list_jobs(
-        &self,
-        filter: JobFilter,
-    ) -> Result<(Vec<JobRecord>, Option<String>), StoreError> {
+    pub async fn list_jobs(&self, filter: JobFilter) -> Result<(Vec<JobRecord>, Option<String>), StoreError> {
         self.read(move |conn| {
             let limit = filter.limit.clamp(1, 1000);
             let sql = format!(
@@ -358,11 +339,7 @@ impl Store {
             )?;
             let more = jobs.len() > limit as usize;
             jobs.truncate(limit as usize);
-            let next = if more {
-                jobs.last().map(|j| j.id.clone())
-            } else {
-                None
-            };
+            let next = if more { jobs.last().map(|j| j.id.clone()) } else { None };
             Ok((jobs, next))
         })
         .await
@@ -419,9 +396,7 @@ impl Store {
     /// Jobs that were queued or running, oldest first: what a restarting host must recover.
     pub async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         self.read(|conn| {
-            let sql = format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY id"
-            );
+            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY id");
             query_jobs(conn, &sql, [])
         })
         .await

@@ -41,10 +41,8 @@ impl Store {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
         let (ns, key) = (namespace.to_owned(), key.to_owned());
         self.write(move |ctx| {
-            let n = ctx
-                .tx()
-                .prepare_cached("DELETE FROM kv WHERE namespace = ?1 AND key = ?2")?
-                .execute([&ns, &key])?;
+            let n =
+                ctx.tx().prepare_cached("DELETE FROM kv WHERE namespace = ?1 AND key = ?2")?.execute([&ns, &key])?;
             Ok(n > 0)
         })
     }
@@ -70,31 +68,20 @@ impl Store {
                 Some(bytes) => std::str::from_utf8(&bytes)
                     .ok()
                     .and_then(|s| s.parse::<i64>().ok())
-                    .ok_or_else(|| StoreError::KvNotInteger {
-                        namespace: ns.clone(),
-                        key: key.clone(),
-                    })?,
+                    .ok_or_else(|| StoreError::KvNotInteger { namespace: ns.clone(), key: key.clone() })?,
             };
-            let new = current
-                .checked_add(delta)
-                .ok_or_else(|| StoreError::KvOverflow {
-                    namespace: ns.clone(),
-                    key: key.clone(),
-                    delta,
-                })?;
+            let new = current.checked_add(delta).ok_or_else(|| StoreError::KvOverflow {
+                namespace: ns.clone(),
+                key: key.clone(),
+                delta,
+            })?;
             put(tx, &ns, &key, new.to_string().as_bytes(), at)?;
             Ok(new)
         })
     }
 }
 
-fn put(
-    tx: &rusqlite::Transaction<'_>,
-    ns: &str,
-    key: &str,
-    value: &[u8],
-    at: i64,
-) -> Result<(), StoreError> {
+fn put(tx: &rusqlite::Transaction<'_>, ns: &str, key: &str, value: &[u8], at: i64) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO kv (namespace, key, value, updated_at) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, \

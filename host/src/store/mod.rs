@@ -30,12 +30,7 @@ mod schema;
 mod writer;
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests;
 
 use std::path::{Path, PathBuf};
@@ -78,9 +73,7 @@ pub enum StoreError {
     },
     #[error("database write failed: disk full (data dir {dir}) — free space and retry")]
     DiskFull { dir: PathBuf },
-    #[error(
-        "database in data dir {dir} is locked by another connection — run only one corral per data dir"
-    )]
+    #[error("database in data dir {dir} is locked by another connection — run only one corral per data dir")]
     Busy { dir: PathBuf },
     #[error("database in data dir {dir} is read-only — check file permissions and the filesystem")]
     ReadOnly { dir: PathBuf },
@@ -91,11 +84,7 @@ pub enum StoreError {
     #[error(
         "database {path} has schema version {found}, newer than this corral knows ({known}) — upgrade corral or use another data dir"
     )]
-    SchemaTooNew {
-        path: PathBuf,
-        found: i64,
-        known: i64,
-    },
+    SchemaTooNew { path: PathBuf, found: i64, known: i64 },
     #[error("database error: {0}")]
     Sqlite(#[source] Arc<rusqlite::Error>),
     #[error("stored {what} is not valid JSON: {source}")]
@@ -104,9 +93,7 @@ pub enum StoreError {
         #[source]
         source: Arc<serde_json::Error>,
     },
-    #[error(
-        "stored job {job_id} has unknown status '{status}' — was it written by a newer corral?"
-    )]
+    #[error("stored job {job_id} has unknown status '{status}' — was it written by a newer corral?")]
     UnknownStatus { job_id: String, status: String },
     #[error("no job with id {0}")]
     UnknownJob(String),
@@ -115,11 +102,7 @@ pub enum StoreError {
     )]
     KvNotInteger { namespace: String, key: String },
     #[error("kv increment of {namespace}/{key} by {delta} overflows a 64-bit integer")]
-    KvOverflow {
-        namespace: String,
-        key: String,
-        delta: i64,
-    },
+    KvOverflow { namespace: String, key: String, delta: i64 },
     #[error("the store is closed — no more writes are accepted (is corral shutting down?)")]
     Closed,
     #[error("store background task failed: {0}")]
@@ -145,19 +128,13 @@ impl StoreError {
             Some(C::DiskFull) => StoreError::DiskFull { dir },
             Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Busy { dir },
             Some(C::ReadOnly) => StoreError::ReadOnly { dir },
-            Some(C::DatabaseCorrupt | C::NotADatabase) => StoreError::Corrupt {
-                dir,
-                detail: e.to_string(),
-            },
+            Some(C::DatabaseCorrupt | C::NotADatabase) => StoreError::Corrupt { dir, detail: e.to_string() },
             _ => self,
         }
     }
 
     fn json(what: impl Into<String>, source: serde_json::Error) -> StoreError {
-        StoreError::Json {
-            what: what.into(),
-            source: Arc::new(source),
-        }
+        StoreError::Json { what: what.into(), source: Arc::new(source) }
     }
 }
 
@@ -196,10 +173,8 @@ impl Store {
     /// Opens (creating if needed) `data_dir/corral.db`, applies pending migrations and starts
     /// the writer thread. Blocking: call it at startup, before serving.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::DataDir {
-            path: data_dir.to_path_buf(),
-            source: Arc::new(e),
-        })?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::DataDir { path: data_dir.to_path_buf(), source: Arc::new(e) })?;
         let db_path = data_dir.join(DB_FILE);
         let conn = open_writer(&db_path).map_err(|e| e.in_dir(data_dir))?;
         let (notify, _) = broadcast::channel(NOTIFY_CAPACITY);
@@ -227,19 +202,9 @@ impl Store {
     /// Stops accepting writes (later writes on any clone fail with [`StoreError::Closed`]),
     /// lets the writer drain and commit everything already queued, and waits for it to exit.
     pub async fn close(self) -> Result<(), StoreError> {
-        let sender = self
-            .inner
-            .ops
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let sender = self.inner.ops.lock().unwrap_or_else(PoisonError::into_inner).take();
         drop(sender);
-        let handle = self
-            .inner
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let handle = self.inner.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(handle) = handle {
             tokio::task::spawn_blocking(move || handle.join())
                 .await
@@ -265,10 +230,7 @@ impl Store {
     /// the transaction containing it committed. `f` runs inside its own savepoint: if it returns
     /// `Err`, everything it wrote is rolled back and its neighbours in the batch are unaffected.
     /// The op runs even if the returned future is dropped.
-    pub(crate) fn write<T, F>(
-        &self,
-        f: F,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    pub(crate) fn write<T, F>(&self, f: F) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_>) -> Result<T, StoreError> + Send + 'static,
@@ -276,11 +238,7 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         let op = writer::op(f, reply);
         let queued = {
-            let guard = self
-                .inner
-                .ops
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let guard = self.inner.ops.lock().unwrap_or_else(PoisonError::into_inner);
             match guard.as_ref() {
                 Some(sender) => sender.send(op).is_ok(),
                 None => false,
@@ -300,10 +258,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let permit = Arc::clone(&self.inner.read_permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let permit = Arc::clone(&self.inner.read_permits).acquire_owned().await.map_err(|_| StoreError::Closed)?;
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -319,11 +274,7 @@ impl Store {
 
 impl Inner {
     fn checkout(&self) -> Result<Connection, StoreError> {
-        let pooled = self
-            .readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let pooled = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
         match pooled {
             Some(conn) => Ok(conn),
             None => open_reader(&self.db_path),
@@ -354,10 +305,7 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }

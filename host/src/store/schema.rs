@@ -93,16 +93,9 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = known_version();
     if found > known {
-        return Err(StoreError::SchemaTooNew {
-            path: path.to_path_buf(),
-            found,
-            known,
-        });
+        return Err(StoreError::SchemaTooNew { path: path.to_path_buf(), found, known });
     }
-    for (version, sql) in (1_i64..)
-        .zip(MIGRATIONS.iter())
-        .skip_while(|(v, _)| *v <= found)
-    {
+    for (version, sql) in (1_i64..).zip(MIGRATIONS.iter()).skip_while(|(v, _)| *v <= found) {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", version)?;

@@ -69,10 +69,7 @@ async fn group_commit_acks_only_after_commit_and_survives_reopen() -> Result<(),
 
     let store = open(&dir);
     for id in &ids {
-        assert!(
-            store.get_job(id).await?.is_some(),
-            "job {id} lost on reopen"
-        );
+        assert!(store.get_job(id).await?.is_some(), "job {id} lost on reopen");
         let events = store.events_after(id, 0, 10).await?;
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].seq, 1);
@@ -93,11 +90,7 @@ async fn event_seqs_are_gapless_under_concurrent_appenders() -> Result<(), Store
         tasks.spawn(async move {
             let mut seqs = Vec::new();
             for i in 0..200 {
-                seqs.push(
-                    store
-                        .append_event(&id, "log", json!({"t": t, "i": i}))
-                        .await?,
-                );
+                seqs.push(store.append_event(&id, "log", json!({"t": t, "i": i})).await?);
             }
             Ok::<_, StoreError>(seqs)
         });
@@ -150,49 +143,28 @@ async fn transition_applies_only_from_allowed_statuses() -> Result<(), StoreErro
     let id = new_job_id();
     created(&store, job(&id, "alice", None)).await;
 
-    let start = Transition::new(&[Queued], Running, 2_000)
-        .started_at(2_000)
-        .attempt(1);
-    let (running, seq) = store
-        .transition_job(&id, start.clone())
-        .await?
-        .ok_or(StoreError::Closed)?;
-    assert_eq!(
-        (running.status, running.started_at, running.attempt, seq),
-        (Running, Some(2_000), 1, 2)
-    );
+    let start = Transition::new(&[Queued], Running, 2_000).started_at(2_000).attempt(1);
+    let (running, seq) = store.transition_job(&id, start.clone()).await?.ok_or(StoreError::Closed)?;
+    assert_eq!((running.status, running.started_at, running.attempt, seq), (Running, Some(2_000), 1, 2));
     // Starting twice does not apply.
     assert!(store.transition_job(&id, start).await?.is_none());
 
     // A cancel and a completion race; the first to commit wins.
-    let cancel = store.transition_job(
-        &id,
-        Transition::new(&[Queued, Running], Cancelled, 3_000).finished_at(3_000),
-    );
+    let cancel = store.transition_job(&id, Transition::new(&[Queued, Running], Cancelled, 3_000).finished_at(3_000));
     let complete = store.transition_job(
         &id,
-        Transition::new(&[Running], Completed, 3_001)
-            .finished_at(3_001)
-            .output(json!({"ok": true})),
+        Transition::new(&[Running], Completed, 3_001).finished_at(3_001).output(json!({"ok": true})),
     );
     let (cancel, complete) = (cancel.await?, complete.await?);
     assert!(cancel.is_some() && complete.is_none());
 
     let final_job = store.get_job(&id).await?.ok_or(StoreError::Closed)?;
-    assert_eq!(
-        (final_job.status, final_job.finished_at, final_job.output),
-        (Cancelled, Some(3_000), None)
-    );
+    assert_eq!((final_job.status, final_job.finished_at, final_job.output), (Cancelled, Some(3_000), None));
     let events = store.events_after(&id, 0, 10).await?;
     let statuses: Vec<_> = events.iter().map(|e| e.data["status"].clone()).collect();
-    assert_eq!(
-        statuses,
-        vec![json!("queued"), json!("running"), json!("cancelled")]
-    );
+    assert_eq!(statuses, vec![json!("queued"), json!("running"), json!("cancelled")]);
     assert!(matches!(
-        store
-            .transition_job("nope", Transition::new(&[Queued], Running, 1))
-            .await,
+        store.transition_job("nope", Transition::new(&[Queued], Running, 1)).await,
         Err(StoreError::UnknownJob(_))
     ));
     assert!(store.unfinished_jobs().await?.is_empty());
@@ -214,10 +186,7 @@ async fn a_failing_op_in_a_batch_does_not_roll_back_its_neighbours() -> Result<(
     running.await.map_err(|e| StoreError::Task(e.to_string()))?;
     let put = |key: &'static str| {
         move |ctx: &mut WriteCtx<'_>| {
-            ctx.tx().execute(
-                "INSERT INTO kv (namespace, key, value, updated_at) VALUES ('t', ?1, x'01', 0)",
-                [key],
-            )?;
+            ctx.tx().execute("INSERT INTO kv (namespace, key, value, updated_at) VALUES ('t', ?1, x'01', 0)", [key])?;
             Ok(ctx.batch())
         }
     };
@@ -228,10 +197,7 @@ async fn a_failing_op_in_a_batch_does_not_roll_back_its_neighbours() -> Result<(
         store.write(move |ctx| -> Result<(), StoreError> {
             put("partial")(ctx)?;
             failed_in.store(ctx.batch(), Ordering::SeqCst);
-            Err(StoreError::KvNotInteger {
-                namespace: "t".into(),
-                key: "partial".into(),
-            })
+            Err(StoreError::KvNotInteger { namespace: "t".into(), key: "partial".into() })
         })
     };
     let b = store.write(put("b"));
@@ -258,19 +224,11 @@ async fn kv_increment_counts_and_rejects_non_integers_and_overflow() -> Result<(
     assert_eq!(store.kv_get("ns", "n").await?, Some(b"3".to_vec()));
 
     store.kv_set("ns", "text", b"hello".to_vec()).await?;
-    assert!(matches!(
-        store.kv_increment("ns", "text", 1).await,
-        Err(StoreError::KvNotInteger { .. })
-    ));
+    assert!(matches!(store.kv_increment("ns", "text", 1).await, Err(StoreError::KvNotInteger { .. })));
     assert_eq!(store.kv_get("ns", "text").await?, Some(b"hello".to_vec()));
 
-    store
-        .kv_set("ns", "big", i64::MAX.to_string().into_bytes())
-        .await?;
-    assert!(matches!(
-        store.kv_increment("ns", "big", 1).await,
-        Err(StoreError::KvOverflow { .. })
-    ));
+    store.kv_set("ns", "big", i64::MAX.to_string().into_bytes()).await?;
+    assert!(matches!(store.kv_increment("ns", "big", 1).await, Err(StoreError::KvOverflow { .. })));
 
     assert!(store.kv_delete("ns", "n").await?);
     assert!(!store.kv_delete("ns", "n").await?);
@@ -293,13 +251,7 @@ async fn list_jobs_pages_newest_first_with_a_cursor() -> Result<(), StoreError> 
     created(&store, job(&new_job_id(), "bob", None)).await;
     ids.reverse();
 
-    let mut filter = JobFilter {
-        principal: "alice".into(),
-        status: None,
-        agent: None,
-        limit: 3,
-        cursor: None,
-    };
+    let mut filter = JobFilter { principal: "alice".into(), status: None, agent: None, limit: 3, cursor: None };
     let mut seen = Vec::new();
     let mut pages = 0;
     loop {
@@ -341,10 +293,7 @@ async fn reopen_after_drop_without_close_keeps_committed_rows() -> Result<(), St
     drop(store);
 
     let store = open(&dir);
-    assert_eq!(
-        store.get_job(&id).await?.map(|j| j.status),
-        Some(JobStatus::Queued)
-    );
+    assert_eq!(store.get_job(&id).await?.map(|j| j.status), Some(JobStatus::Queued));
     assert_eq!(store.events_after(&id, 0, 10).await?.len(), 2);
     assert_eq!(store.kv_get("ns", "k").await?, Some(b"v".to_vec()));
     assert_eq!(store.unfinished_jobs().await?.len(), 1);
@@ -372,13 +321,7 @@ async fn a_dropped_append_future_still_writes_the_event() -> Result<(), StoreErr
         at: 5,
     }));
     // Committed before we are told about it.
-    assert_eq!(
-        notified
-            .recv()
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?,
-        id
-    );
+    assert_eq!(notified.recv().await.map_err(|e| StoreError::Task(e.to_string()))?, id);
     let events = store.events_after(&id, 1, 10).await?;
     assert_eq!(events.len(), 1);
     assert_eq!((events[0].seq, events[0].kind.as_str()), (2, "progress"));
@@ -387,10 +330,7 @@ async fn a_dropped_append_future_still_writes_the_event() -> Result<(), StoreErr
     let store = open(&dir);
     let audit = store.audit_for_job(&id).await?;
     assert_eq!(audit.len(), 1);
-    assert_eq!(
-        (audit[0].decision, audit[0].id.is_some()),
-        (Decision::Deny, true)
-    );
+    assert_eq!((audit[0].decision, audit[0].id.is_some()), (Decision::Deny, true));
     store.close().await
 }
 
@@ -399,37 +339,18 @@ async fn disk_full_is_a_typed_error_and_the_writer_keeps_serving() -> Result<(),
     let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
     let store = open(&dir);
     // Cap the file at its current size: SQLite then reports SQLITE_FULL, exactly as on a full disk.
-    store
-        .write(|ctx| {
-            Ok(ctx
-                .tx()
-                .query_row("PRAGMA max_page_count = 1", [], |r| r.get::<_, i64>(0))?)
-        })
-        .await?;
+    store.write(|ctx| Ok(ctx.tx().query_row("PRAGMA max_page_count = 1", [], |r| r.get::<_, i64>(0))?)).await?;
     let big = vec![7_u8; 1 << 20];
     let err = store.kv_set("ns", "big", big.clone()).await;
     match err {
         Err(StoreError::DiskFull { dir: d }) => assert_eq!(d, dir.path()),
         other => panic!("expected DiskFull, got {other:?}"),
     }
-    assert!(err_message_says_what_to_do(
-        &store.kv_set("ns", "big", big.clone()).await
-    ));
+    assert!(err_message_says_what_to_do(&store.kv_set("ns", "big", big.clone()).await));
 
-    store
-        .write(|ctx| {
-            Ok(ctx
-                .tx()
-                .query_row("PRAGMA max_page_count = 1000000", [], |r| {
-                    r.get::<_, i64>(0)
-                })?)
-        })
-        .await?;
+    store.write(|ctx| Ok(ctx.tx().query_row("PRAGMA max_page_count = 1000000", [], |r| r.get::<_, i64>(0))?)).await?;
     store.kv_set("ns", "big", big).await?;
-    assert_eq!(
-        store.kv_get("ns", "big").await?.map(|v| v.len()),
-        Some(1 << 20)
-    );
+    assert_eq!(store.kv_get("ns", "big").await?.map(|v| v.len()), Some(1 << 20));
     store.close().await
 }
 
@@ -441,11 +362,7 @@ fn err_message_says_what_to_do<T>(r: &Result<T, StoreError>) -> bool {
 async fn opening_a_database_from_a_newer_corral_is_refused() -> Result<(), StoreError> {
     let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
     open(&dir).close().await?;
-    rusqlite::Connection::open(dir.path().join(DB_FILE))?.pragma_update(
-        None,
-        "user_version",
-        99,
-    )?;
+    rusqlite::Connection::open(dir.path().join(DB_FILE))?.pragma_update(None, "user_version", 99)?;
     match Store::open(dir.path()) {
         Err(e @ StoreError::SchemaTooNew { found: 99, .. }) => {
             assert!(e.to_string().contains("upgrade corral"));
@@ -481,14 +398,8 @@ async fn writes_after_close_fail_with_closed() -> Result<(), StoreError> {
     let store = open(&dir);
     let other = store.clone();
     store.close().await?;
-    assert!(matches!(
-        other.kv_set("a", "b", vec![]).await,
-        Err(StoreError::Closed)
-    ));
-    assert!(matches!(
-        other.append_event("x", "log", json!(1)).await,
-        Err(StoreError::Closed)
-    ));
+    assert!(matches!(other.kv_set("a", "b", vec![]).await, Err(StoreError::Closed)));
+    assert!(matches!(other.append_event("x", "log", json!(1)).await, Err(StoreError::Closed)));
     Ok(())
 }
 
@@ -496,9 +407,6 @@ async fn writes_after_close_fail_with_closed() -> Result<(), StoreError> {
 async fn appending_to_an_unknown_job_is_a_typed_error() -> Result<(), StoreError> {
     let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
     let store = open(&dir);
-    assert!(matches!(
-        store.append_event("nope", "log", json!(1)).await,
-        Err(StoreError::UnknownJob(_))
-    ));
+    assert!(matches!(store.append_event("nope", "log", json!(1)).await, Err(StoreError::UnknownJob(_))));
     store.close().await
 }

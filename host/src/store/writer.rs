@@ -71,9 +71,7 @@ impl<'a> WriteCtx<'a> {
             None => {
                 let max: Option<Option<i64>> = self
                     .tx
-                    .prepare_cached(
-                        "SELECT (SELECT MAX(seq) FROM events WHERE job_id = ?1) FROM jobs WHERE id = ?1",
-                    )?
+                    .prepare_cached("SELECT (SELECT MAX(seq) FROM events WHERE job_id = ?1) FROM jobs WHERE id = ?1")?
                     .query_row([job_id], |r| r.get(0))
                     .optional()?;
                 let Some(max) = max else {
@@ -112,11 +110,7 @@ where
     T: Send + 'static,
     F: FnOnce(&mut WriteCtx<'_>) -> Result<T, StoreError> + Send + 'static,
 {
-    Box::new(Op {
-        f: Some(f),
-        result: None,
-        reply,
-    })
+    Box::new(Op { f: Some(f), result: None, reply })
 }
 
 impl<T, F> WriteOp for Op<T, F>
@@ -138,9 +132,7 @@ where
             (Some(Err(e)), _) => Err(e),
             (Some(Ok(v)), Ok(())) => Ok(v),
             (_, Err(e)) => Err(e.clone()),
-            (None, Ok(())) => Err(StoreError::Task(
-                "write op completed without running".into(),
-            )),
+            (None, Ok(())) => Err(StoreError::Task("write op completed without running".into())),
         };
         // The caller may have dropped the future (fire-and-forget); that is fine.
         let _ = self.reply.send(out);
@@ -161,20 +153,11 @@ pub(super) fn spawn(
     dir: PathBuf,
     notify: broadcast::Sender<String>,
 ) -> Result<JoinHandle<()>, StoreError> {
-    let mut writer = Writer {
-        conn,
-        dir: dir.clone(),
-        notify,
-        seqs: HashMap::new(),
-        batches: 0,
-    };
+    let mut writer = Writer { conn, dir: dir.clone(), notify, seqs: HashMap::new(), batches: 0 };
     std::thread::Builder::new()
         .name("corral-store-writer".into())
         .spawn(move || writer.serve(&rx))
-        .map_err(|e| StoreError::DataDir {
-            path: dir,
-            source: std::sync::Arc::new(e),
-        })
+        .map_err(|e| StoreError::DataDir { path: dir, source: std::sync::Arc::new(e) })
 }
 
 impl Writer {
@@ -198,10 +181,7 @@ impl Writer {
         self.batches += 1;
         let batch_no = self.batches;
         let dir = self.dir.clone();
-        let tx = match self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-        {
+        let tx = match self.conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
                 let err = StoreError::from(e).in_dir(&dir);

@@ -46,11 +46,7 @@ pub enum End {
 }
 
 impl Conn {
-    pub const FULL: Conn = Conn {
-        honour_resume: true,
-        max_events: None,
-        end: End::Clean,
-    };
+    pub const FULL: Conn = Conn { honour_resume: true, max_events: None, end: End::Clean };
 }
 
 #[derive(Debug, Clone)]
@@ -111,7 +107,11 @@ pub fn standard() -> Fake {
             event(2, "state", json!({"status": "running"})),
             event(3, "log", json!({"level": "info", "message": "starting"})),
             event(4, "progress", json!({"done": 1, "total": 2, "message": "half"})),
-            event(5, "capability", json!({"scope": "kv.write", "target": "counter/x", "decision": "deny", "reason": "no kv.write grant"})),
+            event(
+                5,
+                "capability",
+                json!({"scope": "kv.write", "target": "counter/x", "decision": "deny", "reason": "no kv.write grant"}),
+            ),
             event(6, "chunk", json!({"data": "partial "})),
             event(7, "chunk", json!({"data": "text"})),
             event(8, "state", json!({"status": "completed", "output": {"greeting": "hello"}})),
@@ -127,7 +127,11 @@ pub fn standard() -> Fake {
         vec![
             event(1, "state", json!({"status": "running"})),
             event(2, "log", json!({"level": "error", "message": "about to trap"})),
-            event(3, "state", json!({"status": "failed", "error": {"code": "trap", "message": "agent trapped: unreachable"}})),
+            event(
+                3,
+                "state",
+                json!({"status": "failed", "error": {"code": "trap", "message": "agent trapped: unreachable"}}),
+            ),
         ],
         vec![Conn::FULL],
     );
@@ -135,30 +139,13 @@ pub fn standard() -> Fake {
     fake.add(
         "slow",
         job("job-running", "slow", "running"),
-        vec![
-            event(1, "state", json!({"status": "queued"})),
-            event(2, "state", json!({"status": "running"})),
-        ],
-        vec![Conn {
-            honour_resume: true,
-            max_events: None,
-            end: End::Hang,
-        }],
+        vec![event(1, "state", json!({"status": "queued"})), event(2, "state", json!({"status": "running"}))],
+        vec![Conn { honour_resume: true, max_events: None, end: End::Hang }],
     );
 
     let numbered: Vec<Value> = (1..=5)
-        .map(|n| {
-            event(
-                n,
-                "log",
-                json!({"level": "info", "message": format!("line {n}")}),
-            )
-        })
-        .chain(std::iter::once(event(
-            6,
-            "state",
-            json!({"status": "completed", "output": 6}),
-        )))
+        .map(|n| event(n, "log", json!({"level": "info", "message": format!("line {n}")})))
+        .chain(std::iter::once(event(6, "state", json!({"status": "completed", "output": 6}))))
         .collect();
     let mut flaky = job("job-flaky", "flaky", "completed");
     flaky["output"] = json!(6);
@@ -167,21 +154,9 @@ pub fn standard() -> Fake {
         flaky.clone(),
         numbered.clone(),
         vec![
-            Conn {
-                honour_resume: true,
-                max_events: Some(3),
-                end: End::Abort,
-            },
-            Conn {
-                honour_resume: true,
-                max_events: Some(1),
-                end: End::AbortMidEvent,
-            },
-            Conn {
-                honour_resume: true,
-                max_events: Some(1),
-                end: End::Clean,
-            },
+            Conn { honour_resume: true, max_events: Some(3), end: End::Abort },
+            Conn { honour_resume: true, max_events: Some(1), end: End::AbortMidEvent },
+            Conn { honour_resume: true, max_events: Some(1), end: End::Clean },
             Conn::FULL,
         ],
     );
@@ -193,30 +168,13 @@ pub fn standard() -> Fake {
         replay,
         numbered,
         vec![
-            Conn {
-                honour_resume: false,
-                max_events: Some(2),
-                end: End::Clean,
-            },
-            Conn {
-                honour_resume: false,
-                max_events: Some(4),
-                end: End::Abort,
-            },
-            Conn {
-                honour_resume: false,
-                max_events: None,
-                end: End::Clean,
-            },
+            Conn { honour_resume: false, max_events: Some(2), end: End::Clean },
+            Conn { honour_resume: false, max_events: Some(4), end: End::Abort },
+            Conn { honour_resume: false, max_events: None, end: End::Clean },
         ],
     );
 
-    fake.add(
-        "lost",
-        job("job-lost", "lost", "running"),
-        vec![],
-        vec![Conn::FULL],
-    );
+    fake.add("lost", job("job-lost", "lost", "running"), vec![], vec![Conn::FULL]);
     fake
 }
 
@@ -247,26 +205,17 @@ pub async fn serve(fake: Fake) -> (String, Shared) {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
 }
 
 fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let mut fake = state.lock().unwrap();
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     fake.seen.authorizations.push(auth.clone());
     match &fake.token {
-        Some(token) if auth.as_deref() != Some(&format!("Bearer {token}")) => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid bearer token",
-        )),
+        Some(token) if auth.as_deref() != Some(&format!("Bearer {token}")) => {
+            Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid bearer token"))
+        }
         _ => Ok(()),
     }
 }
@@ -302,11 +251,7 @@ async fn submit(
     let agent = body["agent"].as_str().unwrap_or_default();
     let name = agent.split('@').next().unwrap_or_default();
     let Some(id) = fake.agents.get(name).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "agent_not_found",
-            &format!("no agent named '{name}' is registered"),
-        );
+        return error(StatusCode::NOT_FOUND, "agent_not_found", &format!("no agent named '{name}' is registered"));
     };
     let mut job = fake.jobs[&id].job.clone();
     let finished = job["status"] != "running";
@@ -341,69 +286,41 @@ async fn list(
         .filter(|j| query.get("agent").is_none_or(|a| j["agent"] == *a))
         .collect();
     jobs.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    let limit = query
-        .get("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(100);
+    let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
     let next = (jobs.len() > limit).then(|| "cursor-2".to_owned());
     jobs.truncate(limit);
     Json(json!({"jobs": jobs, "next_cursor": next})).into_response()
 }
 
-async fn get_job(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
+async fn get_job(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
     let fake = state.lock().unwrap();
     match fake.jobs.get(&id) {
         Some(j) => Json(j.job.clone()).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "job_not_found",
-            &format!("no job with id '{id}'"),
-        ),
+        None => error(StatusCode::NOT_FOUND, "job_not_found", &format!("no job with id '{id}'")),
     }
 }
 
-async fn cancel(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
+async fn cancel(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
     let mut fake = state.lock().unwrap();
     fake.seen.cancels.push(id.clone());
     let Some(j) = fake.jobs.get_mut(&id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "job_not_found",
-            &format!("no job with id '{id}'"),
-        );
+        return error(StatusCode::NOT_FOUND, "job_not_found", &format!("no job with id '{id}'"));
     };
     if j.job["status"] != "running" && j.job["status"] != "queued" {
-        return error(
-            StatusCode::CONFLICT,
-            "job_finished",
-            &format!("job '{id}' has already finished"),
-        );
+        return error(StatusCode::CONFLICT, "job_finished", &format!("job '{id}' has already finished"));
     }
     j.job["status"] = json!("cancelled");
     Json(j.job.clone()).into_response()
 }
 
 fn sse_bytes(event: &Value) -> String {
-    format!(
-        "id: {}\nevent: {}\ndata: {}\n\n",
-        event["seq"],
-        event["kind"].as_str().unwrap(),
-        event
-    )
+    format!("id: {}\nevent: {}\ndata: {}\n\n", event["seq"], event["kind"].as_str().unwrap(), event)
 }
 
 async fn events(
@@ -416,38 +333,20 @@ async fn events(
         return r;
     }
     let mut fake = state.lock().unwrap();
-    let last = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let resumes = fake.seen.resumes.entry(id.clone()).or_default();
     resumes.push(last.clone());
     let n = resumes.len() - 1;
     let Some(j) = fake.jobs.get(&id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "job_not_found",
-            &format!("no job with id '{id}'"),
-        );
+        return error(StatusCode::NOT_FOUND, "job_not_found", &format!("no job with id '{id}'"));
     };
     let conn = *j.plan.get(n).unwrap_or_else(|| j.plan.last().unwrap());
-    let after: u64 = last
-        .or_else(|| query.get("after").cloned())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let pending: Vec<&Value> = j
-        .events
-        .iter()
-        .filter(|e| !conn.honour_resume || e["seq"].as_u64().unwrap() > after)
-        .collect();
+    let after: u64 = last.or_else(|| query.get("after").cloned()).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let pending: Vec<&Value> =
+        j.events.iter().filter(|e| !conn.honour_resume || e["seq"].as_u64().unwrap() > after).collect();
     let take = conn.max_events.unwrap_or(usize::MAX);
     let mut chunks: Vec<Result<Bytes, std::io::Error>> = vec![Ok(Bytes::from(": hello\n\n"))];
-    chunks.extend(
-        pending
-            .iter()
-            .take(take)
-            .map(|e| Ok(Bytes::from(sse_bytes(e)))),
-    );
+    chunks.extend(pending.iter().take(take).map(|e| Ok(Bytes::from(sse_bytes(e)))));
     let next = pending.get(take).map(|e| sse_bytes(e));
     let tail: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = match conn.end {
         End::Clean => futures::stream::empty().boxed(),
@@ -458,19 +357,14 @@ async fn events(
         })
         .boxed(),
         End::AbortMidEvent => {
-            let half = next
-                .map(|s| s[..s.len() / 2].to_owned())
-                .unwrap_or_default();
-            futures::stream::iter(vec![
-                Ok(Bytes::from(half)),
-                Err(std::io::Error::other("dropped")),
-            ])
-            .then(|item| async {
-                // Let the half event reach the client before the connection dies.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                item
-            })
-            .boxed()
+            let half = next.map(|s| s[..s.len() / 2].to_owned()).unwrap_or_default();
+            futures::stream::iter(vec![Ok(Bytes::from(half)), Err(std::io::Error::other("dropped"))])
+                .then(|item| async {
+                    // Let the half event reach the client before the connection dies.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    item
+                })
+                .boxed()
         }
         End::Hang => futures::stream::unfold((), |()| async {
             tokio::time::sleep(Duration::from_millis(100)).await;
