@@ -12,4 +12,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use corral::agent::types::{Denial, HostError};
+pub use self::corral::agent::types::{Denial, HostError};

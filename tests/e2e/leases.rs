@@ -154,6 +154,41 @@ async fn fetch_is_allowed_only_for_urls_the_lease_grants() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_host_grant_does_not_reach_loopback_unless_the_ip_is_named() {
+    let port = serve_loopback("internal").await;
+    let host = Host::start_with_policy(&["fetch"], Some(&ceiling_with_net_fetch(&["*://*:*/**"])));
+    let url = format!("http://127.0.0.1:{port}/allowed/x");
+
+    // A wildcard host is meant for public names: a loopback literal is refused.
+    let job = host.run("fetch", json!({"url": url}), None).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "denied", "{job}");
+    assert!(job["error"]["message"].as_str().unwrap().contains("non-public"), "{job}");
+
+    // Naming the address in the lease is the operator's or submitter's explicit choice.
+    let lease = json!({"grants": {"log": ["**"], "net.fetch": [format!("http://127.0.0.1:{port}/**")]}});
+    let job = host.run("fetch", json!({"url": url}), Some(lease)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["output"]["body"], "internal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_spend_their_parents_host_call_budget() {
+    let host = Host::start(&["orchestrator", "echo"]);
+    let tasks: Vec<Value> = (0..8).map(|i| json!({"agent": "echo", "input": i})).collect();
+    // The orchestrator alone makes 3 calls per task (+1 final progress) = 25; each echo child
+    // adds 1 log call, charged back to the parent: 33 > 30.
+    let job = host.run("orchestrator", json!({"tasks": tasks}), Some(json!({"limits": {"max_host_calls": 30}}))).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "limit_exceeded", "{job}");
+    assert!(job["error"]["message"].as_str().unwrap().contains("host-call"), "{job}");
+
+    let enough =
+        host.run("orchestrator", json!({"tasks": tasks}), Some(json!({"limits": {"max_host_calls": 40}}))).await;
+    assert_eq!(enough["status"], "completed", "{enough}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_without_a_policy_net_grant_is_denied_even_if_the_request_asks() {
     let port = serve_loopback("secret").await;
     let host = Host::start(&["fetch"]);

@@ -23,7 +23,8 @@ use super::{AppState, Principal};
 use crate::jobs::JobError;
 use crate::store::{EventRecord, JobStatus, Store};
 
-const PAGE: u32 = 256;
+/// Events read per store query: with chunks of up to 256 KiB, this bounds a stream's buffer.
+const PAGE: u32 = 32;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -49,7 +49,7 @@ pub struct SubmitQuery {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: String,
-    /// The agent reference as requested.
+    /// The agent's name (the version it runs is `agent_version`).
     pub agent: String,
     pub agent_version: String,
     /// queued | running | completed | failed | cancelled | timed_out
@@ -120,10 +120,14 @@ pub async fn submit(
         idempotency_key: body.idempotency_key,
     };
     let (mut job, replayed) = state.manager.submit(&principal.0, req).await?;
-    if let Some(wait) = query.wait.filter(|w| *w > 0)
-        && let Some(done) = state.manager.wait_finished(&job.id, Duration::from_millis(wait)).await?
-    {
-        job = done;
+    if let Some(wait) = query.wait.filter(|w| *w > 0) {
+        // The job is accepted and committed: a failure while waiting must not turn into an
+        // error (the client would resubmit a duplicate); answer 202 with the job instead.
+        match state.manager.wait_finished(&job.id, Duration::from_millis(wait)).await {
+            Ok(Some(done)) => job = done,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(job = %job.id, error = %e, "waiting for the job failed; answering 202"),
+        }
     }
     let status = if job.status.is_terminal() { StatusCode::OK } else { StatusCode::ACCEPTED };
     let mut response = (status, Json(JobView::from(job))).into_response();

@@ -24,6 +24,7 @@ impl wit::Host for JobState {
             return Ok(Err(denied));
         }
         let message = super::truncate(message, super::log::MAX_MESSAGE);
+        self.ctx.charge_event_bytes(message.len())?;
         self.ctx.emit("progress", serde_json::json!({ "done": done, "total": total, "message": message }));
         Ok(Ok(()))
     }
@@ -38,6 +39,7 @@ impl wit::Host for JobState {
                 data.len()
             ))));
         }
+        self.ctx.charge_event_bytes(data.len())?;
         self.ctx.emit("chunk", serde_json::json!({ "data": data }));
         Ok(Ok(()))
     }

@@ -5,8 +5,9 @@
 //! 1. the lease's `net.fetch` patterns (scheme, host, port and path compared separately);
 //! 2. DNS: a *name* must resolve only to public addresses (a name that resolves to
 //!    loopback, private, link-local or metadata ranges is denied — DNS rebinding), and the
-//!    connection is pinned to the address that was checked. An IP *literal* is reachable
-//!    only when a grant covers it, i.e. the operator or submitter wrote it down;
+//!    connection is pinned to the address that was checked. A non-public IP *literal* is
+//!    reachable only through a grant whose host is that literal (the operator or submitter
+//!    named the address); wildcard hosts reach public addresses only;
 //! 3. the job's `net_bytes` budget (request body + response body).
 //!
 //! Redirects are returned to the agent, not followed: following one would skip the check.
@@ -20,7 +21,7 @@ use wasmtime::component::{HasSelf, Linker};
 use super::JobState;
 use crate::bindings::HostError;
 use crate::bindings::corral::agent::http::{self as wit, Request, Response};
-use crate::lease::{Lease, Scope};
+use crate::lease::{Lease, Scope, parse_fetch_target};
 
 pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     wit::add_to_linker::<JobState, HasSelf<JobState>>(linker, |s| s)
@@ -47,6 +48,11 @@ impl HttpState {
         self.bytes_left
     }
 
+    /// Takes bytes moved on this job's behalf (by a delegated child) off the budget.
+    pub fn charge(&mut self, n: u64) {
+        self.bytes_left = self.bytes_left.saturating_sub(n);
+    }
+
     fn spend(&mut self, n: u64) -> Result<(), HostError> {
         if n > self.bytes_left {
             self.bytes_left = 0;
@@ -71,18 +77,35 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || o[0] == 0
                 || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 carrier-grade NAT
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)) // 198.18/15 benchmarking
+                || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18/15 benchmarking
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0/24 protocol assignments
+                || o[0] >= 240) // 240/4 reserved
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let seg = v6.segments()[0];
+            let seg = v6.segments();
+            // Forms that embed an IPv4 address: IPv4-compatible (::a.b.c.d), NAT64
+            // (64:ff9b::/96), 6to4 (2002::/16) — judge the embedded address.
+            let embedded = |hi: u16, lo: u16| std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+            if seg[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
+                return is_public(IpAddr::V4(embedded(seg[6], seg[7])));
+            }
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(IpAddr::V4(embedded(seg[6], seg[7])));
+            }
+            if seg[0] == 0x2002 {
+                return is_public(IpAddr::V4(embedded(seg[1], seg[2])));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (seg & 0xfe00) == 0xfc00 // unique local
-                || (seg & 0xffc0) == 0xfe80) // link local
+                || (seg[0] & 0xfe00) == 0xfc00 // unique local
+                || (seg[0] & 0xffc0) == 0xfe80 // link local
+                || (seg[0] & 0xffc0) == 0xfec0 // site local (deprecated)
+                || (seg[0] == 0x2001 && seg[1] == 0) // Teredo
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8)) // documentation
         }
     }
 }
@@ -93,11 +116,15 @@ fn invalid(msg: impl Into<String>) -> HostError {
 
 impl wit::Host for JobState {
     async fn fetch(&mut self, req: Request) -> wasmtime::Result<Result<Response, HostError>> {
-        let url = match url::Url::parse(&req.url) {
+        let url = match parse_fetch_target(&req.url) {
             Ok(u) => u,
-            Err(e) => return Ok(Err(invalid(format!("invalid URL '{}': {e}", req.url)))),
+            Err(e) => {
+                // Malformed or tricky (`..`, encoded slashes, userinfo): refused, and audited.
+                let reason = format!("refused URL: {e}");
+                return Ok(Err(self.ctx.deny(Scope::NetFetch, &req.url, reason)));
+            }
         };
-        if let Err(denied) = self.ctx.authorize(Scope::NetFetch, url.as_str())? {
+        if let Err(denied) = self.ctx.authorize_url(&url)? {
             return Ok(Err(denied));
         }
         Ok(self.perform(url, req).await)
@@ -157,14 +184,22 @@ impl JobState {
     async fn resolve_checked(&mut self, url: &url::Url, host: &str, port: u16) -> Result<SocketAddr, HostError> {
         let target = url.as_str().to_string();
         let literal = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
+        let allow_private = self.ctx.manager.policy().egress.allow_private;
         if let Some(ip) = literal {
+            if !is_public(ip) && !allow_private && !self.ctx.lease.grants.names_ip_literal(url) {
+                let reason = format!(
+                    "{ip} is a non-public address and no net.fetch grant names it as an IP literal \
+                     (wildcard hosts only reach public addresses) — grant e.g. http://{host}:{port}/** explicitly"
+                );
+                return Err(self.ctx.deny(Scope::NetFetch, &target, reason));
+            }
             return Ok(SocketAddr::new(ip, port));
         }
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| HostError::Failed(format!("cannot resolve {host}: {e}")))?
             .collect();
-        if self.ctx.manager.policy().egress.allow_private {
+        if allow_private {
             return addrs.first().copied().ok_or_else(|| HostError::Failed(format!("{host} has no addresses")));
         }
         if let Some(private) = addrs.iter().find(|a| !is_public(a.ip())) {
@@ -198,6 +233,12 @@ mod tests {
             "fe80::1",
             "::ffff:10.0.0.1",
             "0.0.0.0",
+            "::10.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::",
+            "2001::1",
+            "240.0.0.1",
+            "192.0.0.8",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} must not be public");
         }

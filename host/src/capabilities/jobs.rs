@@ -85,7 +85,13 @@ impl wit::Host for JobState {
         self.delegation.children.push(child.id.clone());
         self.ctx.emit("delegated", serde_json::json!({ "child_id": child.id, "agent": agent }));
         let remaining = self.ctx.deadline.saturating_duration_since(Instant::now());
-        let finished = match manager.wait_finished(&child.id, remaining).await {
+        let finished = manager.wait_finished(&child.id, remaining).await;
+        // Whatever the child used comes out of this job's budgets: siblings and grandchildren
+        // share the parent's remainder instead of each getting a fresh copy.
+        let used = manager.take_usage(&child.id);
+        self.ctx.charge_host_calls(used.host_calls);
+        self.http.charge(used.net_bytes);
+        let finished = match finished {
             Ok(Some(job)) => job,
             Ok(None) => return Ok(Err(HostError::Failed(format!("child job {} vanished", child.id)))),
             Err(e) => return Ok(Err(HostError::Failed(format!("waiting for child job {}: {e}", child.id)))),

@@ -5,10 +5,14 @@
 /// A limit the engine enforced; carried inside the trap so the job can say which.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LimitExceeded {
-    #[error("memory limit exceeded: the job asked for {desired} bytes, its lease allows {limit} (limits.memory_bytes)")]
-    Memory { desired: usize, limit: u64 },
+    #[error(
+        "memory limit exceeded: the job's memories would total {desired} bytes, its lease allows {limit} (limits.memory_bytes)"
+    )]
+    Memory { desired: u64, limit: u64 },
     #[error("host-call budget exhausted: the job made more than {0} host calls (limits.max_host_calls)")]
     HostCalls(u64),
+    #[error("event budget exhausted: the job emitted more than {0} bytes of logs, progress and chunks")]
+    EventBytes(u64),
     #[error("table limit exceeded: {0} elements")]
     Table(usize),
 }
@@ -17,21 +21,26 @@ pub enum LimitExceeded {
 #[derive(Debug)]
 pub struct JobLimiter {
     memory_bytes: u64,
+    /// Bytes of linear memory across all of the job's memories (a component may have several).
+    memory_in_use: u64,
 }
 
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl JobLimiter {
     pub fn new(memory_bytes: u64) -> Self {
-        Self { memory_bytes }
+        Self { memory_bytes, memory_in_use: 0 }
     }
 }
 
 impl wasmtime::ResourceLimiter for JobLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if u64::try_from(desired).unwrap_or(u64::MAX) > self.memory_bytes {
-            return Err(LimitExceeded::Memory { desired, limit: self.memory_bytes }.into());
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let growth = u64::try_from(desired.saturating_sub(current)).unwrap_or(u64::MAX);
+        let total = self.memory_in_use.saturating_add(growth);
+        if total > self.memory_bytes {
+            return Err(LimitExceeded::Memory { desired: total, limit: self.memory_bytes }.into());
         }
+        self.memory_in_use = total;
         Ok(true)
     }
 

@@ -35,6 +35,7 @@ impl wit::Host for JobState {
             return Ok(Err(denied));
         }
         let message = super::truncate(message, MAX_MESSAGE);
+        self.ctx.charge_event_bytes(message.len())?;
         tracing::debug!(job = %self.ctx.job_id, agent = %self.ctx.agent, level, "{message}");
         self.ctx.emit("log", serde_json::json!({ "level": level, "message": message }));
         Ok(Ok(()))

@@ -66,7 +66,14 @@ pub struct JobContext {
     pub deadline: Instant,
     pub manager: Arc<JobManager>,
     host_calls: u64,
+    /// Bytes of log messages, progress and chunks this job has emitted.
+    event_bytes: u64,
 }
+
+/// Most bytes of logs, progress messages and chunks one job may emit. Events are queued for
+/// the store's writer without waiting for it, so this is what bounds the memory a single
+/// chatty (or hostile) job can make the host hold; exceeding it ends the job as a limit.
+pub const MAX_EVENT_BYTES: u64 = 16 << 20;
 
 impl JobContext {
     pub fn new(
@@ -78,7 +85,7 @@ impl JobContext {
         deadline: Instant,
         manager: Arc<JobManager>,
     ) -> Self {
-        Self { job_id, principal, agent, lease, depth, deadline, manager, host_calls: 0 }
+        Self { job_id, principal, agent, lease, depth, deadline, manager, host_calls: 0, event_bytes: 0 }
     }
 
     /// Host calls made so far.
@@ -92,19 +99,55 @@ impl JobContext {
     /// `Err` (a trap) only when the host-call budget is exhausted: a guest that floods the
     /// host is stopped by the host. A denial is `Ok(Err(HostError::Denied))`.
     pub fn authorize(&mut self, scope: Scope, target: &str) -> wasmtime::Result<Result<(), HostError>> {
+        self.count_host_call()?;
+        let decision = self.lease.check(scope, target, time::OffsetDateTime::now_utc());
+        Ok(self.decided(scope, target, decision))
+    }
+
+    /// [`Self::authorize`] for `net.fetch`, on the URL exactly as it will be fetched.
+    pub fn authorize_url(&mut self, url: &url::Url) -> wasmtime::Result<Result<(), HostError>> {
+        self.count_host_call()?;
+        let decision = self.lease.check_url(url, time::OffsetDateTime::now_utc());
+        Ok(self.decided(Scope::NetFetch, url.as_str(), decision))
+    }
+
+    /// Counts `n` bytes of guest-supplied event data; traps past [`MAX_EVENT_BYTES`].
+    pub fn charge_event_bytes(&mut self, n: usize) -> wasmtime::Result<()> {
+        self.event_bytes = self.event_bytes.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+        if self.event_bytes > MAX_EVENT_BYTES {
+            return Err(LimitExceeded::EventBytes(MAX_EVENT_BYTES).into());
+        }
+        Ok(())
+    }
+
+    /// Adds host calls made on this job's behalf (by a delegated child).
+    pub fn charge_host_calls(&mut self, n: u64) {
+        self.host_calls = self.host_calls.saturating_add(n);
+    }
+
+    fn count_host_call(&mut self) -> wasmtime::Result<()> {
         self.host_calls += 1;
         if self.host_calls > self.lease.limits.max_host_calls {
             return Err(LimitExceeded::HostCalls(self.lease.limits.max_host_calls).into());
         }
-        let decision = self.lease.check(scope, target, time::OffsetDateTime::now_utc());
+        Ok(())
+    }
+
+    /// Records a decision and turns a denial into the typed error the guest receives.
+    fn decided(
+        &mut self,
+        scope: Scope,
+        target: &str,
+        decision: Result<(), crate::lease::Denial>,
+    ) -> Result<(), HostError> {
         let reason = decision.as_ref().err().map(|d| d.reason.clone());
         self.record(scope, target, reason.clone());
-        Ok(match reason {
+        match reason {
             None => Ok(()),
             Some(reason) => {
                 Err(HostError::Denied(Denial { scope: scope.as_str().to_string(), target: target.to_string(), reason }))
             }
-        })
+        }
     }
 
     /// Denies a call the lease allowed but a limit or a later check refused (fan-out,

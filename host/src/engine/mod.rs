@@ -10,8 +10,9 @@
 //!   [`EngineConfig::epoch_tick`]; each job's store yields back to the scheduler at every
 //!   tick, so the job's `select!` on its deadline and cancel signal fires even while the
 //!   guest spins in a loop.
-//! - **memory**: a per-store `StoreLimits` cap (from the job's lease), under the pooling
-//!   allocator's per-slot maximum.
+//! - **memory**: a per-job `ResourceLimiter` ([`crate::capabilities::JobLimiter`]) capping
+//!   the job's memories in total (from its lease), under the pooling allocator's per-slot
+//!   maximum.
 //! - **fuel**: a per-job instruction budget.
 
 pub mod cache;

@@ -73,6 +73,8 @@ pub struct JobManager {
     /// Senders of "job finished" signals, keyed by job id.
     finished: Mutex<HashMap<String, watch::Sender<bool>>>,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// What finished children used, until their parent collects it.
+    usage: Mutex<HashMap<String, Usage>>,
     /// Jobs whose guest is running in this process right now.
     running: Arc<AtomicUsize>,
     /// A weak self-reference so `&self` methods can hand `Arc`s to spawned jobs.
@@ -99,6 +101,7 @@ impl JobManager {
             finished: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             running: Arc::new(AtomicUsize::new(0)),
+            usage: Mutex::new(HashMap::new()),
             me: me.clone(),
         })
     }
@@ -139,11 +142,8 @@ impl JobManager {
         let ceiling = self.policy.ceiling_for(principal);
         let lease = Lease::effective(&agent.declared, ceiling, &lease_request, None, time::OffsetDateTime::now_utc())?;
         let record = new_record(principal, &req, &agent, &lease, Some(request_hash.clone()), None, 0)?;
-        match self.store.insert_job(record).await? {
-            InsertOutcome::Created(job) => {
-                self.schedule(job.clone(), agent, lease, true);
-                Ok((job, false))
-            }
+        match self.insert_and_schedule(record, agent, lease, true).await? {
+            InsertOutcome::Created(job) => Ok((job, false)),
             InsertOutcome::Existing(existing) => {
                 let key = req.idempotency_key.unwrap_or_default();
                 replay(existing, &request_hash, &key)
@@ -188,11 +188,30 @@ impl JobManager {
             Some(parent.job_id.clone()),
             parent.depth.saturating_add(1),
         )?;
-        let job = self.store.insert_job(record).await?.job().clone();
         // Children bypass the concurrency limit: their parent already holds a slot and
         // waits for them, so making them queue behind other parents could deadlock.
-        self.schedule(job.clone(), agent, lease, false);
-        Ok(job)
+        Ok(self.insert_and_schedule(record, agent, lease, false).await?.job().clone())
+    }
+
+    /// Records a new job and schedules it, in a task of its own: the insert is committed even
+    /// if the caller goes away mid-request (a client disconnect, a parent hitting its
+    /// deadline), so scheduling must not depend on the caller staying.
+    async fn insert_and_schedule(
+        &self,
+        record: JobRecord,
+        agent: Arc<LoadedAgent>,
+        lease: Lease,
+        needs_permit: bool,
+    ) -> Result<InsertOutcome, JobError> {
+        let Some(me) = self.me.upgrade() else { return Err(JobError::ShuttingDown) };
+        let task = tokio::spawn(async move {
+            let outcome = me.store.insert_job(record).await?;
+            if let InsertOutcome::Created(job) = &outcome {
+                me.schedule(job.clone(), agent, lease, needs_permit);
+            }
+            Ok::<_, JobError>(outcome)
+        });
+        task.await.map_err(|e| JobError::Store(StoreError::Task(e.to_string())))?
     }
 
     /// Hands a queued job to a worker task.
@@ -208,10 +227,10 @@ impl JobManager {
         }
         let permits = Arc::clone(&self.permits);
         tokio::spawn(async move {
+            // Forgets the job's handles however the run ends, even by panic.
+            let _forget = ForgetOnDrop(Arc::clone(&me), job.id.clone());
             let _permit = if needs_permit { permits.acquire_owned().await.ok() } else { None };
-            let id = job.id.clone();
             runner::run(&me, job, agent, lease, cancelled).await;
-            me.forget(&id);
         });
     }
 
@@ -301,6 +320,18 @@ impl JobManager {
         }
     }
 
+    /// Remembers what a finished child used, for its parent to charge.
+    pub(crate) fn record_usage(&self, id: &str, usage: Usage) {
+        if let Ok(mut map) = self.usage.lock() {
+            map.insert(id.to_string(), usage);
+        }
+    }
+
+    /// Takes what a finished child used (zero if unknown).
+    pub(crate) fn take_usage(&self, id: &str) -> Usage {
+        self.usage.lock().ok().and_then(|mut map| map.remove(id)).unwrap_or_default()
+    }
+
     /// Counts a job as running until the guard is dropped.
     pub(crate) fn running_guard(&self) -> RunningGuard {
         self.running.fetch_add(1, Ordering::SeqCst);
@@ -316,7 +347,7 @@ impl JobManager {
     /// store as they are and are recovered at the next start.
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.shutting_down.store(true, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + grace;
+        let deadline = tokio::time::Instant::now() + grace.min(Duration::from_secs(24 * 3600));
         loop {
             let running = self.running.load(Ordering::SeqCst);
             if running == 0 || tokio::time::Instant::now() >= deadline {
@@ -330,6 +361,21 @@ impl JobManager {
     pub async fn recover(&self) -> Result<RecoveryReport, JobError> {
         recovery::recover(self).await
     }
+}
+
+struct ForgetOnDrop(Arc<JobManager>, String);
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        self.0.forget(&self.1);
+    }
+}
+
+/// Resource use of a finished child job, charged to its parent when the parent collects it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub host_calls: u64,
+    pub net_bytes: u64,
 }
 
 /// Decrements the running-jobs count when a run ends, however it ends.

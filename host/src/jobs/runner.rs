@@ -19,6 +19,9 @@ use crate::engine::registry::LoadedAgent;
 use crate::lease::Lease;
 use crate::store::{JobRecord, JobStatus, Transition};
 
+/// Longest deadline honoured (a year): larger values, e.g. `u64::MAX` for "none", are clamped.
+const MAX_DEADLINE_MS: u64 = 365 * 24 * 3600 * 1000;
+
 /// How a run ended.
 enum Outcome {
     Completed(Value),
@@ -34,6 +37,8 @@ pub(super) async fn run(
     lease: Lease,
     mut cancelled: watch::Receiver<bool>,
 ) {
+    // Counted before the shutdown check, so shutdown never misses a job that is starting.
+    let _running = manager.running_guard();
     if manager.is_shutting_down() {
         return; // stays queued; recovered at the next start
     }
@@ -48,8 +53,7 @@ pub(super) async fn run(
             return;
         }
     }
-    let _running = manager.running_guard();
-    let deadline = Instant::now() + Duration::from_millis(lease.limits.deadline_ms);
+    let deadline = Instant::now() + Duration::from_millis(lease.limits.deadline_ms.min(MAX_DEADLINE_MS));
     let lease = Arc::new(lease);
     let ctx = JobContext::new(
         job.id.clone(),
@@ -82,13 +86,18 @@ pub(super) async fn run(
     };
     let children = std::mem::take(&mut store.data_mut().delegation.children);
     let host_calls = store.data().ctx.host_calls();
+    let net_bytes = lease.limits.net_bytes.saturating_sub(store.data().http.bytes_left());
     drop(store);
+    if job.parent_id.is_some() {
+        manager.record_usage(&job.id, super::Usage { host_calls, net_bytes });
+    }
     finish(manager, &job, outcome, &lease, host_calls).await;
     // Children die with their parent: a finished parent can no longer use their results.
     for child in children {
         if let Err(e) = manager.cancel_by_id(&child).await {
             tracing::debug!(job = %job.id, child, error = %e, "child already gone");
         }
+        manager.take_usage(&child);
     }
 }
 

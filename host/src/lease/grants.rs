@@ -99,6 +99,11 @@ impl Serialize for TargetPattern {
 
 type Layer = Vec<TargetPattern>;
 
+/// Most patterns (and layers) one scope of a deserialized grant set may hold. Checks and
+/// intersections cost O(patterns × layers), and grants arrive from clients and guests, so
+/// this keeps every lease operation cheap; real leases use a handful.
+pub const MAX_PATTERNS_PER_SCOPE: usize = 256;
+
 /// Scope → constraint layers. See the module docs for the semantics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
@@ -236,6 +241,20 @@ impl Grants {
         decide_layers(Scope::NetFetch, layers, Target::Url(url), url.as_str())
     }
 
+    /// Whether every `net.fetch` constraint layer allows `url` through a pattern whose host
+    /// is written as an IP literal — the operator or submitter named that address on purpose.
+    /// Wildcard hosts (`*`, `*.example.com`) never count: they are meant for DNS names.
+    pub fn names_ip_literal(&self, url: &Url) -> bool {
+        let Some(layers) = self.scopes.get(&Scope::NetFetch) else { return false };
+        !layers.is_empty()
+            && layers.iter().all(|layer| {
+                layer.iter().any(|p| match p {
+                    TargetPattern::Url(u) => u.host_is_ip_literal() && u.matches(url),
+                    TargetPattern::Glob(_) => false,
+                })
+            })
+    }
+
     fn layers(&self, scope: Scope) -> Result<&[Layer], String> {
         self.scopes
             .get(&scope)
@@ -330,6 +349,18 @@ impl<'de> Deserialize<'de> for Grants {
         let mut scopes = BTreeMap::new();
         for (name, entries) in raw {
             let scope: Scope = name.parse().map_err(de::Error::custom)?;
+            let patterns: usize = entries
+                .iter()
+                .map(|e| match e {
+                    Entry::One(_) => 1,
+                    Entry::Many(texts) => texts.len(),
+                })
+                .sum();
+            if entries.len() > MAX_PATTERNS_PER_SCOPE || patterns > MAX_PATTERNS_PER_SCOPE {
+                return Err(de::Error::custom(format!(
+                    "{scope}: at most {MAX_PATTERNS_PER_SCOPE} patterns per scope (got {patterns})"
+                )));
+            }
             let parse = |texts: Vec<String>| -> Result<Layer, D::Error> {
                 texts.iter().map(|t| TargetPattern::parse(scope, t).map_err(de::Error::custom)).collect()
             };

@@ -313,6 +313,8 @@ fn check_raw_path(raw: &str) -> Result<(), FetchTargetError> {
     let from_path = after_scheme.get(start..).unwrap_or("");
     let path = from_path.split(['?', '#']).next().unwrap_or("");
     for segment in path.split(['/', '\\']) {
+        // `..;x` is `..` to servlet containers (path parameters after `;`).
+        let segment = segment.split(';').next().unwrap_or(segment);
         if ["..", ".%2e", "%2e.", "%2e%2e"].iter().any(|dots| segment.eq_ignore_ascii_case(dots)) {
             return Err(FetchTargetError(
                 "the path contains a '..' segment (possibly percent-encoded); \
@@ -578,5 +580,12 @@ mod tests {
         let json = serde_json::to_string(&pattern).unwrap();
         assert_eq!(json, r#""https://*.example.com/**""#);
         assert_eq!(serde_json::from_str::<UrlPattern>(&json).unwrap(), pattern);
+    }
+
+    #[test]
+    fn fetch_target_with_servlet_dot_dot_parameter_is_refused() {
+        assert!(parse_fetch_target("http://h/allowed/..;/admin").is_err());
+        assert!(parse_fetch_target("http://h/allowed/%2e%2e;x=1/admin").is_err());
+        assert!(parse_fetch_target("http://h/allowed/a;b/c").is_ok());
     }
 }
