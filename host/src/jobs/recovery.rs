@@ -9,7 +9,8 @@
 //! | a delegated child (queued or running) | `failed` with code `parent_interrupted`: its parent is re-run (or failed) and delegates again |
 //! | agent version no longer loaded | `failed` with code `agent_unavailable` |
 //!
-//! Every accepted job therefore ends in a terminal state with its events intact.
+//! A re-run job keeps its stored lease, narrowed by the principal's *current* policy
+//! ceiling. Every accepted job therefore ends in a terminal state with its events intact.
 
 use std::sync::Arc;
 
@@ -74,8 +75,13 @@ async fn recover_one(manager: &JobManager, job: &JobRecord) -> Result<bool, JobE
             return Ok(false);
         }
     };
-    let lease: Lease = match serde_json::from_value(job.lease.clone()) {
-        Ok(lease) => lease,
+    let lease: Lease = match serde_json::from_value::<Lease>(job.lease.clone()) {
+        // The policy may have changed while the host was down: the re-run gets no more than
+        // the principal's current ceiling allows.
+        Ok(lease) => {
+            let ceiling = manager.policy().ceiling_for(&job.principal);
+            Lease { grants: lease.grants.intersect(&ceiling.grants), limits: lease.limits.intersect(&ceiling.limits), ..lease }
+        }
         Err(e) => {
             manager.store().transition_job(&job.id, fail("internal", format!("stored lease unreadable: {e}"))).await?;
             return Ok(false);

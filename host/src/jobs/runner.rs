@@ -93,12 +93,13 @@ pub(super) async fn run(
     }
     finish(manager, &job, outcome, &lease, host_calls).await;
     // Children die with their parent: a finished parent can no longer use their results.
-    for child in children {
-        if let Err(e) = manager.cancel_by_id(&child).await {
-            tracing::debug!(job = %job.id, child, error = %e, "child already gone");
+    let cancels = children.iter().map(|child| async move {
+        if let Err(e) = manager.cancel_by_id(child).await {
+            tracing::debug!(child, error = %e, "child already gone");
         }
-        manager.take_usage(&child);
-    }
+        manager.take_usage(child);
+    });
+    futures::future::join_all(cancels).await;
 }
 
 fn classify(result: wasmtime::Result<Result<String, HostError>>) -> Outcome {
