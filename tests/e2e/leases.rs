@@ -154,6 +154,15 @@ async fn fetch_is_allowed_only_for_urls_the_lease_grants() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denial_made_up_by_the_agent_is_not_reported_as_a_host_denial() {
+    let host = Host::start(&["sneaky"]);
+    let job = host.run("sneaky", json!({"forge_denial": true}), None).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "agent_failed", "{job}");
+    assert!(job["error"]["message"].as_str().unwrap().contains("never issued"), "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_host_grant_does_not_reach_loopback_unless_the_ip_is_named() {
     let port = serve_loopback("internal").await;
     let host = Host::start_with_policy(&["fetch"], Some(&ceiling_with_net_fetch(&["*://*:*/**"])));

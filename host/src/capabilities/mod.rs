@@ -68,7 +68,13 @@ pub struct JobContext {
     host_calls: u64,
     /// Bytes of log messages, progress and chunks this job has emitted.
     event_bytes: u64,
+    /// The (scope, target) of the first denials issued to this job, so a denial the agent
+    /// returns can be told apart from one it made up.
+    denials: Vec<(Scope, String)>,
 }
+
+/// How many issued denials a job remembers.
+const REMEMBERED_DENIALS: usize = 32;
 
 /// Most bytes of logs, progress messages and chunks one job may emit. Events are queued for
 /// the store's writer without waiting for it, so this is what bounds the memory a single
@@ -85,7 +91,18 @@ impl JobContext {
         deadline: Instant,
         manager: Arc<JobManager>,
     ) -> Self {
-        Self { job_id, principal, agent, lease, depth, deadline, manager, host_calls: 0, event_bytes: 0 }
+        Self {
+            job_id,
+            principal,
+            agent,
+            lease,
+            depth,
+            deadline,
+            manager,
+            host_calls: 0,
+            event_bytes: 0,
+            denials: Vec::new(),
+        }
     }
 
     /// Host calls made so far.
@@ -157,7 +174,15 @@ impl JobContext {
         HostError::Denied(Denial { scope: scope.as_str().to_string(), target: target.to_string(), reason })
     }
 
-    fn record(&self, scope: Scope, target: &str, denial: Option<String>) {
+    /// Whether the host denied `scope` for `target` to this job.
+    pub fn was_denied(&self, scope: &str, target: &str) -> bool {
+        self.denials.iter().any(|(s, t)| s.as_str() == scope && t == target)
+    }
+
+    fn record(&mut self, scope: Scope, target: &str, denial: Option<String>) {
+        if denial.is_some() && self.denials.len() < REMEMBERED_DENIALS {
+            self.denials.push((scope, target.to_string()));
+        }
         let (decision, audit_decision) =
             if denial.is_some() { ("deny", Decision::Deny) } else { ("allow", Decision::Allow) };
         if denial.is_some() {

@@ -80,7 +80,11 @@ async fn recover_one(manager: &JobManager, job: &JobRecord) -> Result<bool, JobE
         // the principal's current ceiling allows.
         Ok(lease) => {
             let ceiling = manager.policy().ceiling_for(&job.principal);
-            Lease { grants: lease.grants.intersect(&ceiling.grants), limits: lease.limits.intersect(&ceiling.limits), ..lease }
+            Lease {
+                grants: lease.grants.intersect(&ceiling.grants),
+                limits: lease.limits.intersect(&ceiling.limits),
+                ..lease
+            }
         }
         Err(e) => {
             manager.store().transition_job(&job.id, fail("internal", format!("stored lease unreadable: {e}"))).await?;

@@ -71,17 +71,24 @@ pub(super) async fn run(
     } else {
         store.epoch_deadline_async_yield_and_update(1);
         let input = job.input.to_string();
-        let guest = async {
-            let instance: Agent = agent.pre.instantiate_async(&mut store).await?;
-            instance.corral_agent_handler().call_handle(&mut store, &input).await
+        // The guest future borrows the store; it lives only inside this block.
+        let ended = {
+            let guest = async {
+                let instance: Agent = agent.pre.instantiate_async(&mut store).await?;
+                instance.corral_agent_handler().call_handle(&mut store, &input).await
+            };
+            tokio::pin!(guest);
+            let timeout = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+            tokio::pin!(timeout);
+            tokio::select! {
+                result = &mut guest => Ok(result),
+                () = &mut timeout => Err(Outcome::TimedOut),
+                _ = cancelled.wait_for(|c| *c) => Err(Outcome::Cancelled),
+            }
         };
-        tokio::pin!(guest);
-        let timeout = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
-        tokio::pin!(timeout);
-        tokio::select! {
-            result = &mut guest => classify(result),
-            () = &mut timeout => Outcome::TimedOut,
-            _ = cancelled.wait_for(|c| *c) => Outcome::Cancelled,
+        match ended {
+            Ok(result) => classify(result, &store.data().ctx),
+            Err(outcome) => outcome,
         }
     };
     let children = std::mem::take(&mut store.data_mut().delegation.children);
@@ -102,12 +109,18 @@ pub(super) async fn run(
     futures::future::join_all(cancels).await;
 }
 
-fn classify(result: wasmtime::Result<Result<String, HostError>>) -> Outcome {
+fn classify(result: wasmtime::Result<Result<String, HostError>>, ctx: &JobContext) -> Outcome {
     match result {
         Ok(Ok(output)) => match serde_json::from_str(&output) {
             Ok(value) => Outcome::Completed(value),
             Err(e) => Outcome::Failed(error_json("invalid_output", &format!("the agent returned invalid JSON: {e}"))),
         },
+        // A denial the host issued to this job and the agent passed on is `denied`; one the
+        // agent made up is its own failure and must not look like a host decision.
+        Ok(Err(HostError::Denied(d))) if !ctx.was_denied(&d.scope, &d.target) => Outcome::Failed(serde_json::json!({
+            "code": "agent_failed",
+            "message": format!("the agent reported a denial the host never issued ({} for {}): {}", d.scope, d.target, d.reason),
+        })),
         Ok(Err(HostError::Denied(d))) => Outcome::Failed(serde_json::json!({
             "code": "denied",
             "message": format!("{} denied for {}: {}", d.scope, d.target, d.reason),

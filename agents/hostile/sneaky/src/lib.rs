@@ -4,7 +4,8 @@
 //! denial is a value the agent gets back, not a trap, and that nothing happened.
 //!
 //! Output: `{"all_denied": true, "calls": [{"call": "kv.set", "denied": true, "scope":
-//! "kv.write", "target": "sneaky/stolen", "error": "..."}, ...]}`.
+//! "kv.write", "target": "sneaky/stolen", "error": "..."}, ...]}`. With `{"forge_denial": true}`
+//! it instead returns a denial the host never issued (the host must not pass it off as its own).
 
 use corral_guest::{Agent, Error, Value, events, http, jobs, json, kv, log};
 
@@ -30,7 +31,16 @@ fn outcome<T>(call: &str, result: Result<T, Error>) -> Value {
 }
 
 impl Agent for Sneaky {
-    fn handle(_input: Value) -> Result<Value, Error> {
+    fn handle(input: Value) -> Result<Value, Error> {
+        if input.get("forge_denial").and_then(Value::as_bool) == Some(true) {
+            // Pretend the host denied something it never did: the host must not report this
+            // as a host decision.
+            return Err(Error::Denied(corral_guest::Denial {
+                scope: "net.fetch".into(),
+                target: "https://forged.example/".into(),
+                reason: "made up by the agent".into(),
+            }));
+        }
         let _ = log::info("sneaky: trying calls outside my lease");
         let calls = vec![
             outcome("kv.set", kv::set("sneaky", "stolen", b"1")),
