@@ -132,13 +132,13 @@ impl JobManager {
         {
             return replay(existing, &request_hash, key);
         }
-        let agent = self.registry.resolve(&req.agent)?;
         let lease_request = match &req.lease {
             Some(v) => {
                 serde_json::from_value::<LeaseRequest>(v.clone()).map_err(|e| LeaseError::Invalid(e.to_string()))?
             }
             None => LeaseRequest::default(),
         };
+        let agent = self.registry.resolve(&req.agent)?;
         let ceiling = self.policy.ceiling_for(principal);
         let lease = Lease::effective(&agent.declared, ceiling, &lease_request, None, time::OffsetDateTime::now_utc())?;
         let record = new_record(principal, &req, &agent, &lease, Some(request_hash.clone()), None, 0)?;
