@@ -137,7 +137,9 @@ impl Policy {
         Self::parse(DEFAULT_POLICY, "<built-in>")
     }
 
-    /// Reads a policy file. Tables it omits take the built-in defaults.
+    /// Reads a policy file. Keys it omits take the built-in defaults; a `grants` table it
+    /// gives replaces the default grants as a whole (grants are never merged: what the file
+    /// lists is exactly what is granted).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
@@ -149,10 +151,8 @@ impl Policy {
         let invalid = |message: String| ConfigError::Invalid { path: origin.to_string(), message };
         let mut base: toml::Table = toml::from_str(DEFAULT_POLICY).map_err(|e| invalid(e.to_string()))?;
         let overlay: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        // `[ceiling]` given in the file replaces the default ceiling as a whole.
-        for (k, v) in overlay {
-            base.insert(k, v);
-        }
+        merge(&mut base, overlay);
+        inherit_limits(&mut base);
         let policy: Policy =
             toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
         for p in &policy.principals {
@@ -187,6 +187,36 @@ impl Policy {
     }
 }
 
+/// A principal's own `[principals.ceiling]` takes any limit it does not set from the
+/// policy-wide `[ceiling.limits]`.
+fn inherit_limits(policy: &mut toml::Table) {
+    let Some(toml::Value::Table(defaults)) = policy.get("ceiling").and_then(|c| c.get("limits")).cloned() else {
+        return;
+    };
+    let Some(toml::Value::Array(principals)) = policy.get_mut("principals") else { return };
+    for principal in principals {
+        if let Some(toml::Value::Table(ceiling)) = principal.get_mut("ceiling") {
+            let mut limits = defaults.clone();
+            if let Some(toml::Value::Table(own)) = ceiling.remove("limits") {
+                merge(&mut limits, own);
+            }
+            ceiling.insert("limits".into(), toml::Value::Table(limits));
+        }
+    }
+}
+
+/// Overlays `overlay` on `base`: tables merge key by key, except `grants`, which replace.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) if key != "grants" => merge(mine, theirs),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -214,6 +244,29 @@ mod tests {
         assert_eq!(policy.principal_for_token("s3cret").map(|p| p.name.as_str()), Some("alice"));
         assert_eq!(policy.principal_for_token("secret").map(|p| p.name.as_str()), Some("bob"));
         assert!(policy.principal_for_token("nope").is_none());
+    }
+
+    #[test]
+    fn policy_file_replaces_grants_but_keeps_default_limits() {
+        let policy =
+            Policy::parse("[ceiling.grants]\n\"log\" = [\"**\"]\n[ceiling.limits]\ndeadline_ms = 5000\n", "test")
+                .unwrap();
+        let grants = serde_json::to_value(&policy.ceiling.grants).unwrap();
+        assert_eq!(grants, serde_json::json!({"log": ["**"]}));
+        assert_eq!(policy.ceiling.limits.deadline_ms, 5000);
+        assert_eq!(policy.ceiling.limits.max_host_calls, 10_000, "unspecified limits keep their defaults");
+    }
+
+    #[test]
+    fn principal_ceiling_inherits_limits_it_does_not_set() {
+        let policy = Policy::parse(
+            "[[principals]]\nname = \"ci\"\ntoken = \"t\"\n[principals.ceiling.grants]\n\"log\" = [\"**\"]\n[principals.ceiling.limits]\nmax_host_calls = 7\n",
+            "test",
+        )
+        .unwrap();
+        let ceiling = policy.ceiling_for("ci");
+        assert_eq!(ceiling.limits.max_host_calls, 7);
+        assert_eq!(ceiling.limits.deadline_ms, 30_000);
     }
 
     #[test]
