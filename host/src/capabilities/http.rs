@@ -135,9 +135,8 @@ impl JobState {
     async fn perform(&mut self, url: url::Url, req: Request) -> Result<Response, HostError> {
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| invalid(format!("invalid HTTP method '{}'", req.method)))?;
-        let host = url.host_str().ok_or_else(|| invalid("URL has no host"))?.to_string();
         let port = url.port_or_known_default().ok_or_else(|| invalid("URL has no port"))?;
-        let addr = self.resolve_checked(&url, &host, port).await?;
+        let addr = self.resolve_checked(&url, port).await?;
         self.http.spend(req.body.as_ref().map_or(0, |b| b.len() as u64))?;
 
         let remaining = self.ctx.deadline.saturating_duration_since(Instant::now());
@@ -181,9 +180,13 @@ impl JobState {
     }
 
     /// Resolves the URL's host and applies the address rules from the module doc.
-    async fn resolve_checked(&mut self, url: &url::Url, host: &str, port: u16) -> Result<SocketAddr, HostError> {
+    async fn resolve_checked(&mut self, url: &url::Url, port: u16) -> Result<SocketAddr, HostError> {
         let target = url.as_str().to_string();
-        let literal = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
+        let (host, literal) = match url.host().ok_or_else(|| invalid("URL has no host"))? {
+            url::Host::Domain(name) => (name.to_string(), None),
+            url::Host::Ipv4(ip) => (ip.to_string(), Some(IpAddr::V4(ip))),
+            url::Host::Ipv6(ip) => (format!("[{ip}]"), Some(IpAddr::V6(ip))),
+        };
         let allow_private = self.ctx.manager.policy().egress.allow_private;
         if let Some(ip) = literal {
             if !is_public(ip) && !allow_private && !self.ctx.lease.grants.names_ip_literal(url) {
@@ -195,7 +198,7 @@ impl JobState {
             }
             return Ok(SocketAddr::new(ip, port));
         }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
             .await
             .map_err(|e| HostError::Failed(format!("cannot resolve {host}: {e}")))?
             .collect();

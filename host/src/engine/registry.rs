@@ -177,12 +177,17 @@ impl Registry {
         Ok(LoadedAgent { manifest, declared, sha256, path: path.to_path_buf(), pre, from_cache })
     }
 
-    /// Loads `path` and swaps it in. On error the previous good version stays and the
-    /// failure is remembered for listings.
+    /// Loads `path` and swaps it in (and logs the outcome). On error the previous good
+    /// version stays and the failure is remembered for listings.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedAgent>, EngineError> {
         match self.prepare(path) {
-            Ok(agent) => Ok(self.insert(agent)),
+            Ok(agent) => {
+                let agent = self.insert(agent);
+                tracing::info!(agent = %agent.reference(), file = %path.display(), cached = agent.from_cache, "agent loaded");
+                Ok(agent)
+            }
             Err(e) => {
+                tracing::error!(error = %e, "agent file rejected; any previous version stays");
                 if let Ok(mut inner) = self.inner.write() {
                     inner.failures.insert(path.to_path_buf(), e.to_string());
                 }
@@ -233,19 +238,7 @@ impl Registry {
 
     /// Loads every `*.wasm` in `dir`; returns the failures (also kept for listings).
     pub fn load_dir(&self, dir: &Path) -> Vec<EngineError> {
-        let mut failures = Vec::new();
-        for path in wasm_files(dir) {
-            match self.load_file(&path) {
-                Ok(agent) => {
-                    tracing::info!(agent = %agent.reference(), file = %path.display(), cached = agent.from_cache, "agent loaded")
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "agent not loaded");
-                    failures.push(e);
-                }
-            }
-        }
-        failures
+        wasm_files(dir).iter().filter_map(|path| self.load_file(path).err()).collect()
     }
 
     /// Resolves `name` (newest version) or `name@version`.

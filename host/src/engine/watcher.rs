@@ -41,10 +41,8 @@ pub fn watch(dir: &Path, registry: Arc<Registry>) -> Result<FolderWatch, notify:
                 continue;
             }
             if path.is_file() {
-                match registry.load_file(&path) {
-                    Ok(agent) => tracing::info!(agent = %agent.reference(), file = %path.display(), "agent loaded"),
-                    Err(e) => tracing::error!(error = %e, "agent file rejected; keeping the last good version"),
-                }
+                // Logs its own outcome; a rejected file leaves the last good version in place.
+                let _ = registry.load_file(&path);
             } else {
                 registry.remove_file(&path);
                 tracing::info!(file = %path.display(), "agent file removed");

@@ -60,6 +60,8 @@ pub enum JobError {
 /// In-memory handles of a job this process is running (or about to).
 struct Handle {
     cancel: watch::Sender<bool>,
+    /// Flipped (and dropped) when the run ends; waiters subscribe to it.
+    done: watch::Sender<bool>,
 }
 
 /// Submits, runs, cancels and awaits jobs.
@@ -70,8 +72,6 @@ pub struct JobManager {
     engine: wasmtime::Engine,
     permits: Arc<Semaphore>,
     handles: Mutex<HashMap<String, Handle>>,
-    /// Senders of "job finished" signals, keyed by job id.
-    finished: Mutex<HashMap<String, watch::Sender<bool>>>,
     shutting_down: std::sync::atomic::AtomicBool,
     /// What finished children used, until their parent collects it.
     usage: Mutex<HashMap<String, Usage>>,
@@ -98,7 +98,6 @@ impl JobManager {
             engine,
             permits,
             handles: Mutex::new(HashMap::new()),
-            finished: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             running: Arc::new(AtomicUsize::new(0)),
             usage: Mutex::new(HashMap::new()),
@@ -218,12 +217,9 @@ impl JobManager {
     fn schedule(&self, job: JobRecord, agent: Arc<LoadedAgent>, lease: Lease, needs_permit: bool) {
         let Some(me) = self.me.upgrade() else { return };
         let (cancel, cancelled) = watch::channel(false);
-        let (done_tx, _) = watch::channel(false);
+        let (done, _) = watch::channel(false);
         if let Ok(mut handles) = self.handles.lock() {
-            handles.insert(job.id.clone(), Handle { cancel });
-        }
-        if let Ok(mut finished) = self.finished.lock() {
-            finished.insert(job.id.clone(), done_tx);
+            handles.insert(job.id.clone(), Handle { cancel, done });
         }
         let permits = Arc::clone(&self.permits);
         tokio::spawn(async move {
@@ -235,13 +231,10 @@ impl JobManager {
     }
 
     fn forget(&self, id: &str) {
-        if let Ok(mut handles) = self.handles.lock() {
-            handles.remove(id);
-        }
-        if let Ok(mut finished) = self.finished.lock()
-            && let Some(done) = finished.remove(id)
+        if let Ok(mut handles) = self.handles.lock()
+            && let Some(handle) = handles.remove(id)
         {
-            let _ = done.send(true);
+            let _ = handle.done.send(true);
         }
     }
 
@@ -286,7 +279,7 @@ impl JobManager {
     /// Waits up to `timeout` for a job to reach a terminal state; returns it as it is then.
     pub async fn wait_finished(&self, id: &str, timeout: Duration) -> Result<Option<JobRecord>, JobError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut done = self.finished.lock().ok().and_then(|f| f.get(id).map(|s| s.subscribe()));
+        let mut done = self.handles.lock().ok().and_then(|h| h.get(id).map(|h| h.done.subscribe()));
         let mut events = self.store.subscribe();
         loop {
             let job = self.store.get_job(id).await?;
