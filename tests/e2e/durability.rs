@@ -101,11 +101,7 @@ async fn job_running_at_two_kills_fails_as_interrupted_when_attempts_run_out() {
 
     host.kill_9();
     host.spawn();
-    let job = crate::harness::eventually("the spin runs again as attempt 2", || async {
-        let job = host.job(&id).await;
-        (job["status"] == "running" && job["attempt"] == 2).then_some(job)
-    })
-    .await;
+    let job = host.wait_running_attempt(&id, 2).await;
     assert_eq!(job["attempt"], 2);
 
     host.kill_9();
@@ -119,20 +115,7 @@ async fn job_running_at_two_kills_fails_as_interrupted_when_attempts_run_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delegated_child_unfinished_at_kill_9_fails_as_parent_interrupted() {
     let mut host = Host::start_with_policy(&["orchestrator", "spin"], Some(&spin_policy("")));
-    let parent = host
-        .submit(
-            "orchestrator",
-            json!({"tasks": [{"agent": "spin", "input": null}]}),
-            Some(json!({"limits": {"deadline_ms": 60000}})),
-        )
-        .await;
-    let child = crate::harness::eventually("the orchestrator delegates to spin", || async {
-        let (_, list) = host.get("/v1/jobs?agent=spin").await;
-        list["jobs"].as_array().and_then(|jobs| {
-            jobs.iter().find(|j| j["parent_id"] == parent.as_str() && j["status"] == "running").cloned()
-        })
-    })
-    .await;
+    let (parent, child) = host.orchestrator_with_spinning_child().await;
     let child_id = child["id"].as_str().unwrap().to_string();
 
     host.kill_9();
@@ -182,11 +165,7 @@ async fn event_stream_of_a_job_killed_mid_flood_stays_gapless() {
     assert_eq!(at_kill, expected, "what survived the kill is a gapless prefix");
 
     host.spawn();
-    let job = crate::harness::eventually("the flood runs again as attempt 2", || async {
-        let job = host.job(&id).await;
-        (job["status"] == "running" && job["attempt"] == 2).then_some(job)
-    })
-    .await;
+    let job = host.wait_running_attempt(&id, 2).await;
     assert_eq!(job["attempt"], 2);
     let (status, _) = host.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
     assert_eq!(status, 200);
@@ -206,11 +185,7 @@ async fn job_still_running_after_the_sigterm_grace_period_is_rerun_after_restart
     let status = host.terminate();
     assert!(status.success(), "{status:?}\n{}", host.logs());
     host.spawn();
-    let job = crate::harness::eventually("the spin runs again as attempt 2", || async {
-        let job = host.job(&id).await;
-        (job["status"] == "running" && job["attempt"] == 2).then_some(job)
-    })
-    .await;
+    let job = host.wait_running_attempt(&id, 2).await;
     assert_eq!(job["attempt"], 2);
     let (status, _) = host.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
     assert_eq!(status, 200);

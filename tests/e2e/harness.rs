@@ -387,6 +387,35 @@ impl Host {
     }
 
     /// Polls a job until it has `status` (bounded); returns it.
+    /// Waits (bounded) until the job is running again as the given attempt (after a restart).
+    pub async fn wait_running_attempt(&self, id: &str, attempt: u32) -> Value {
+        eventually(&format!("job {id} runs as attempt {attempt}"), || async {
+            let job = self.job(id).await;
+            (job["status"] == "running" && job["attempt"] == attempt).then_some(job)
+        })
+        .await
+    }
+
+    /// Starts an orchestrator that delegates to one endless `spin`; returns the parent's id
+    /// and the running child job.
+    pub async fn orchestrator_with_spinning_child(&self) -> (String, Value) {
+        let parent = self
+            .submit(
+                "orchestrator",
+                json!({"tasks": [{"agent": "spin", "input": null}]}),
+                Some(json!({"limits": {"deadline_ms": 60000}})),
+            )
+            .await;
+        let child = eventually("the orchestrator delegates to a running spin", || async {
+            let (_, list) = self.get("/v1/jobs?agent=spin").await;
+            list["jobs"].as_array().and_then(|jobs| {
+                jobs.iter().find(|j| j["parent_id"] == parent.as_str() && j["status"] == "running").cloned()
+            })
+        })
+        .await;
+        (parent, child)
+    }
+
     pub async fn wait_status(&self, id: &str, status: &str) -> Value {
         let start = Instant::now();
         loop {

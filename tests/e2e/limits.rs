@@ -121,19 +121,7 @@ async fn cpu_bound_agent_is_stopped_by_its_fuel_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_parent_also_ends_its_running_child() {
     let host = Host::start_with_policy(&["orchestrator", "spin"], Some(&spin_policy("")));
-    let parent = host
-        .submit(
-            "orchestrator",
-            json!({"tasks": [{"agent": "spin", "input": null}]}),
-            Some(json!({"limits": {"deadline_ms": 60000}})),
-        )
-        .await;
-    let child = crate::harness::eventually("the child spin runs", || async {
-        let (_, list) = host.get("/v1/jobs?agent=spin&status=running").await;
-        list["jobs"].as_array().and_then(|jobs| jobs.first().cloned())
-    })
-    .await;
-    assert_eq!(child["parent_id"], parent.as_str());
+    let (parent, child) = host.orchestrator_with_spinning_child().await;
     let child_id = child["id"].as_str().unwrap();
     let (status, _) = host.post(&format!("/v1/jobs/{parent}/cancel"), &json!({})).await;
     assert_eq!(status, 200);
