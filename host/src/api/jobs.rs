@@ -119,16 +119,10 @@ pub async fn submit(
         lease: body.lease,
         idempotency_key: body.idempotency_key,
     };
-    let (mut job, replayed) = state.manager.submit(&principal.0, req).await?;
-    if let Some(wait) = query.wait.filter(|w| *w > 0) {
-        // The job is accepted and committed: a failure while waiting must not turn into an
-        // error (the client would resubmit a duplicate); answer 202 with the job instead.
-        match state.manager.wait_finished(&job.id, Duration::from_millis(wait)).await {
-            Ok(Some(done)) => job = done,
-            Ok(None) => {}
-            Err(e) => tracing::warn!(job = %job.id, error = %e, "waiting for the job failed; answering 202"),
-        }
-    }
+    let (job, replayed) = match query.wait.filter(|w| *w > 0) {
+        Some(wait) => state.manager.submit_and_wait(&principal.0, req, Duration::from_millis(wait)).await?,
+        None => state.manager.submit(&principal.0, req).await?,
+    };
     let status = if job.status.is_terminal() { StatusCode::OK } else { StatusCode::ACCEPTED };
     let mut response = (status, Json(JobView::from(job))).into_response();
     if replayed {

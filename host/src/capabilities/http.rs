@@ -127,6 +127,7 @@ impl wit::Host for JobState {
         if let Err(denied) = self.ctx.authorize_url(&url)? {
             return Ok(Err(denied));
         }
+        self.ctx.before_effect().await?;
         Ok(self.perform(url, req).await)
     }
 }

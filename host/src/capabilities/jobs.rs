@@ -66,6 +66,7 @@ impl wit::Host for JobState {
             Ok(r) => r.unwrap_or_default(),
             Err(e) => return Ok(Err(HostError::Invalid(format!("delegation lease: {e}")))),
         };
+        self.ctx.before_effect().await?;
         let manager = std::sync::Arc::clone(&self.ctx.manager);
         let limits = &self.ctx.lease.limits;
         let remaining = Limits {

@@ -75,6 +75,7 @@ impl wit::Host for JobState {
                 value.len()
             ))));
         }
+        self.ctx.before_effect().await?;
         Ok(self.ctx.manager.store().kv_set(&namespace, &key, value).await.map_err(failed))
     }
 
@@ -82,6 +83,7 @@ impl wit::Host for JobState {
         if let Err(e) = self.kv_authorize(&[Scope::KvWrite], &namespace, &key)? {
             return Ok(Err(e));
         }
+        self.ctx.before_effect().await?;
         Ok(self.ctx.manager.store().kv_delete(&namespace, &key).await.map_err(failed))
     }
 
@@ -94,6 +96,7 @@ impl wit::Host for JobState {
         if let Err(e) = self.kv_authorize(&[Scope::KvRead, Scope::KvWrite], &namespace, &key)? {
             return Ok(Err(e));
         }
+        self.ctx.before_effect().await?;
         Ok(self.ctx.manager.store().kv_increment(&namespace, &key, delta).await.map_err(failed))
     }
 }

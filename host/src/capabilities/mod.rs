@@ -23,7 +23,7 @@ use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::{Denial, HostError};
-use crate::jobs::JobManager;
+use crate::jobs::{JobManager, Journal};
 use crate::lease::{Lease, Scope};
 use crate::store::{AuditRecord, Decision};
 
@@ -65,6 +65,8 @@ pub struct JobContext {
     /// When the job's deadline passes.
     pub deadline: Instant,
     pub manager: Arc<JobManager>,
+    /// Where this job's events and audit rows go (see `jobs::journal`).
+    pub journal: Arc<Journal>,
     host_calls: u64,
     /// Bytes of log messages, progress and chunks this job has emitted.
     event_bytes: u64,
@@ -90,6 +92,7 @@ impl JobContext {
         depth: u32,
         deadline: Instant,
         manager: Arc<JobManager>,
+        journal: Arc<Journal>,
     ) -> Self {
         Self {
             job_id,
@@ -99,10 +102,21 @@ impl JobContext {
             depth,
             deadline,
             manager,
+            journal,
             host_calls: 0,
             event_bytes: 0,
             denials: Vec::new(),
         }
+    }
+
+    /// Makes sure the job is recorded before an effect that leaves it (a kv write, an HTTP
+    /// request, a delegated job): no such effect may exist without the job and the audit row
+    /// that allowed it. A no-op once the job is recorded. Traps if the job cannot be recorded.
+    pub async fn before_effect(&self) -> wasmtime::Result<()> {
+        self.journal
+            .record_now()
+            .await
+            .map_err(|e| wasmtime::Error::msg(format!("cannot record the job before its first effect: {e}")))
     }
 
     /// Host calls made so far.
@@ -188,9 +202,8 @@ impl JobContext {
         if denial.is_some() {
             tracing::info!(job = %self.job_id, agent = %self.agent, scope = scope.as_str(), target, "capability denied");
         }
-        let store = self.manager.store();
-        // Queued at call time and written with the next group commit; not awaited.
-        drop(store.record_audit(AuditRecord {
+        // Queued at call time (or held with the unrecorded job); not awaited.
+        self.journal.audit(AuditRecord {
             id: None,
             job_id: self.job_id.clone(),
             principal: self.principal.clone(),
@@ -199,7 +212,7 @@ impl JobContext {
             decision: audit_decision,
             reason: denial.clone(),
             at: crate::now_ms(),
-        }));
+        });
         let mut data = serde_json::json!({ "scope": scope.as_str(), "target": target, "decision": decision });
         if let (Some(reason), Some(map)) = (denial, data.as_object_mut()) {
             map.insert("reason".into(), reason.into());
@@ -209,8 +222,7 @@ impl JobContext {
 
     /// Appends an event to this job's stream (ordered; durable with the next group commit).
     pub fn emit(&self, kind: &str, data: serde_json::Value) {
-        // Queued at call time, ordered, written with the next group commit; not awaited.
-        drop(self.manager.store().append_event(&self.job_id, kind, data));
+        self.journal.emit(&self.job_id, kind, data);
     }
 }
 

@@ -6,6 +6,7 @@
 //! The store is the source of truth: every state change is a conditional transition, so a
 //! cancel racing a completion resolves to exactly one terminal state.
 
+pub mod journal;
 mod recovery;
 mod runner;
 
@@ -16,13 +17,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Semaphore, watch};
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::config::Policy;
 use crate::engine::registry::{LoadedAgent, Registry, ResolveError};
 use crate::lease::{Lease, LeaseError, LeaseRequest, Limits};
 use crate::store::{InsertOutcome, JobRecord, JobStatus, Store, StoreError, Transition};
 
+pub use journal::Journal;
 pub use recovery::RecoveryReport;
 
 /// What a client asks for.
@@ -121,32 +124,114 @@ impl JobManager {
     /// records the job durably and schedules it. Returns the job and whether it is an
     /// idempotent replay of an earlier submission.
     pub async fn submit(&self, principal: &str, req: SubmitRequest) -> Result<(JobRecord, bool), JobError> {
+        self.submit_inner(principal, req, None).await
+    }
+
+    /// [`Self::submit`], then waits up to `wait` for the job to finish; returns it as it is
+    /// then. A job the client waits for may run before it is written (see [`journal`]): what
+    /// this returns is always committed.
+    pub async fn submit_and_wait(
+        &self,
+        principal: &str,
+        req: SubmitRequest,
+        wait: Duration,
+    ) -> Result<(JobRecord, bool), JobError> {
+        self.submit_inner(principal, req, Some(wait)).await
+    }
+
+    async fn submit_inner(
+        &self,
+        principal: &str,
+        req: SubmitRequest,
+        wait: Option<Duration>,
+    ) -> Result<(JobRecord, bool), JobError> {
         if self.is_shutting_down() {
             return Err(JobError::ShuttingDown);
         }
-        let request_hash = request_hash(&req);
+        // Only a keyed request can be replayed, so only a keyed request needs its hash.
+        let request_hash = req.idempotency_key.as_ref().map(|_| request_hash(&req));
         // An idempotent replay must return the original job even if the agent is gone now.
-        if let Some(key) = &req.idempotency_key
+        if let (Some(key), Some(hash)) = (&req.idempotency_key, &request_hash)
             && let Some(existing) = self.store.job_by_idempotency_key(principal, key).await?
         {
-            return replay(existing, &request_hash, key);
+            let replayed = replay(existing, hash, key)?;
+            return self.wait_for(replayed, wait).await;
         }
         let lease_request = match &req.lease {
-            Some(v) => {
-                serde_json::from_value::<LeaseRequest>(v.clone()).map_err(|e| LeaseError::Invalid(e.to_string()))?
-            }
+            Some(v) => LeaseRequest::deserialize(v).map_err(|e| LeaseError::Invalid(e.to_string()))?,
             None => LeaseRequest::default(),
         };
         let agent = self.registry.resolve(&req.agent)?;
         let ceiling = self.policy.ceiling_for(principal);
         let lease = Lease::effective(&agent.declared, ceiling, &lease_request, None, time::OffsetDateTime::now_utc())?;
-        let record = new_record(principal, &req, &agent, &lease, Some(request_hash.clone()), None, 0)?;
-        match self.insert_and_schedule(record, agent, lease, true).await? {
-            InsertOutcome::Created(job) => Ok((job, false)),
+        let record = new_record(principal, &req, &agent, &lease, request_hash.clone(), None, 0)?;
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
+        // A waiting client with a free slot and nothing to deduplicate: run first, write once.
+        let permit = match (wait, permit) {
+            (Some(wait), Some(permit)) if req.idempotency_key.is_none() => {
+                return Ok((self.run_held(record, agent, lease, permit, wait).await?, false));
+            }
+            (_, permit) => permit,
+        };
+        let outcome = self.insert_and_schedule(record, agent, lease, Start::client(permit)).await?;
+        let submitted = match outcome {
+            InsertOutcome::Created(job) => (job, false),
             InsertOutcome::Existing(existing) => {
                 let key = req.idempotency_key.unwrap_or_default();
-                replay(existing, &request_hash, &key)
+                replay(existing, request_hash.as_deref().unwrap_or_default(), &key)?
             }
+        };
+        self.wait_for(submitted, wait).await
+    }
+
+    /// Waits (if asked to) for a submitted, committed job. The job is accepted: a failure while
+    /// waiting must not turn into an error (the client would resubmit a duplicate), so it
+    /// answers with the job as submitted instead.
+    async fn wait_for(
+        &self,
+        (job, replayed): (JobRecord, bool),
+        wait: Option<Duration>,
+    ) -> Result<(JobRecord, bool), JobError> {
+        let Some(wait) = wait else { return Ok((job, replayed)) };
+        match self.wait_finished(&job.id, wait).await {
+            Ok(Some(done)) => Ok((done, replayed)),
+            Ok(None) => Ok((job, replayed)),
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "waiting for the job failed; answering with it as submitted");
+                Ok((job, replayed))
+            }
+        }
+    }
+
+    /// Runs a job a client waits for before writing it (see [`journal`]), and answers with it
+    /// as committed: finished if it finished within `wait`, else recorded as running.
+    async fn run_held(
+        &self,
+        mut record: JobRecord,
+        agent: Arc<LoadedAgent>,
+        lease: Lease,
+        permit: OwnedSemaphorePermit,
+        wait: Duration,
+    ) -> Result<JobRecord, JobError> {
+        let now = crate::now_ms();
+        record.status = JobStatus::Running;
+        record.started_at = Some(now);
+        record.attempt = 1;
+        let journal = Journal::held(self.store.clone(), record.clone());
+        let (reply, finished) = oneshot::channel();
+        let id = record.id.clone();
+        self.spawn_run(record, agent, lease, Start::Running(Some(permit)), Arc::clone(&journal), Some(reply));
+        let done = match tokio::time::timeout(wait, finished).await {
+            Ok(Ok(done)) => done?,
+            // Still running (or its runner is gone): acknowledge only what is committed.
+            Ok(Err(_)) | Err(_) => {
+                journal.record_now().await?;
+                None
+            }
+        };
+        match done {
+            Some(job) => Ok(job),
+            None => self.store.get_job(&id).await?.ok_or(JobError::NotFound(id)),
         }
     }
 
@@ -189,32 +274,51 @@ impl JobManager {
         )?;
         // Children bypass the concurrency limit: their parent already holds a slot and
         // waits for them, so making them queue behind other parents could deadlock.
-        Ok(self.insert_and_schedule(record, agent, lease, false).await?.job().clone())
+        Ok(self.insert_and_schedule(record, agent, lease, Start::Running(None)).await?.job().clone())
     }
 
     /// Records a new job and schedules it, in a task of its own: the insert is committed even
     /// if the caller goes away mid-request (a client disconnect, a parent hitting its
-    /// deadline), so scheduling must not depend on the caller staying.
+    /// deadline), so scheduling must not depend on the caller staying. A job that can start
+    /// at once is written as `running` straight away (one commit fewer than queued → running).
     async fn insert_and_schedule(
         &self,
-        record: JobRecord,
+        mut record: JobRecord,
         agent: Arc<LoadedAgent>,
         lease: Lease,
-        needs_permit: bool,
+        start: Start,
     ) -> Result<InsertOutcome, JobError> {
         let Some(me) = self.me.upgrade() else { return Err(JobError::ShuttingDown) };
+        if let Start::Running(_) = start {
+            record.status = JobStatus::Running;
+            record.started_at = Some(crate::now_ms());
+            record.attempt = 1;
+        }
         let task = tokio::spawn(async move {
             let outcome = me.store.insert_job(record).await?;
             if let InsertOutcome::Created(job) = &outcome {
-                me.schedule(job.clone(), agent, lease, needs_permit);
+                me.schedule(job.clone(), agent, lease, start);
             }
             Ok::<_, JobError>(outcome)
         });
         task.await.map_err(|e| JobError::Store(StoreError::Task(e.to_string())))?
     }
 
-    /// Hands a queued job to a worker task.
-    fn schedule(&self, job: JobRecord, agent: Arc<LoadedAgent>, lease: Lease, needs_permit: bool) {
+    /// Hands a recorded job to a worker task.
+    fn schedule(&self, job: JobRecord, agent: Arc<LoadedAgent>, lease: Lease, start: Start) {
+        self.spawn_run(job, agent, lease, start, Journal::recorded(self.store.clone()), None);
+    }
+
+    /// Starts a job's worker task; `reply` gets the job as committed when it ends.
+    fn spawn_run(
+        &self,
+        job: JobRecord,
+        agent: Arc<LoadedAgent>,
+        lease: Lease,
+        start: Start,
+        journal: Arc<Journal>,
+        reply: Option<runner::Reply>,
+    ) {
         let Some(me) = self.me.upgrade() else { return };
         let (cancel, cancelled) = watch::channel(false);
         let (done, _) = watch::channel(false);
@@ -225,8 +329,13 @@ impl JobManager {
         tokio::spawn(async move {
             // Forgets the job's handles however the run ends, even by panic.
             let _forget = ForgetOnDrop(Arc::clone(&me), job.id.clone());
-            let _permit = if needs_permit { permits.acquire_owned().await.ok() } else { None };
-            runner::run(&me, job, agent, lease, cancelled).await;
+            let (_permit, queued) = match start {
+                Start::Running(permit) => (permit, false),
+                Start::Queued { needs_permit: true } => (permits.acquire_owned().await.ok(), true),
+                Start::Queued { needs_permit: false } => (None, true),
+            };
+            let run = runner::Run { job, agent, lease, queued, journal, reply };
+            runner::run(&me, run, cancelled).await;
         });
     }
 
@@ -353,6 +462,24 @@ impl JobManager {
     /// Re-queues or fails the jobs a previous process left unfinished (see `recovery`).
     pub async fn recover(&self) -> Result<RecoveryReport, JobError> {
         recovery::recover(self).await
+    }
+}
+
+/// How a scheduled job starts.
+pub(crate) enum Start {
+    /// Recorded as `queued`: the runner marks it running once it has a slot (if it needs one).
+    Queued { needs_permit: bool },
+    /// Recorded (or held) as `running`, holding its slot if it needs one.
+    Running(Option<OwnedSemaphorePermit>),
+}
+
+impl Start {
+    /// A client's job: running now if a slot was free, else queued for one.
+    fn client(permit: Option<OwnedSemaphorePermit>) -> Start {
+        match permit {
+            Some(permit) => Start::Running(Some(permit)),
+            None => Start::Queued { needs_permit: true },
+        }
     }
 }
 

@@ -103,6 +103,6 @@ async fn recover_one(manager: &JobManager, job: &JobRecord) -> Result<bool, JobE
         }
     }
     let needs_permit = true;
-    manager.schedule(job, Arc::clone(&agent), lease, needs_permit);
+    manager.schedule(job, Arc::clone(&agent), lease, super::Start::Queued { needs_permit });
     Ok(true)
 }

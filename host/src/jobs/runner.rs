@@ -10,14 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
-use super::{JobManager, error_json};
+use super::journal::{DEFER_WINDOW, Journal};
+use super::{JobError, JobManager, error_json};
 use crate::bindings::{Agent, HostError};
 use crate::capabilities::{JobContext, JobState, LimitExceeded};
 use crate::engine::registry::LoadedAgent;
 use crate::lease::Lease;
-use crate::store::{JobRecord, JobStatus, Transition};
+use crate::store::{JobRecord, JobStatus, StoreError, Transition};
 
 /// Longest deadline honoured (a year): larger values, e.g. `u64::MAX` for "none", are clamped.
 const MAX_DEADLINE_MS: u64 = 365 * 24 * 3600 * 1000;
@@ -30,27 +31,39 @@ enum Outcome {
     Cancelled,
 }
 
-pub(super) async fn run(
-    manager: &Arc<JobManager>,
-    job: JobRecord,
-    agent: Arc<LoadedAgent>,
-    lease: Lease,
-    mut cancelled: watch::Receiver<bool>,
-) {
+/// Where a waiting client is told how its job ended: the job as committed, `None` if the
+/// outcome did not apply (e.g. a cancel won the race; read the job back), or the write error.
+pub(super) type Reply = oneshot::Sender<Result<Option<JobRecord>, JobError>>;
+
+/// One job to run.
+pub(super) struct Run {
+    pub job: JobRecord,
+    pub agent: Arc<LoadedAgent>,
+    pub lease: Lease,
+    /// Recorded as `queued` (mark it running first), or already `running`.
+    pub queued: bool,
+    pub journal: Arc<Journal>,
+    pub reply: Option<Reply>,
+}
+
+pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watch::Receiver<bool>) {
+    let Run { mut job, agent, lease, queued, journal, reply } = run;
     // Counted before the shutdown check, so shutdown never misses a job that is starting.
     let _running = manager.running_guard();
-    if manager.is_shutting_down() {
-        return; // stays queued; recovered at the next start
-    }
-    let now = crate::now_ms();
-    let attempt = job.attempt.saturating_add(1);
-    let start = Transition::new(&[JobStatus::Queued], JobStatus::Running, now).started_at(now).attempt(attempt);
-    match manager.store().transition_job(&job.id, start).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return, // cancelled while queued
-        Err(e) => {
-            tracing::error!(job = %job.id, error = %e, "cannot mark job running; leaving it queued for recovery");
-            return;
+    if queued {
+        if manager.is_shutting_down() {
+            return; // stays queued; recovered at the next start
+        }
+        let now = crate::now_ms();
+        let attempt = job.attempt.saturating_add(1);
+        let start = Transition::new(&[JobStatus::Queued], JobStatus::Running, now).started_at(now).attempt(attempt);
+        match manager.store().transition_job(&job.id, start).await {
+            Ok(Some((running, _))) => job = running,
+            Ok(None) => return, // cancelled while queued
+            Err(e) => {
+                tracing::error!(job = %job.id, error = %e, "cannot mark job running; leaving it queued for recovery");
+                return;
+            }
         }
     }
     let deadline = Instant::now() + Duration::from_millis(lease.limits.deadline_ms.min(MAX_DEADLINE_MS));
@@ -63,6 +76,7 @@ pub(super) async fn run(
         job.depth,
         deadline,
         Arc::clone(manager),
+        Arc::clone(&journal),
     );
     let mut store = wasmtime::Store::new(&manager.engine, JobState::new(ctx));
     store.limiter(|state| &mut state.limiter);
@@ -80,10 +94,21 @@ pub(super) async fn run(
             tokio::pin!(guest);
             let timeout = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
             tokio::pin!(timeout);
-            tokio::select! {
-                result = &mut guest => Ok(result),
-                () = &mut timeout => Err(Outcome::TimedOut),
-                _ = cancelled.wait_for(|c| *c) => Err(Outcome::Cancelled),
+            // A held job is recorded once it has run for a while (see `journal`).
+            let record_by = tokio::time::sleep(DEFER_WINDOW);
+            tokio::pin!(record_by);
+            let mut held = journal.is_held();
+            loop {
+                tokio::select! {
+                    result = &mut guest => break Ok(result),
+                    () = &mut timeout => break Err(Outcome::TimedOut),
+                    _ = cancelled.wait_for(|c| *c) => break Err(Outcome::Cancelled),
+                    () = &mut record_by, if held => {
+                        held = false;
+                        // Queued now; the finish below is ordered after it.
+                        drop(journal.record_now());
+                    }
+                }
             }
         };
         match ended {
@@ -98,7 +123,10 @@ pub(super) async fn run(
     if job.parent_id.is_some() {
         manager.record_usage(&job.id, super::Usage { host_calls, net_bytes });
     }
-    finish(manager, &job, outcome, &lease, host_calls).await;
+    let finished = finish(&journal, &job, outcome, &lease, host_calls).await;
+    if let Some(reply) = reply {
+        let _ = reply.send(finished.map_err(JobError::from));
+    }
     // Children die with their parent: a finished parent can no longer use their results.
     let cancels = children.iter().map(|child| async move {
         if let Err(e) = manager.cancel_by_id(child).await {
@@ -144,7 +172,13 @@ fn classify(result: wasmtime::Result<Result<String, HostError>>, ctx: &JobContex
     }
 }
 
-async fn finish(manager: &JobManager, job: &JobRecord, outcome: Outcome, lease: &Lease, host_calls: u64) {
+async fn finish(
+    journal: &Journal,
+    job: &JobRecord,
+    outcome: Outcome,
+    lease: &Lease,
+    host_calls: u64,
+) -> Result<Option<JobRecord>, StoreError> {
     let now = crate::now_ms();
     let t = Transition::new(&[JobStatus::Running], JobStatus::Running, now).finished_at(now);
     let t = match outcome {
@@ -162,10 +196,12 @@ async fn finish(manager: &JobManager, job: &JobRecord, outcome: Outcome, lease: 
         }
     };
     let status = t.to;
-    match manager.store().transition_job(&job.id, t).await {
-        Ok(_) => tracing::info!(job = %job.id, agent = %job.agent_name, %status, host_calls, "job finished"),
+    let finished = journal.finish(&job.id, t).await;
+    match &finished {
+        Ok(_) => tracing::debug!(job = %job.id, agent = %job.agent_name, %status, host_calls, "job finished"),
         Err(e) => {
             tracing::error!(job = %job.id, error = %e, "cannot record job outcome; it will be recovered at restart")
         }
     }
+    finished
 }

@@ -43,27 +43,29 @@ pub struct AuditRecord {
     pub at: i64,
 }
 
+/// Inserts one audit row inside a running write op; returns its id.
+pub(super) fn insert(tx: &rusqlite::Transaction<'_>, record: &AuditRecord) -> Result<i64, StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO audit (job_id, principal, scope, target, decision, reason, at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(rusqlite::params![
+        record.job_id,
+        record.principal,
+        record.scope,
+        record.target,
+        record.decision.as_str(),
+        record.reason,
+        record.at,
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
 impl Store {
     /// Appends an audit row; resolves to its id once committed. The write happens even if the
     /// future is dropped.
     pub fn record_audit(&self, record: AuditRecord) -> impl Future<Output = Result<i64, StoreError>> + Send + 'static {
-        self.write(move |ctx| {
-            let tx = ctx.tx();
-            tx.prepare_cached(
-                "INSERT INTO audit (job_id, principal, scope, target, decision, reason, at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(rusqlite::params![
-                record.job_id,
-                record.principal,
-                record.scope,
-                record.target,
-                record.decision.as_str(),
-                record.reason,
-                record.at,
-            ])?;
-            Ok(tx.last_insert_rowid())
-        })
+        self.write(move |ctx| insert(ctx.tx(), &record))
     }
 
     /// A job's audit trail in the order it was recorded.

@@ -23,6 +23,15 @@ pub struct EventRecord {
     pub at: i64,
 }
 
+/// An event not written yet: held by a job that is not recorded yet, written with its row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub kind: String,
+    pub data: Value,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
 /// Appends an event inside a running write op; returns its seq.
 pub(super) fn append(
     ctx: &mut WriteCtx<'_>,

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Store, StoreError, events};
+use super::{AuditRecord, NewEvent, Store, StoreError, audit, events};
 
 /// Lifecycle status of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -265,6 +265,20 @@ impl Store {
         &self,
         job: JobRecord,
     ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send + 'static {
+        self.insert_job_with(job, Vec::new(), Vec::new())
+    }
+
+    /// Inserts a job in whatever status it has reached, with the `state` events that lead there
+    /// (`queued`, then `running` if it started, then its terminal status if it ended) around the
+    /// `events` it emitted meanwhile, and the `audit` rows of the decisions it got — all in one
+    /// op, so one commit. This is how a job that was run before being recorded is written (see
+    /// `jobs::journal`). Returns the existing job untouched on an idempotency-key match.
+    pub fn insert_job_with(
+        &self,
+        job: JobRecord,
+        events: Vec<NewEvent>,
+        audit: Vec<AuditRecord>,
+    ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send + 'static {
         self.write(move |ctx| {
             let tx = ctx.tx();
             if let Some(key) = &job.idempotency_key
@@ -296,9 +310,20 @@ impl Store {
                 job.started_at,
                 job.finished_at,
             ])?;
-            let data = state_event(job.status, job.output.as_ref(), job.error.as_ref());
-            events::append(ctx, &job.id, "state", &data, job.created_at)?;
+            ctx.new_job(&job.id);
+            events::append(ctx, &job.id, "state", &state_event(JobStatus::Queued, None, None), job.created_at)?;
+            if let (Some(started), true) = (job.started_at, job.status != JobStatus::Queued) {
+                events::append(ctx, &job.id, "state", &state_event(JobStatus::Running, None, None), started)?;
+            }
+            for event in &events {
+                events::append(ctx, &job.id, &event.kind, &event.data, event.at)?;
+            }
+            for record in &audit {
+                audit::insert(ctx.tx(), record)?;
+            }
             if job.status.is_terminal() {
+                let data = state_event(job.status, job.output.as_ref(), job.error.as_ref());
+                events::append(ctx, &job.id, "state", &data, job.finished_at.unwrap_or(job.created_at))?;
                 ctx.job_finished(&job.id);
             }
             Ok(InsertOutcome::Created(job))

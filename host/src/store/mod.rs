@@ -42,7 +42,7 @@ use tokio::sync::{Semaphore, broadcast, oneshot};
 
 pub use agents::AgentRecord;
 pub use audit::{AuditRecord, Decision};
-pub use events::EventRecord;
+pub use events::{EventRecord, NewEvent};
 pub use jobs::{InsertOutcome, JobFilter, JobRecord, JobStatus, Transition};
 pub use writer::MAX_BATCH;
 pub(crate) use writer::WriteCtx;

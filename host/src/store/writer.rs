@@ -84,6 +84,12 @@ impl<'a> WriteCtx<'a> {
         Ok(next)
     }
 
+    /// Starts the seq of a job inserted by this op at 1, without a lookup.
+    pub(super) fn new_job(&mut self, job_id: &str) {
+        self.touched.push(job_id.to_owned());
+        self.seqs.insert(job_id.to_owned(), 1);
+    }
+
     /// Records that `job_id` reached a terminal status in this op.
     pub(super) fn job_finished(&mut self, job_id: &str) {
         self.terminal.push(job_id.to_owned());
