@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use wasmtime::component::Linker;
 
 use crate::config::{ConfigError, Policy};
@@ -85,7 +86,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let _watch = engine::watcher::watch(&opts.agents_dir, Arc::clone(&registry))
         .map_err(|e| ServeError::Setup(format!("cannot watch {}: {e}", opts.agents_dir.display())))?;
 
-    let manager = JobManager::new(store.clone(), Arc::clone(&registry), Arc::clone(&policy));
+    let manager = JobManager::new(store.clone(), Arc::clone(&registry), Arc::clone(&policy)).map_err(ServeError::Setup)?;
     let recovered = manager.recover().await?;
 
     let listener =
@@ -110,6 +111,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let app = crate::api::router(Arc::clone(&manager));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
+        // TCP_NODELAY: a response is written as one small segment; Nagle would hold it for the
+        // client's delayed ACK (up to 40 ms) whenever the previous one is still unacknowledged.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = stop_rx.await;

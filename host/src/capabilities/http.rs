@@ -32,6 +32,58 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
 const FORBIDDEN_HEADERS: &[&str] =
     &["host", "connection", "content-length", "transfer-encoding", "te", "upgrade", "keep-alive"];
 
+/// Outbound HTTP clients, shared by every job of the host.
+///
+/// Why shared: building a client loads the TLS roots and sets up a connection pool (about a
+/// millisecond and tens of KB each); once per job that dominated a fetch and the memory of a
+/// job parked in one. A request to an IP literal goes through one shared client; a request to
+/// a name goes through a client pinned (`resolve`) to the address that was checked for it,
+/// cached per (name, address) so connections to the same origin are reused.
+#[derive(Debug)]
+pub struct Clients {
+    literal: reqwest::Client,
+    pinned: std::sync::Mutex<std::collections::HashMap<(String, SocketAddr), reqwest::Client>>,
+}
+
+/// Pinned clients kept at most; the cache starts over when full (a rebuild is cheap).
+const MAX_PINNED_CLIENTS: usize = 256;
+
+/// Idle keep-alive connections kept per origin.
+const MAX_IDLE_PER_ORIGIN: usize = 32;
+
+impl Clients {
+    pub fn new() -> Result<Clients, String> {
+        let literal = client_builder().build().map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        Ok(Clients { literal, pinned: std::sync::Mutex::new(std::collections::HashMap::new()) })
+    }
+
+    /// The client for a request to `host`, which was checked to connect to `addr`.
+    fn for_target(&self, host: &url::Host<&str>, addr: SocketAddr) -> Result<reqwest::Client, HostError> {
+        let url::Host::Domain(name) = host else { return Ok(self.literal.clone()) };
+        let key = ((*name).to_owned(), addr);
+        let mut pinned = self.pinned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = pinned.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = client_builder()
+            .resolve(name, addr)
+            .build()
+            .map_err(|e| HostError::Failed(format!("cannot build HTTP client: {e}")))?;
+        if pinned.len() >= MAX_PINNED_CLIENTS {
+            pinned.clear();
+        }
+        pinned.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .pool_max_idle_per_host(MAX_IDLE_PER_ORIGIN)
+}
+
 /// Per-job network state: what is left of the byte budget.
 #[derive(Debug)]
 pub struct HttpState {
@@ -141,15 +193,9 @@ impl JobState {
         self.http.spend(req.body.as_ref().map_or(0, |b| b.len() as u64))?;
 
         let remaining = self.ctx.deadline.saturating_duration_since(Instant::now());
-        let mut client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(remaining.max(Duration::from_millis(1)))
-            .no_proxy();
-        if let url::Host::Domain(name) = url.host().ok_or_else(|| invalid("URL has no host"))? {
-            client = client.resolve(name, addr);
-        }
-        let client = client.build().map_err(|e| HostError::Failed(format!("cannot build HTTP client: {e}")))?;
-        let mut builder = client.request(method, url.clone());
+        let host = url.host().ok_or_else(|| invalid("URL has no host"))?;
+        let client = self.ctx.manager.http_clients().for_target(&host, addr)?;
+        let mut builder = client.request(method, url.clone()).timeout(remaining.max(Duration::from_millis(1)));
         for (name, value) in req.headers {
             if FORBIDDEN_HEADERS.iter().any(|f| name.eq_ignore_ascii_case(f))
                 || name.to_ascii_lowercase().starts_with("proxy-")

@@ -80,6 +80,8 @@ pub struct JobManager {
     usage: Mutex<HashMap<String, Usage>>,
     /// Jobs whose guest is running in this process right now.
     running: Arc<AtomicUsize>,
+    /// Outbound HTTP clients shared by every job's `net.fetch`.
+    http_clients: crate::capabilities::http::Clients,
     /// A weak self-reference so `&self` methods can hand `Arc`s to spawned jobs.
     me: Weak<JobManager>,
 }
@@ -91,10 +93,11 @@ impl std::fmt::Debug for JobManager {
 }
 
 impl JobManager {
-    pub fn new(store: Store, registry: Arc<Registry>, policy: Arc<Policy>) -> Arc<Self> {
+    pub fn new(store: Store, registry: Arc<Registry>, policy: Arc<Policy>) -> Result<Arc<Self>, String> {
         let engine = registry.engine().clone();
+        let http_clients = crate::capabilities::http::Clients::new()?;
         let permits = Arc::new(Semaphore::new(policy.server.max_concurrent_jobs.max(1)));
-        Arc::new_cyclic(|me| Self {
+        Ok(Arc::new_cyclic(|me| Self {
             store,
             registry,
             policy,
@@ -104,8 +107,13 @@ impl JobManager {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             running: Arc::new(AtomicUsize::new(0)),
             usage: Mutex::new(HashMap::new()),
+            http_clients,
             me: me.clone(),
-        })
+        }))
+    }
+
+    pub(crate) fn http_clients(&self) -> &crate::capabilities::http::Clients {
+        &self.http_clients
     }
 
     pub fn store(&self) -> &Store {
