@@ -21,3 +21,4 @@ mod cli;
 mod durability;
 mod leases;
 mod limits;
+mod waited_jobs;

@@ -156,3 +156,132 @@ impl Journal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{Decision, JobStatus};
+
+    fn running_job(id: &str) -> JobRecord {
+        JobRecord {
+            id: id.to_owned(),
+            principal: "local".into(),
+            agent: "echo".into(),
+            agent_name: "echo".into(),
+            agent_version: "0.1.0".into(),
+            input: json!({"n": 1}),
+            lease: json!({}),
+            status: JobStatus::Running,
+            output: None,
+            error: None,
+            idempotency_key: None,
+            request_hash: None,
+            parent_id: None,
+            depth: 0,
+            attempt: 1,
+            created_at: 1_000,
+            started_at: Some(1_001),
+            finished_at: None,
+        }
+    }
+
+    fn allow(job_id: &str, target: &str) -> AuditRecord {
+        AuditRecord {
+            id: None,
+            job_id: job_id.to_owned(),
+            principal: "local".into(),
+            scope: "log".into(),
+            target: target.into(),
+            decision: Decision::Allow,
+            reason: None,
+            at: 1_002,
+        }
+    }
+
+    fn completed() -> Transition {
+        Transition::new(&[JobStatus::Running], JobStatus::Completed, 1_005).finished_at(1_005).output(json!("done"))
+    }
+
+    async fn kinds(store: &Store, id: &str) -> Vec<(u64, String, Value)> {
+        let events = store.events_after(id, 0, 100).await.unwrap();
+        events.into_iter().map(|e| (e.seq, e.kind, e.data)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_held_job_touches_the_store_only_when_it_finishes_and_then_all_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = crate::store::new_job_id();
+        let journal = Journal::held(store.clone(), running_job(&id));
+        journal.audit(allow(&id, "info"));
+        journal.emit(&id, "log", json!({"message": "hi"}));
+        // A write of another job commits, so anything this job had queued would be visible now.
+        store.insert_job(JobRecord { id: "other".into(), ..running_job("other") }).await.unwrap();
+        assert!(store.get_job(&id).await.unwrap().is_none(), "a held job must not be written yet");
+
+        let job = journal.finish(&id, completed()).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Completed);
+        assert_eq!(store.get_job(&id).await.unwrap(), Some(job));
+        let events = kinds(&store, &id).await;
+        let seqs: Vec<u64> = events.iter().map(|e| e.0).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        let states: Vec<&str> = events.iter().map(|e| e.2["status"].as_str().unwrap_or(e.1.as_str())).collect();
+        assert_eq!(states, ["queued", "running", "log", "completed"]);
+        assert_eq!(events[3].2["output"], json!("done"));
+        assert_eq!(store.audit_for_job(&id).await.unwrap().len(), 1);
+        assert!(!journal.is_held());
+    }
+
+    #[tokio::test]
+    async fn recording_a_held_job_commits_it_and_later_writes_go_straight_to_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = crate::store::new_job_id();
+        let journal = Journal::held(store.clone(), running_job(&id));
+        journal.emit(&id, "progress", json!({"done": 1}));
+
+        journal.record_now().await.unwrap();
+        let stored = store.get_job(&id).await.unwrap().unwrap();
+        assert_eq!(stored.status, JobStatus::Running);
+        assert_eq!(kinds(&store, &id).await.len(), 3, "queued, running, progress");
+        // Recording again is a no-op; writes from now on are appended in order.
+        journal.record_now().await.unwrap();
+        journal.emit(&id, "log", json!({"message": "after"}));
+        let job = journal.finish(&id, completed()).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Completed);
+        let events = kinds(&store, &id).await;
+        let kinds: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+        assert_eq!(kinds, ["state", "state", "progress", "log", "state"]);
+        assert_eq!(events.iter().map(|e| e.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_transition_that_does_not_apply_leaves_a_held_job_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = crate::store::new_job_id();
+        let journal = Journal::held(store.clone(), running_job(&id));
+        let from_queued = Transition::new(&[JobStatus::Queued], JobStatus::Cancelled, 1_002);
+        assert_eq!(journal.finish(&id, from_queued).await.unwrap(), None);
+        assert!(journal.is_held());
+        assert!(store.get_job(&id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_recorded_journal_writes_through_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = crate::store::new_job_id();
+        store.insert_job(running_job(&id)).await.unwrap();
+        let journal = Journal::recorded(store.clone());
+        journal.emit(&id, "log", json!({"message": "now"}));
+        journal.audit(allow(&id, "info"));
+        journal.record_now().await.unwrap();
+        // The emit was queued before this read's barrier write, so it has committed.
+        store.insert_job(JobRecord { id: "barrier".into(), ..running_job("barrier") }).await.unwrap();
+        assert_eq!(kinds(&store, &id).await.len(), 3, "queued, running, log");
+        assert_eq!(store.audit_for_job(&id).await.unwrap().len(), 1);
+    }
+}
