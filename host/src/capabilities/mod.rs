@@ -85,21 +85,19 @@ pub const MAX_EVENT_BYTES: u64 = 16 << 20;
 
 impl JobContext {
     pub fn new(
-        job_id: String,
-        principal: String,
+        job: &crate::store::JobRecord,
         agent: String,
         lease: Arc<Lease>,
-        depth: u32,
         deadline: Instant,
         manager: Arc<JobManager>,
         journal: Arc<Journal>,
     ) -> Self {
         Self {
-            job_id,
-            principal,
+            job_id: job.id.clone(),
+            principal: job.principal.clone(),
             agent,
             lease,
-            depth,
+            depth: job.depth,
             deadline,
             manager,
             journal,

@@ -69,11 +69,9 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
     let deadline = Instant::now() + Duration::from_millis(lease.limits.deadline_ms.min(MAX_DEADLINE_MS));
     let lease = Arc::new(lease);
     let ctx = JobContext::new(
-        job.id.clone(),
-        job.principal.clone(),
+        &job,
         agent.reference(),
         Arc::clone(&lease),
-        job.depth,
         deadline,
         Arc::clone(manager),
         Arc::clone(&journal),
