@@ -51,6 +51,54 @@ pub enum ServeError {
     Jobs(#[from] JobError),
 }
 
+/// Everything a host runs jobs with, minus the HTTP server: the store, the engine with the
+/// agents of `agents_dir` loaded (and watched), and the job manager. `corral serve` and the
+/// in-process benchmark open it the same way.
+#[derive(Debug)]
+pub struct Runtime {
+    pub manager: Arc<JobManager>,
+    pub registry: Arc<Registry>,
+    /// Agent files that were rejected at load.
+    pub failures: Vec<EngineError>,
+    _watch: engine::watcher::FolderWatch,
+}
+
+impl Runtime {
+    /// Opens the store, builds the engine, loads and starts watching the agents folder.
+    /// Does not recover unfinished jobs (see [`JobManager::recover`]).
+    pub async fn open(
+        policy: Arc<Policy>,
+        agents_dir: &std::path::Path,
+        data_dir: &std::path::Path,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Runtime, ServeError> {
+        let store = Store::open(data_dir)?;
+        let engine = engine::new_engine(&policy.engine)?;
+        engine::start_epoch_ticker(&engine, policy.engine.epoch_tick())
+            .map_err(|e| ServeError::Setup(format!("cannot start the epoch thread: {e}")))?;
+        let mut linker = Linker::new(&engine);
+        crate::capabilities::add_to_linker(&mut linker)
+            .map_err(|e| ServeError::Setup(format!("cannot link host imports: {e:#}")))?;
+        let cache_dir = cache_dir.map_or_else(|| data_dir.join("compiled"), std::path::Path::to_path_buf);
+        let cache = CodeCache::new(&engine, &cache_dir).map_err(|e| {
+            ServeError::Setup(format!("cannot create the compiled-code cache in {}: {e}", cache_dir.display()))
+        })?;
+        let registry = Arc::new(Registry::new(engine, linker, cache, Some(store.clone())));
+
+        std::fs::create_dir_all(agents_dir)
+            .map_err(|e| ServeError::Setup(format!("cannot create agents folder {}: {e}", agents_dir.display())))?;
+        let loader = Arc::clone(&registry);
+        let dir = agents_dir.to_path_buf();
+        let failures = tokio::task::spawn_blocking(move || loader.load_dir(&dir))
+            .await
+            .map_err(|e| ServeError::Setup(format!("agent loading panicked: {e}")))?;
+        let _watch = engine::watcher::watch(agents_dir, Arc::clone(&registry))
+            .map_err(|e| ServeError::Setup(format!("cannot watch {}: {e}", agents_dir.display())))?;
+        let manager = JobManager::new(store, Arc::clone(&registry), policy).map_err(ServeError::Setup)?;
+        Ok(Runtime { manager, registry, failures, _watch })
+    }
+}
+
 /// Runs the host until SIGTERM / Ctrl-C.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let policy = match &opts.policy {
@@ -62,31 +110,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         return Err(ServeError::TokensRequired(listen));
     }
     let policy = Arc::new(policy);
-    let store = Store::open(&opts.data_dir)?;
-
-    let engine = engine::new_engine(&policy.engine)?;
-    engine::start_epoch_ticker(&engine, policy.engine.epoch_tick())
-        .map_err(|e| ServeError::Setup(format!("cannot start the epoch thread: {e}")))?;
-    let mut linker = Linker::new(&engine);
-    crate::capabilities::add_to_linker(&mut linker)
-        .map_err(|e| ServeError::Setup(format!("cannot link host imports: {e:#}")))?;
-    let cache_dir = opts.cache_dir.clone().unwrap_or_else(|| opts.data_dir.join("compiled"));
-    let cache = CodeCache::new(&engine, &cache_dir).map_err(|e| {
-        ServeError::Setup(format!("cannot create the compiled-code cache in {}: {e}", cache_dir.display()))
-    })?;
-    let registry = Arc::new(Registry::new(engine, linker, cache, Some(store.clone())));
-
-    std::fs::create_dir_all(&opts.agents_dir)
-        .map_err(|e| ServeError::Setup(format!("cannot create agents folder {}: {e}", opts.agents_dir.display())))?;
-    let loader = Arc::clone(&registry);
-    let dir = opts.agents_dir.clone();
-    let failures = tokio::task::spawn_blocking(move || loader.load_dir(&dir))
-        .await
-        .map_err(|e| ServeError::Setup(format!("agent loading panicked: {e}")))?;
-    let _watch = engine::watcher::watch(&opts.agents_dir, Arc::clone(&registry))
-        .map_err(|e| ServeError::Setup(format!("cannot watch {}: {e}", opts.agents_dir.display())))?;
-
-    let manager = JobManager::new(store.clone(), Arc::clone(&registry), Arc::clone(&policy)).map_err(ServeError::Setup)?;
+    let Runtime { manager, registry, failures, _watch } = Runtime::open(
+        Arc::clone(&policy),
+        &opts.agents_dir,
+        &opts.data_dir,
+        opts.cache_dir.as_deref(),
+    )
+    .await?;
+    let store = manager.store().clone();
     let recovered = manager.recover().await?;
 
     let listener =

@@ -7,6 +7,7 @@
 //! cancel racing a completion resolves to exactly one terminal state.
 
 pub mod journal;
+pub mod probe;
 mod recovery;
 mod runner;
 

@@ -76,48 +76,16 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
         Arc::clone(manager),
         Arc::clone(&journal),
     );
-    let mut store = wasmtime::Store::new(&manager.engine, JobState::new(ctx));
-    store.limiter(|state| &mut state.limiter);
-    let outcome = if let Err(e) = store.set_fuel(lease.limits.fuel) {
-        Outcome::Failed(error_json("internal", &format!("cannot set fuel: {e}")))
-    } else {
-        store.epoch_deadline_async_yield_and_update(1);
-        let input = job.input.to_string();
-        // The guest future borrows the store; it lives only inside this block.
-        let ended = {
-            let guest = async {
-                let instance: Agent = agent.pre.instantiate_async(&mut store).await?;
-                instance.corral_agent_handler().call_handle(&mut store, &input).await
-            };
-            tokio::pin!(guest);
-            let timeout = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
-            tokio::pin!(timeout);
-            // A held job is recorded once it has run for a while (see `journal`).
-            let record_by = tokio::time::sleep(DEFER_WINDOW);
-            tokio::pin!(record_by);
-            let mut held = journal.is_held();
-            loop {
-                tokio::select! {
-                    result = &mut guest => break Ok(result),
-                    () = &mut timeout => break Err(Outcome::TimedOut),
-                    _ = cancelled.wait_for(|c| *c) => break Err(Outcome::Cancelled),
-                    () = &mut record_by, if held => {
-                        held = false;
-                        // Queued now; the finish below is ordered after it.
-                        drop(journal.record_now());
-                    }
-                }
-            }
-        };
-        match ended {
-            Ok(result) => classify(result, &store.data().ctx),
-            Err(outcome) => outcome,
+    let (outcome, children, host_calls, net_bytes) = match sandbox(&manager.engine, ctx, &lease) {
+        Ok(mut store) => {
+            let outcome = execute(&mut store, &agent, &job.input, deadline, &mut cancelled, &journal).await;
+            let state = store.data_mut();
+            let children = std::mem::take(&mut state.delegation.children);
+            let net_bytes = lease.limits.net_bytes.saturating_sub(state.http.bytes_left());
+            (outcome, children, state.ctx.host_calls(), net_bytes)
         }
+        Err(e) => (Outcome::Failed(error_json("internal", &format!("cannot set up the sandbox: {e}"))), Vec::new(), 0, 0),
     };
-    let children = std::mem::take(&mut store.data_mut().delegation.children);
-    let host_calls = store.data().ctx.host_calls();
-    let net_bytes = lease.limits.net_bytes.saturating_sub(store.data().http.bytes_left());
-    drop(store);
     if job.parent_id.is_some() {
         manager.record_usage(&job.id, super::Usage { host_calls, net_bytes });
     }
@@ -133,6 +101,62 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
         manager.take_usage(child);
     });
     futures::future::join_all(cancels).await;
+}
+
+/// A job's sandbox: a fresh store with the job's memory cap, fuel and epoch-yield deadline,
+/// ready for a fresh instance.
+pub(crate) fn sandbox(
+    engine: &wasmtime::Engine,
+    ctx: JobContext,
+    lease: &Lease,
+) -> wasmtime::Result<wasmtime::Store<JobState>> {
+    let mut store = wasmtime::Store::new(engine, JobState::new(ctx));
+    store.limiter(|state| &mut state.limiter);
+    store.set_fuel(lease.limits.fuel)?;
+    store.epoch_deadline_async_yield_and_update(1);
+    Ok(store)
+}
+
+/// Instantiates the agent in `store` and runs its handler, raced against the deadline and the
+/// cancel signal; records a held job once it has run for [`DEFER_WINDOW`].
+async fn execute(
+    store: &mut wasmtime::Store<JobState>,
+    agent: &LoadedAgent,
+    input: &Value,
+    deadline: Instant,
+    cancelled: &mut watch::Receiver<bool>,
+    journal: &Journal,
+) -> Outcome {
+    let input = input.to_string();
+    let ended = {
+        // The guest future borrows the store; it lives only inside this block.
+        let guest = async {
+            let instance: Agent = agent.pre.instantiate_async(&mut *store).await?;
+            instance.corral_agent_handler().call_handle(&mut *store, &input).await
+        };
+        tokio::pin!(guest);
+        let timeout = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+        tokio::pin!(timeout);
+        let record_by = tokio::time::sleep(DEFER_WINDOW);
+        tokio::pin!(record_by);
+        let mut held = journal.is_held();
+        loop {
+            tokio::select! {
+                result = &mut guest => break Ok(result),
+                () = &mut timeout => break Err(Outcome::TimedOut),
+                _ = cancelled.wait_for(|c| *c) => break Err(Outcome::Cancelled),
+                () = &mut record_by, if held => {
+                    held = false;
+                    // Queued now; the job's later writes and its finish are ordered after it.
+                    drop(journal.record_now());
+                }
+            }
+        }
+    };
+    match ended {
+        Ok(result) => classify(result, &store.data().ctx),
+        Err(outcome) => outcome,
+    }
 }
 
 fn classify(result: wasmtime::Result<Result<String, HostError>>, ctx: &JobContext) -> Outcome {
