@@ -8,6 +8,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc malloc: a job allocates and frees many small objects across
+/// threads (request, lease, JSON, store ops); glibc's arenas spent ~15% of the host's CPU in
+/// malloc/free under load (see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// corral — run sandboxed WebAssembly agents under leases.
 #[derive(Debug, Parser)]
 #[command(name = "corral", version, about)]

@@ -110,13 +110,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         return Err(ServeError::TokensRequired(listen));
     }
     let policy = Arc::new(policy);
-    let Runtime { manager, registry, failures, _watch } = Runtime::open(
-        Arc::clone(&policy),
-        &opts.agents_dir,
-        &opts.data_dir,
-        opts.cache_dir.as_deref(),
-    )
-    .await?;
+    let Runtime { manager, registry, failures, _watch } =
+        Runtime::open(Arc::clone(&policy), &opts.agents_dir, &opts.data_dir, opts.cache_dir.as_deref()).await?;
     let store = manager.store().clone();
     let recovered = manager.recover().await?;
 

@@ -24,6 +24,9 @@ use std::time::Duration;
 
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+/// Core-instance (and table) slots reserved per component instance.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 4;
+
 /// How the engine is sized. Comes from the policy file's `[engine]` table.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,9 +75,12 @@ pub fn new_engine(cfg: &EngineConfig) -> Result<Engine, EngineError> {
         let mut pool = PoolingAllocationConfig::default();
         let n = cfg.max_instances.max(1);
         pool.total_component_instances(n);
-        pool.total_core_instances(n.saturating_mul(2));
+        // A component instantiates several core modules (the agent, plus the adapter and
+        // shim modules `wit-component` adds: 3 for an agent that imports `corral:agent/http`).
+        // Memories, not core instances, bound what is resident; core-instance slots are cheap.
+        pool.total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT));
         pool.total_memories(n);
-        pool.total_tables(n.saturating_mul(2));
+        pool.total_tables(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT));
         pool.total_stacks(n);
         pool.max_memory_size(usize::try_from(cfg.max_memory_bytes).unwrap_or(usize::MAX));
         // Keep the first pages of each slot resident: resetting them with memset is cheaper

@@ -84,7 +84,9 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
             let net_bytes = lease.limits.net_bytes.saturating_sub(state.http.bytes_left());
             (outcome, children, state.ctx.host_calls(), net_bytes)
         }
-        Err(e) => (Outcome::Failed(error_json("internal", &format!("cannot set up the sandbox: {e}"))), Vec::new(), 0, 0),
+        Err(e) => {
+            (Outcome::Failed(error_json("internal", &format!("cannot set up the sandbox: {e}"))), Vec::new(), 0, 0)
+        }
     };
     if job.parent_id.is_some() {
         manager.record_usage(&job.id, super::Usage { host_calls, net_bytes });

@@ -145,6 +145,12 @@ where
     }
 }
 
+/// Runs a statement without bindings from the connection's statement cache (the per-op
+/// savepoint statements run for every op; parsing them each time showed in profiles).
+fn run_cached(tx: &Transaction<'_>, sql: &str) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 struct Writer {
     conn: Connection,
     dir: PathBuf,
@@ -206,7 +212,7 @@ impl Writer {
         let mut pending = ops.into_iter();
 
         for mut op in pending.by_ref() {
-            if let Err(e) = tx.execute_batch("SAVEPOINT op") {
+            if let Err(e) = run_cached(&tx, "SAVEPOINT op") {
                 broken = Some(StoreError::from(e).in_dir(&dir));
                 ran.push(op);
                 break;
@@ -224,7 +230,7 @@ impl Writer {
             ran.push(op);
             match failed {
                 None => {
-                    if let Err(e) = tx.execute_batch("RELEASE op") {
+                    if let Err(e) = run_cached(&tx, "RELEASE op") {
                         broken = Some(StoreError::from(e).in_dir(&dir));
                         break;
                     }
@@ -241,7 +247,7 @@ impl Writer {
                         broken = Some(op_err);
                         break;
                     }
-                    if let Err(e) = tx.execute_batch("ROLLBACK TO op; RELEASE op") {
+                    if let Err(e) = run_cached(&tx, "ROLLBACK TO op").and_then(|()| run_cached(&tx, "RELEASE op")) {
                         broken = Some(StoreError::from(e).in_dir(&dir));
                         break;
                     }
