@@ -170,6 +170,42 @@ impl Corral {
         kb * 1024
     }
 
+    /// Resident bytes by kind of mapping, from `/proc/PID/smaps`: reservations of 1 GiB or more
+    /// (the pooling allocator's memory, table and stack pools), other anonymous memory (the
+    /// allocator's heap, thread stacks), and file-backed mappings (code, SQLite, and the memfd
+    /// images wasm memories are copy-on-write mapped from: the same physical pages counted once
+    /// per slot). Plus the private total, which counts every physical page once.
+    pub fn rss_breakdown(&self) -> [(&'static str, u64); 4] {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid())).unwrap_or_default();
+        let (mut pools, mut anon, mut files, mut private) = (0, 0, 0, 0);
+        let mut current: Option<(u64, bool)> = None;
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let first = fields.next().unwrap_or_default();
+            if let Some((start, end)) = first.split_once('-')
+                && let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+            {
+                let path = fields.nth(4);
+                current = Some((end - start, path.is_some_and(|p| p.starts_with('/'))));
+            } else if first == "Private_Clean:" || first == "Private_Dirty:" {
+                private += fields.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
+            } else if first == "Rss:" {
+                let kb: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                match current {
+                    Some((size, _)) if size >= 1 << 30 => pools += kb * 1024,
+                    Some((_, true)) => files += kb * 1024,
+                    _ => anon += kb * 1024,
+                }
+            }
+        }
+        [
+            ("RSS in wasm pools (memories, tables, fiber stacks)", pools),
+            ("RSS in heap and thread stacks", anon),
+            ("RSS in file mappings (code, SQLite, shared memory images)", files),
+            ("private (not shared with any other mapping; what the instances really cost)", private),
+        ]
+    }
+
     /// SIGTERM, then waits for the exit; returns how long that took.
     pub fn stop(mut self) -> Duration {
         let Some(mut child) = self.child.take() else { return Duration::ZERO };

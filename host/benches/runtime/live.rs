@@ -36,6 +36,9 @@ pub fn run(bench: &Bench, report: &mut Report) {
     corral.wait_healthy(&bench.load);
     let idle = corral.rss_bytes() as f64;
     eprintln!("idle RSS {:.1} MB; submitting {count} fetch jobs to {}/park", idle / MIB, park.addr);
+    for (what, bytes) in corral.rss_breakdown() {
+        eprintln!("    {what}: {:.1} MB", bytes as f64 / MIB);
+    }
 
     let body = format!(r#"{{"agent":"fetch","input":{{"url":"http://{}/park"}}}}"#, park.addr);
     let accepted = Expect { status: &[202], contains: None };
@@ -92,6 +95,9 @@ pub fn run(bench: &Bench, report: &mut Report) {
         parked / MIB,
         idle / MIB
     );
+    for (what, bytes) in corral.rss_breakdown() {
+        eprintln!("    {what}: {:.1} MB", bytes as f64 / MIB);
+    }
     let live = Figure::new("live_instances_rss", parked / MIB, "MB").baseline(idle / MIB);
     report.push(if held >= 10_000 { live.below(600.0) } else { live.target_note("< 600 at 10k (n/a)") });
     report.push(Figure::new("rss_per_live_instance", (parked - idle) / held.max(1) as f64 / 1024.0, "KB"));
