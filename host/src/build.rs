@@ -102,6 +102,9 @@ pub enum BuildError {
 ///
 /// cargo's progress and diagnostics go to this process's stderr. Runs `$CARGO` if set (so it
 /// works under `cargo run`), else `cargo` from `PATH`.
+/// Bytes of heap reserved in an agent's initial memory (`wasm-ld --initial-heap`).
+pub const INITIAL_HEAP: u32 = 1 << 20;
+
 pub fn build_agents(manifest_path: &Path, out_dir: &Path, release: bool) -> Result<Vec<BuiltAgent>, BuildError> {
     if target_missing(manifest_path) == Some(true) {
         return Err(BuildError::TargetMissing);
@@ -115,6 +118,10 @@ pub fn build_agents(manifest_path: &Path, out_dir: &Path, release: bool) -> Resu
         .arg(manifest_path)
         .arg("--target")
         .arg(AGENT_TARGET)
+        // Reserve a heap in the initial memory, which the SDK's allocator uses before it grows
+        // memory (see corral-guest's allocator): small jobs then never call memory.grow.
+        .arg("--config")
+        .arg(format!("target.{AGENT_TARGET}.rustflags=[\"-C\", \"link-arg=--initial-heap={INITIAL_HEAP}\"]"))
         .arg("--message-format=json-render-diagnostics");
     if release {
         command.arg("--release");
