@@ -45,7 +45,7 @@ pub fn run(bench: &Bench, report: &mut Report) {
     let submitted = bench.load.run(
         &Request::post(corral.addr, "/v1/jobs", &body),
         accepted,
-        bench.opts.connections,
+        bench.opts.connections(),
         Plan::Counted { warmup: 0, measured: count },
     );
     check(report, "fetch job submissions", &submitted);

@@ -37,18 +37,6 @@ use host::HostDirs;
 use load::{Expect, Load, Outcome};
 use report::Report;
 
-const USAGE: &str = "\
-usage: cargo bench -p corral --bench runtime -- [options]    (or ./dev bench [options])
-
-  --quick             smoke run: short durations, 50k instead of 1M jobs, 1k instead of 10k instances
-  --only GROUP[,..]   run only these groups (repeatable): throughput, latency, instantiate,
-                      rss_growth, live_instances, startup
-  --connections N     concurrent connections of the load generator (default 32)
-  --duration SECS     measured duration of the throughput runs (default 10; 3 with --quick)
-  --corral PATH       the corral binary to benchmark (default: the one cargo built)
-  --keep              keep the work dir (host logs, databases) under target/tmp
-";
-
 /// The body every echo job is submitted with (and the native baseline echoes).
 pub const ECHO_JOB: &str = r#"{"agent":"echo","input":{"n":1}}"#;
 /// Submit and wait for the result.
@@ -61,7 +49,8 @@ pub const ECHOED: Expect = Expect { status: &[200], contains: Some(r#"{"echo":"#
 pub const MIB: f64 = 1_048_576.0;
 
 /// A group of figures, measured together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
 enum Group {
     Throughput,
     Latency,
@@ -85,61 +74,43 @@ impl Group {
             Group::Startup => "startup",
         }
     }
-
-    fn parse(name: &str) -> Option<Group> {
-        Group::ALL.into_iter().find(|g| g.name() == name)
-    }
 }
 
-/// Command-line options.
-#[derive(Debug, Clone)]
+/// corral's runtime benchmark (`./dev bench [options]` builds corral and the agents first).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "cargo bench -p corral --bench runtime --")]
 pub struct Options {
+    /// Smoke run: short durations, 50k instead of 1M jobs, 1k instead of 10k instances.
+    #[arg(long)]
     pub quick: bool,
+    /// Run only these groups.
+    #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Group>,
-    pub connections: usize,
-    pub duration: Duration,
+    /// Concurrent connections of the load generator.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    connections: u16,
+    /// Measured seconds of each throughput run (default 10; 3 with --quick).
+    #[arg(long = "duration")]
+    duration_secs: Option<f64>,
+    /// The corral binary to benchmark (default: the one cargo built).
+    #[arg(long, default_value = env!("CARGO_BIN_EXE_corral"))]
     pub corral: PathBuf,
+    /// Keep the work dir (host logs, databases) under target/tmp.
+    #[arg(long)]
     keep: bool,
+    /// Passed by `cargo bench` to every bench target; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 impl Options {
-    fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
-        let mut quick = false;
-        let mut only = Vec::new();
-        let mut connections = 32;
-        let mut duration = None;
-        let mut corral = PathBuf::from(env!("CARGO_BIN_EXE_corral"));
-        let mut keep = false;
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
-            match arg.as_str() {
-                "--quick" => quick = true,
-                "--keep" => keep = true,
-                "--only" => {
-                    for name in value("--only")?.split(',').filter(|n| !n.is_empty()) {
-                        only.push(Group::parse(name).ok_or_else(|| format!("unknown group '{name}'"))?);
-                    }
-                }
-                "--connections" => {
-                    connections = value("--connections")?.parse().map_err(|e| format!("--connections: {e}"))?;
-                    if connections == 0 {
-                        return Err("--connections must be at least 1".into());
-                    }
-                }
-                "--duration" => {
-                    let secs: f64 = value("--duration")?.parse().map_err(|e| format!("--duration: {e}"))?;
-                    duration = Some(Duration::try_from_secs_f64(secs).map_err(|e| format!("--duration: {e}"))?);
-                }
-                "--corral" => corral = PathBuf::from(value("--corral")?),
-                // cargo bench passes --bench to harness = false targets.
-                "--bench" => {}
-                "-h" | "--help" => return Err(String::new()),
-                other => return Err(format!("unknown option '{other}'")),
-            }
-        }
-        let duration = duration.unwrap_or(Duration::from_secs(if quick { 3 } else { 10 }));
-        Ok(Options { quick, only, connections, duration, corral, keep })
+    pub fn connections(&self) -> usize {
+        usize::from(self.connections)
+    }
+
+    pub fn duration(&self) -> Duration {
+        let default = if self.quick { 3.0 } else { 10.0 };
+        Duration::try_from_secs_f64(self.duration_secs.unwrap_or(default)).unwrap_or(Duration::from_secs(10))
     }
 
     fn runs(&self, group: Group) -> bool {
@@ -199,16 +170,7 @@ fn repo() -> PathBuf {
 }
 
 fn main() {
-    let opts = match Options::parse(std::env::args().skip(1)) {
-        Ok(o) => o,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}\n");
-            }
-            eprint!("{USAGE}");
-            std::process::exit(if e.is_empty() { 0 } else { 2 });
-        }
-    };
+    let opts = <Options as clap::Parser>::parse();
     // Before any host is spawned: they inherit it, and 10k parked jobs need 10k sockets each side.
     let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or_else(|e| {
         eprintln!("warning: cannot raise the open-files limit: {e}");
@@ -231,8 +193,8 @@ fn main() {
     eprintln!(
         "corral runtime bench: {} | {} connections, {:?} per timed run{} | work dir {} | open-files limit {}",
         bench.opts.corral.display(),
-        bench.opts.connections,
-        bench.opts.duration,
+        bench.opts.connections(),
+        bench.opts.duration(),
         if bench.opts.quick { ", quick" } else { "" },
         bench.work.display(),
         bench.nofile

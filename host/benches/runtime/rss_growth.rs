@@ -11,7 +11,7 @@ use crate::{Bench, COMPLETED, ECHO_JOB, MIB, SUBMIT_AND_WAIT, check};
 
 pub fn run(bench: &Bench, report: &mut Report) {
     let (warmup, jobs) = if bench.opts.quick { (5_000, 50_000) } else { (20_000, 1_000_000) };
-    let connections = bench.opts.connections;
+    let connections = bench.opts.connections();
     let corral = Corral::start(&bench.opts.corral, &bench.host_dirs("rss-growth", None, &["echo"]));
     let request = Request::post(corral.addr, SUBMIT_AND_WAIT, ECHO_JOB);
 

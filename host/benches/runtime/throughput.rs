@@ -10,13 +10,13 @@ use crate::report::{Figure, Report};
 use crate::{Bench, COMPLETED, ECHO_JOB, ECHOED, MIB, SUBMIT_AND_WAIT, check};
 
 pub fn run(bench: &Bench, report: &mut Report) {
-    let connections = bench.opts.connections;
-    let plan = Plan::Timed { warmup: bench.warmup(), measure: bench.opts.duration };
+    let connections = bench.opts.connections();
+    let plan = Plan::Timed { warmup: bench.warmup(), measure: bench.opts.duration() };
 
     eprintln!(
         "native echo: {connections} connections, {:?} warm-up, {:?} measured",
         bench.warmup(),
-        bench.opts.duration
+        bench.opts.duration()
     );
     let native = EchoServer::start();
     let native_run = bench.load.run(&Request::post(native.addr, "/echo", ECHO_JOB), ECHOED, connections, plan);
