@@ -121,6 +121,10 @@ pub struct Principal {
     pub token_sha256: Option<String>,
     /// This principal's ceiling; the policy's `[ceiling]` when absent.
     pub ceiling: Option<LeaseCeiling>,
+    /// An operator sees host details other principals do not (e.g. agent files' paths in
+    /// load errors). The `local` principal (no tokens configured, loopback only) is one.
+    #[serde(default)]
+    pub operator: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +183,14 @@ impl Policy {
             };
             constant_time_eq(expected.as_bytes(), digest.as_bytes())
         })
+    }
+
+    /// Whether `principal` may see operator details (see [`Principal::operator`]).
+    pub fn is_operator(&self, principal: &str) -> bool {
+        match self.principals.iter().find(|p| p.name == principal) {
+            Some(p) => p.operator,
+            None => !self.requires_tokens() && principal == LOCAL_PRINCIPAL,
+        }
     }
 
     /// The lease ceiling of a principal.
@@ -267,6 +279,15 @@ mod tests {
         let ceiling = policy.ceiling_for("ci");
         assert_eq!(ceiling.limits.max_host_calls, 7);
         assert_eq!(ceiling.limits.deadline_ms, 30_000);
+    }
+
+    #[test]
+    fn the_example_policy_parses_and_marks_its_operator() {
+        let policy = Policy::parse(include_str!("../../examples/policy.toml"), "examples/policy.toml").unwrap();
+        assert!(policy.is_operator("alice"));
+        assert!(!policy.is_operator("ci"));
+        assert!(!policy.is_operator(LOCAL_PRINCIPAL), "with tokens configured, local is nobody");
+        assert!(Policy::builtin().unwrap().is_operator(LOCAL_PRINCIPAL));
     }
 
     #[test]

@@ -118,6 +118,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|source| ServeError::Listen { addr: listen, source })?;
     let local = listener.local_addr().map_err(|source| ServeError::Listen { addr: listen, source })?;
+    manager.add_listener(local);
     let (agents, _) = registry.list();
     tracing::info!(
         %local,

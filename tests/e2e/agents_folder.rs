@@ -153,3 +153,37 @@ async fn removed_agent_file_stops_being_offered() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "unknown_agent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_errors_show_host_paths_only_to_operators() {
+    let policy = r#"
+[[principals]]
+name = "ops"
+token = "ops-token"
+operator = true
+
+[[principals]]
+name = "dev"
+token = "dev-token"
+"#;
+    let host = Host::start_with_policy(&["echo"], Some(policy));
+    host.drop_agent_bytes("bad.wasm", b"this is not webassembly");
+    let dir = host.agents_dir().display().to_string();
+    let listed = |token: &'static str| {
+        let host = &host;
+        async move {
+            crate::harness::eventually("bad.wasm reported", || async {
+                let answer = host.request(reqwest::Method::GET, "/v1/agents", Some(token), None).await;
+                error_for(&answer.body, "bad.wasm").cloned()
+            })
+            .await
+        }
+    };
+    let ops = listed("ops-token").await;
+    assert!(ops["file"].as_str().unwrap().starts_with(&dir), "an operator sees the path: {ops}");
+
+    let dev = listed("dev-token").await;
+    assert_eq!(dev["file"], "bad.wasm", "{dev}");
+    assert!(!dev.to_string().contains(&dir), "no host path for a non-operator: {dev}");
+    assert!(!dev["error"].as_str().unwrap().is_empty(), "{dev}");
+}

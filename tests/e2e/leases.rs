@@ -109,7 +109,7 @@ async fn sneaky_agent_gets_denials_as_values_and_completes() {
 }
 
 /// A tiny HTTP server on 127.0.0.1, in this test process.
-async fn serve_loopback(body: &'static str) -> u16 {
+pub async fn serve_loopback(body: &'static str) -> u16 {
     use axum::routing::get;
     let app = axum::Router::new()
         .route("/allowed/{rest}", get(move || async move { body }))
@@ -163,20 +163,26 @@ async fn denial_made_up_by_the_agent_is_not_reported_as_a_host_denial() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wildcard_host_grant_does_not_reach_loopback_unless_the_ip_is_named() {
+async fn wildcard_host_grant_does_not_reach_loopback_unless_the_operator_names_the_ip() {
     let port = serve_loopback("internal").await;
-    let host = Host::start_with_policy(&["fetch"], Some(&ceiling_with_net_fetch(&["*://*:*/**"])));
     let url = format!("http://127.0.0.1:{port}/allowed/x");
+    let wildcard = Host::start_with_policy(&["fetch"], Some(&ceiling_with_net_fetch(&["*://*:*/**"])));
 
     // A wildcard host is meant for public names: a loopback literal is refused.
-    let job = host.run("fetch", json!({"url": url}), None).await;
+    let job = wildcard.run("fetch", json!({"url": url}), None).await;
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["code"], "denied", "{job}");
     assert!(job["error"]["message"].as_str().unwrap().contains("non-public"), "{job}");
 
-    // Naming the address in the lease is the operator's or submitter's explicit choice.
+    // A request naming the address narrows the lease, so it cannot widen what is reachable.
     let lease = json!({"grants": {"log": ["**"], "net.fetch": [format!("http://127.0.0.1:{port}/**")]}});
-    let job = host.run("fetch", json!({"url": url}), Some(lease)).await;
+    let job = wildcard.run("fetch", json!({"url": url}), Some(lease.clone())).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"]["message"].as_str().unwrap().contains("does not name"), "{job}");
+
+    // The operator naming it in the policy is what makes it reachable.
+    let named = Host::start_with_policy(&["fetch"], Some(&ceiling_with_net_fetch(&["http://127.0.0.1:*/**"])));
+    let job = named.run("fetch", json!({"url": url}), Some(lease)).await;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["output"]["body"], "internal");
 }

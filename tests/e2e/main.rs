@@ -19,6 +19,7 @@ mod agents_folder;
 mod api_errors;
 mod cli;
 mod durability;
+mod lease_escapes;
 mod leases;
 mod limits;
 mod waited_jobs;

@@ -12,13 +12,13 @@ pub mod jobs;
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use utoipa::OpenApi;
 
 use crate::config::LOCAL_PRINCIPAL;
@@ -110,10 +110,14 @@ pub struct AgentList {
     pub errors: Vec<LoadFailure>,
 }
 
-/// The agents this host can run.
+/// The agents this host can run. Load errors name files by path only for operators; other
+/// principals see the file name, with the host's paths taken out of the message.
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = AgentList)))]
-pub async fn agents(State(state): State<AppState>) -> Json<AgentList> {
-    let (agents, errors) = state.manager.registry().list();
+pub async fn agents(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> Json<AgentList> {
+    let (agents, mut errors) = state.manager.registry().list();
+    if !state.manager.policy().is_operator(&principal.0) {
+        errors.iter_mut().for_each(LoadFailure::hide_paths);
+    }
     Json(AgentList { agents, errors })
 }
 

@@ -3,12 +3,17 @@
 //! The host performs the request; the agent never gets a socket. Checks, in order, all
 //! before any byte leaves the host:
 //! 1. the lease's `net.fetch` patterns (scheme, host, port and path compared separately);
-//! 2. DNS: a *name* must resolve only to public addresses (a name that resolves to
-//!    loopback, private, link-local or metadata ranges is denied — DNS rebinding), and the
-//!    connection is pinned to the address that was checked. A non-public IP *literal* is
-//!    reachable only through a grant whose host is that literal (the operator or submitter
-//!    named the address); wildcard hosts reach public addresses only;
-//! 3. the job's `net_bytes` budget (request body + response body).
+//! 2. the address: every address the host resolves to is checked by
+//!    [`Lease::check_address`] and the connection is pinned to the address checked (DNS
+//!    rebinding). A name reaches only public addresses; a non-public IP literal only when the
+//!    *operator's* policy names it; the host's own listen addresses only when the policy names
+//!    that exact address (see `lease::addresses`);
+//! 3. the job's `net_bytes` budget: request line, headers and body, response headers and body;
+//!    the response body is also bounded by the job's memory limit (the host holds it until it
+//!    is copied into the guest).
+//!
+//! Headers the agent sets may not change where the request goes (`Host`, framing, proxy and
+//! routing-override headers such as `X-Original-URL`, `X-Forwarded-*`, `Forwarded`).
 //!
 //! Redirects are returned to the agent, not followed: following one would skip the check.
 
@@ -21,7 +26,7 @@ use wasmtime::component::{HasSelf, Linker};
 use super::JobState;
 use crate::bindings::HostError;
 use crate::bindings::corral::agent::http::{self as wit, Request, Response};
-use crate::lease::{Lease, Scope, parse_fetch_target};
+use crate::lease::{Egress, Lease, Scope};
 
 pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     wit::add_to_linker::<JobState, HasSelf<JobState>>(linker, |s| s)
@@ -31,6 +36,20 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
 /// than the one the lease was checked for; the others are connection framing.
 const FORBIDDEN_HEADERS: &[&str] =
     &["host", "connection", "content-length", "transfer-encoding", "te", "upgrade", "keep-alive"];
+
+/// Routing overrides that reverse proxies and frameworks honour (besides every `x-forwarded-*`).
+const ROUTING_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-real-ip",
+    "x-client-ip",
+];
 
 /// Outbound HTTP clients, shared by every job of the host.
 ///
@@ -115,95 +134,70 @@ impl HttpState {
     }
 }
 
-/// Whether an address is one an agent may reach through a DNS name.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 carrier-grade NAT
-                || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18/15 benchmarking
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0/24 protocol assignments
-                || o[0] >= 240) // 240/4 reserved
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let seg = v6.segments();
-            // Forms that embed an IPv4 address: IPv4-compatible (::a.b.c.d), NAT64
-            // (64:ff9b::/96), 6to4 (2002::/16) — judge the embedded address.
-            let embedded = |hi: u16, lo: u16| std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
-            if seg[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
-                return is_public(IpAddr::V4(embedded(seg[6], seg[7])));
-            }
-            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                return is_public(IpAddr::V4(embedded(seg[6], seg[7])));
-            }
-            if seg[0] == 0x2002 {
-                return is_public(IpAddr::V4(embedded(seg[1], seg[2])));
-            }
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00 // unique local
-                || (seg[0] & 0xffc0) == 0xfe80 // link local
-                || (seg[0] & 0xffc0) == 0xfec0 // site local (deprecated)
-                || (seg[0] == 0x2001 && seg[1] == 0) // Teredo
-                || (seg[0] == 0x2001 && seg[1] == 0x0db8)) // documentation
-        }
-    }
-}
-
 fn invalid(msg: impl Into<String>) -> HostError {
     HostError::Invalid(msg.into())
 }
 
+/// Whether an agent may set header `name`: not framing, not `Host`, not proxy headers, and not
+/// the routing overrides some servers and gateways honour (`X-Original-URL`, `X-Forwarded-*`,
+/// `Forwarded`, method overrides), which would send the request somewhere the lease never saw.
+fn header_allowed(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !(FORBIDDEN_HEADERS.contains(&lower.as_str())
+        || ROUTING_HEADERS.contains(&lower.as_str())
+        || lower.starts_with("proxy-")
+        || lower.starts_with("x-forwarded-"))
+}
+
+/// Bytes a header line takes on the wire (`name: value\r\n`).
+fn header_bytes(name: &str, value: &str) -> u64 {
+    (name.len() + value.len() + 4) as u64
+}
+
 impl wit::Host for JobState {
     async fn fetch(&mut self, req: Request) -> wasmtime::Result<Result<Response, HostError>> {
-        let url = match parse_fetch_target(&req.url) {
-            Ok(u) => u,
-            Err(e) => {
-                // Malformed or tricky (`..`, encoded slashes, userinfo): refused, and audited.
-                let reason = format!("refused URL: {e}");
-                return Ok(Err(self.ctx.deny(Scope::NetFetch, &req.url, reason)));
-            }
+        let url = match self.ctx.authorize_fetch(&req.url)? {
+            Ok(url) => url,
+            Err(denied) => return Ok(Err(denied)),
         };
-        if let Err(denied) = self.ctx.authorize_url(&url)? {
-            return Ok(Err(denied));
+        let method = match reqwest::Method::from_bytes(req.method.as_bytes()) {
+            Ok(m) => m,
+            Err(_) => return Ok(Err(invalid(format!("invalid HTTP method '{}'", super::clip(&req.method, 32))))),
+        };
+        if let Some((name, _)) = req.headers.iter().find(|(name, _)| !header_allowed(name)) {
+            return Ok(Err(invalid(format!(
+                "header '{}' is set by the host, not the agent (the lease was checked for the URL as given)",
+                super::clip(name, 64)
+            ))));
         }
+        let addr = match self.resolve_checked(&url).await? {
+            Ok(addr) => addr,
+            Err(e) => return Ok(Err(e)),
+        };
         self.ctx.before_effect().await?;
-        Ok(self.perform(url, req).await)
+        Ok(self.perform(url, method, addr, req).await)
     }
 }
 
 impl JobState {
-    async fn perform(&mut self, url: url::Url, req: Request) -> Result<Response, HostError> {
-        let method = reqwest::Method::from_bytes(req.method.as_bytes())
-            .map_err(|_| invalid(format!("invalid HTTP method '{}'", req.method)))?;
-        let port = url.port_or_known_default().ok_or_else(|| invalid("URL has no port"))?;
-        let addr = self.resolve_checked(&url, port).await?;
-        self.http.spend(req.body.as_ref().map_or(0, |b| b.len() as u64))?;
+    async fn perform(
+        &mut self,
+        url: url::Url,
+        method: reqwest::Method,
+        addr: SocketAddr,
+        req: Request,
+    ) -> Result<Response, HostError> {
+        // Everything the request puts on the wire counts: request line, headers and body.
+        let sent = (method.as_str().len() + url.as_str().len() + 12) as u64
+            + req.headers.iter().map(|(n, v)| header_bytes(n, v)).sum::<u64>()
+            + req.body.as_ref().map_or(0, |b| b.len() as u64);
+        self.http.spend(sent)?;
 
         let remaining = self.ctx.deadline.saturating_duration_since(Instant::now());
         let host = url.host().ok_or_else(|| invalid("URL has no host"))?;
         let client = self.ctx.manager.http_clients().for_target(&host, addr)?;
         let mut builder = client.request(method, url.clone()).timeout(remaining.max(Duration::from_millis(1)));
         for (name, value) in req.headers {
-            if FORBIDDEN_HEADERS.iter().any(|f| name.eq_ignore_ascii_case(f))
-                || name.to_ascii_lowercase().starts_with("proxy-")
-            {
-                return Err(invalid(format!(
-                    "header '{name}' is set by the host, not the agent (the lease was checked for the URL's host)"
-                )));
-            }
             builder = builder.header(name, value);
         }
         if let Some(body) = req.body {
@@ -211,89 +205,61 @@ impl JobState {
         }
         let response = builder.send().await.map_err(|e| HostError::Failed(format!("request to {url} failed: {e}")))?;
         let status = response.status().as_u16();
-        let headers = response
+        let headers: Vec<(String, String)> = response
             .headers()
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
+        self.http.spend(16 + headers.iter().map(|(n, v)| header_bytes(n, v)).sum::<u64>())?;
+        // The body is held by the host until it is copied into the guest, whose memory it must
+        // fit in: bound it by the job's memory limit as well as by its byte budget.
+        let max_body = self.ctx.lease.limits.memory_bytes;
+        if response.content_length().is_some_and(|n| n > max_body) {
+            return Err(body_too_large(&url, max_body));
+        }
         let mut body = Vec::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| HostError::Failed(format!("reading the response from {url} failed: {e}")))?;
+            if (body.len() + chunk.len()) as u64 > max_body {
+                return Err(body_too_large(&url, max_body));
+            }
             self.http.spend(chunk.len() as u64)?;
             body.extend_from_slice(&chunk);
         }
         Ok(Response { status, headers, body })
     }
 
-    /// Resolves the URL's host and applies the address rules from the module doc.
-    async fn resolve_checked(&mut self, url: &url::Url, port: u16) -> Result<SocketAddr, HostError> {
-        let target = url.as_str().to_string();
-        let (host, literal) = match url.host().ok_or_else(|| invalid("URL has no host"))? {
-            url::Host::Domain(name) => (name.to_string(), None),
-            url::Host::Ipv4(ip) => (ip.to_string(), Some(IpAddr::V4(ip))),
-            url::Host::Ipv6(ip) => (format!("[{ip}]"), Some(IpAddr::V6(ip))),
+    /// Resolves the URL's host and checks every address it may connect to
+    /// ([`crate::lease::Lease::check_address`]); returns the one to pin the connection to.
+    async fn resolve_checked(&mut self, url: &url::Url) -> wasmtime::Result<Result<SocketAddr, HostError>> {
+        let Some(port) = url.port_or_known_default() else { return Ok(Err(invalid("URL has no port"))) };
+        let addrs: Vec<SocketAddr> = match url.host() {
+            Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
+            Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
+            Some(url::Host::Domain(name)) => match tokio::net::lookup_host((name, port)).await {
+                Ok(found) => found.collect(),
+                Err(e) => return Ok(Err(HostError::Failed(format!("cannot resolve {name}: {e}")))),
+            },
+            None => return Ok(Err(invalid("URL has no host"))),
         };
-        let allow_private = self.ctx.manager.policy().egress.allow_private;
-        if let Some(ip) = literal {
-            if !is_public(ip) && !allow_private && !self.ctx.lease.grants.names_ip_literal(url) {
-                let reason = format!(
-                    "{ip} is a non-public address and no net.fetch grant names it as an IP literal \
-                     (wildcard hosts only reach public addresses) — grant e.g. http://{host}:{port}/** explicitly"
-                );
-                return Err(self.ctx.deny(Scope::NetFetch, &target, reason));
-            }
-            return Ok(SocketAddr::new(ip, port));
+        let refusal = {
+            let own = self.ctx.manager.own_addresses();
+            let egress = Egress { allow_private: self.ctx.manager.policy().egress.allow_private, own: &own };
+            addrs.iter().find_map(|addr| self.ctx.lease.check_address(url, *addr, egress).err())
+        };
+        if let Some(reason) = refusal {
+            return Ok(Err(self.ctx.deny(Scope::NetFetch, url.as_str(), reason)?));
         }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| HostError::Failed(format!("cannot resolve {host}: {e}")))?
-            .collect();
-        if allow_private {
-            return addrs.first().copied().ok_or_else(|| HostError::Failed(format!("{host} has no addresses")));
-        }
-        if let Some(private) = addrs.iter().find(|a| !is_public(a.ip())) {
-            let reason = format!(
-                "{host} resolves to {}, a non-public address; names may only reach public addresses — \
-                 grant the IP literally (e.g. http://{}:{port}/**) to reach it",
-                private.ip(),
-                private.ip()
-            );
-            return Err(self.ctx.deny(Scope::NetFetch, &target, reason));
-        }
-        addrs.first().copied().ok_or_else(|| HostError::Failed(format!("{host} has no addresses")))
+        Ok(addrs
+            .first()
+            .copied()
+            .ok_or_else(|| HostError::Failed(format!("{} has no addresses", url.host_str().unwrap_or_default()))))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn private_and_metadata_addresses_are_not_public() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.0.1",
-            "172.16.5.4",
-            "169.254.169.254",
-            "100.64.0.1",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:10.0.0.1",
-            "0.0.0.0",
-            "::10.0.0.1",
-            "64:ff9b::a00:1",
-            "2002:7f00:1::",
-            "2001::1",
-            "240.0.0.1",
-            "192.0.0.8",
-        ] {
-            assert!(!is_public(ip.parse().unwrap()), "{ip} must not be public");
-        }
-        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
-            assert!(is_public(ip.parse().unwrap()), "{ip} is public");
-        }
-    }
+fn body_too_large(url: &url::Url, max: u64) -> HostError {
+    HostError::Failed(format!(
+        "the response from {url} is larger than the job's memory limit ({max} bytes, limits.memory_bytes)"
+    ))
 }

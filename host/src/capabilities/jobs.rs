@@ -16,24 +16,24 @@ use super::JobState;
 use crate::bindings::HostError;
 use crate::bindings::corral::agent::jobs as wit;
 use crate::jobs::JobError;
-use crate::lease::{Lease, LeaseError, LeaseRequest, Limits, Scope};
+use crate::lease::{Lease, LeaseError, Limits, Scope};
 use crate::store::JobStatus;
 
 pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     wit::add_to_linker::<JobState, HasSelf<JobState>>(linker, |s| s)
 }
 
-/// Per-job delegation state: children started so far.
+/// Per-job delegation state: how many children were started (the children themselves are
+/// registered with the job manager, which cancels them when this job ends).
 #[derive(Debug)]
 pub struct DelegationState {
     max_children: u32,
-    /// Ids of the children this job started (cancelled when the job ends).
-    pub children: Vec<String>,
+    started: u32,
 }
 
 impl DelegationState {
     pub fn new(lease: &Lease) -> Self {
-        Self { max_children: lease.limits.max_children, children: Vec::new() }
+        Self { max_children: lease.limits.max_children, started: 0 }
     }
 }
 
@@ -49,22 +49,18 @@ impl wit::Host for JobState {
         }
         if self.ctx.lease.limits.delegation_depth == 0 {
             let reason = "delegation depth exhausted (limits.delegation_depth is 0 for this job)".to_string();
-            return Ok(Err(self.ctx.deny(Scope::AgentDelegate, &agent, reason)));
+            return Ok(Err(self.ctx.deny(Scope::AgentDelegate, &agent, reason)?));
         }
-        if u32::try_from(self.delegation.children.len()).unwrap_or(u32::MAX) >= self.delegation.max_children {
+        if self.delegation.started >= self.delegation.max_children {
             let reason = format!(
                 "fan-out limit reached: this job may start {} children (limits.max_children)",
                 self.delegation.max_children
             );
-            return Ok(Err(self.ctx.deny(Scope::AgentDelegate, &agent, reason)));
+            return Ok(Err(self.ctx.deny(Scope::AgentDelegate, &agent, reason)?));
         }
         let input = match serde_json::from_str(&input) {
             Ok(v) => v,
             Err(e) => return Ok(Err(HostError::Invalid(format!("delegation input is not JSON: {e}")))),
-        };
-        let request = match lease.as_deref().map(LeaseRequest::parse_json).transpose() {
-            Ok(r) => r.unwrap_or_default(),
-            Err(e) => return Ok(Err(HostError::Invalid(format!("delegation lease: {e}")))),
         };
         self.ctx.before_effect().await?;
         let manager = std::sync::Arc::clone(&self.ctx.manager);
@@ -74,16 +70,21 @@ impl wit::Host for JobState {
             net_bytes: self.http.bytes_left(),
             ..*limits
         };
-        let child = match manager.submit_child(&self.ctx, remaining, &agent, input, request).await {
+        // The lease text is bounded (MAX_REQUEST_JSON_BYTES, REQUEST_CAP) before any pattern is
+        // compiled, and parsed off the async workers when large.
+        let child = match manager.submit_child(&self.ctx, remaining, &agent, input, lease).await {
             Ok(child) => child,
             Err(JobError::Lease(e @ (LeaseError::WiderThanParent { .. } | LeaseError::DelegationDepthExhausted))) => {
                 let reason = format!("delegation refused: {e}");
-                return Ok(Err(self.ctx.deny(Scope::AgentDelegate, &agent, reason)));
+                return Ok(Err(self.ctx.deny(Scope::AgentDelegate, &agent, reason)?));
+            }
+            Err(JobError::Lease(LeaseError::Invalid(e))) => {
+                return Ok(Err(HostError::Invalid(format!("delegation lease: {e}"))));
             }
             Err(JobError::Resolve(e)) => return Ok(Err(HostError::Invalid(e.to_string()))),
             Err(e) => return Ok(Err(HostError::Failed(format!("cannot start child job: {e}")))),
         };
-        self.delegation.children.push(child.id.clone());
+        self.delegation.started += 1;
         self.ctx.emit("delegated", serde_json::json!({ "child_id": child.id, "agent": agent }));
         let remaining = self.ctx.deadline.saturating_duration_since(Instant::now());
         let finished = manager.wait_finished(&child.id, remaining).await;

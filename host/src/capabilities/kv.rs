@@ -22,8 +22,9 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
 
 fn target(namespace: &str, key: &str) -> Result<String, HostError> {
     if namespace.is_empty() || namespace.contains('/') || namespace.len() > MAX_KEY {
+        let shown = super::clip(namespace, 64);
         return Err(HostError::Invalid(format!(
-            "invalid kv namespace '{namespace}': non-empty, no '/', at most {MAX_KEY} bytes"
+            "invalid kv namespace '{shown}': non-empty, no '/', at most {MAX_KEY} bytes"
         )));
     }
     if key.is_empty() || key.len() > MAX_KEY {
@@ -37,19 +38,20 @@ fn failed(e: impl std::fmt::Display) -> HostError {
 }
 
 impl JobState {
-    /// Validates the target and checks every scope in `scopes`.
+    /// Counts the call, validates the target and checks every scope in `scopes`.
     fn kv_authorize(
         &mut self,
         scopes: &[Scope],
         namespace: &str,
         key: &str,
     ) -> wasmtime::Result<Result<(), HostError>> {
+        self.ctx.count_call()?;
         let target = match target(namespace, key) {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
         for scope in scopes {
-            if let Err(denied) = self.ctx.authorize(*scope, &target)? {
+            if let Err(denied) = self.ctx.check(*scope, &target)? {
                 return Ok(Err(denied));
             }
         }

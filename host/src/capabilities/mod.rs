@@ -78,6 +78,15 @@ pub struct JobContext {
 /// How many issued denials a job remembers.
 const REMEMBERED_DENIALS: usize = 32;
 
+/// Longest target kept in an audit row, a `capability` event or a log line (cut with `…`).
+pub const MAX_RECORDED_TARGET: usize = 512;
+
+/// Longest denial reason kept anywhere (reasons quote targets and grants).
+pub const MAX_RECORDED_REASON: usize = 2048;
+
+/// Bytes charged per recorded decision on top of its target and reason (row and event framing).
+const RECORD_OVERHEAD: usize = 64;
+
 /// Most bytes of logs, progress messages and chunks one job may emit. Events are queued for
 /// the store's writer without waiting for it, so this is what bounds the memory a single
 /// chatty (or hostile) job can make the host hold; exceeding it ends the job as a limit.
@@ -122,22 +131,45 @@ impl JobContext {
         self.host_calls
     }
 
-    /// Counts the call against the job's host-call budget, checks `scope` × `target`
-    /// against the lease, and records the decision.
-    ///
-    /// `Err` (a trap) only when the host-call budget is exhausted: a guest that floods the
-    /// host is stopped by the host. A denial is `Ok(Err(HostError::Denied))`.
-    pub fn authorize(&mut self, scope: Scope, target: &str) -> wasmtime::Result<Result<(), HostError>> {
-        self.count_host_call()?;
-        let decision = self.lease.check(scope, target, time::OffsetDateTime::now_utc());
-        Ok(self.decided(scope, target, decision))
+    /// Counts one host call against the job's budget; traps when it is exhausted. Every host
+    /// function calls this (directly or through [`Self::authorize`]) *first*, before it looks
+    /// at its arguments, so no call — refused, malformed or allowed — is free.
+    pub fn count_call(&mut self) -> wasmtime::Result<()> {
+        self.host_calls += 1;
+        if self.host_calls > self.lease.limits.max_host_calls {
+            return Err(LimitExceeded::HostCalls(self.lease.limits.max_host_calls).into());
+        }
+        Ok(())
     }
 
-    /// [`Self::authorize`] for `net.fetch`, on the URL exactly as it will be fetched.
-    pub fn authorize_url(&mut self, url: &url::Url) -> wasmtime::Result<Result<(), HostError>> {
-        self.count_host_call()?;
-        let decision = self.lease.check_url(url, time::OffsetDateTime::now_utc());
-        Ok(self.decided(Scope::NetFetch, url.as_str(), decision))
+    /// Counts the call ([`Self::count_call`]), checks `scope` × `target` against the lease, and
+    /// records the decision.
+    ///
+    /// `Err` (a trap) only when a budget is exhausted: a guest that floods the host is stopped
+    /// by the host. A denial is `Ok(Err(HostError::Denied))`.
+    pub fn authorize(&mut self, scope: Scope, target: &str) -> wasmtime::Result<Result<(), HostError>> {
+        self.count_call()?;
+        self.check(scope, target)
+    }
+
+    /// [`Self::authorize`] without counting: for a call that already counted itself (one that
+    /// validated its arguments first, or checks several scopes).
+    pub fn check(&mut self, scope: Scope, target: &str) -> wasmtime::Result<Result<(), HostError>> {
+        let decision = self.lease.check(scope, target, time::OffsetDateTime::now_utc());
+        self.decided(scope, target, decision.map_err(|d| d.reason))
+    }
+
+    /// [`Self::authorize`] for `net.fetch`: counts the call, parses `raw` strictly (a target the
+    /// parser refuses is denied and recorded like any denial) and checks the URL exactly as it
+    /// will be fetched.
+    pub fn authorize_fetch(&mut self, raw: &str) -> wasmtime::Result<Result<url::Url, HostError>> {
+        self.count_call()?;
+        let url = match crate::lease::parse_fetch_target(raw) {
+            Ok(url) => url,
+            Err(e) => return Ok(Err(self.deny(Scope::NetFetch, raw, format!("refused URL: {e}"))?)),
+        };
+        let decision = self.lease.check_url(&url, time::OffsetDateTime::now_utc());
+        Ok(self.decided(Scope::NetFetch, url.as_str(), decision.map_err(|d| d.reason))?.map(|()| url))
     }
 
     /// Counts `n` bytes of guest-supplied event data; traps past [`MAX_EVENT_BYTES`].
@@ -154,36 +186,34 @@ impl JobContext {
         self.host_calls = self.host_calls.saturating_add(n);
     }
 
-    fn count_host_call(&mut self) -> wasmtime::Result<()> {
-        self.host_calls += 1;
-        if self.host_calls > self.lease.limits.max_host_calls {
-            return Err(LimitExceeded::HostCalls(self.lease.limits.max_host_calls).into());
-        }
-        Ok(())
-    }
-
     /// Records a decision and turns a denial into the typed error the guest receives.
     fn decided(
         &mut self,
         scope: Scope,
         target: &str,
-        decision: Result<(), crate::lease::Denial>,
-    ) -> Result<(), HostError> {
-        let reason = decision.as_ref().err().map(|d| d.reason.clone());
-        self.record(scope, target, reason.clone());
-        match reason {
-            None => Ok(()),
-            Some(reason) => {
-                Err(HostError::Denied(Denial { scope: scope.as_str().to_string(), target: target.to_string(), reason }))
+        decision: Result<(), String>,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        match decision {
+            Ok(()) => {
+                self.record(scope, target, None)?;
+                Ok(Ok(()))
             }
+            Err(reason) => Ok(Err(self.deny(scope, target, reason)?)),
         }
     }
 
     /// Denies a call the lease allowed but a limit or a later check refused (fan-out,
-    /// depth, a private address behind a name); recorded like any other denial.
-    pub fn deny(&mut self, scope: Scope, target: &str, reason: String) -> HostError {
-        self.record(scope, target, Some(reason.clone()));
-        HostError::Denied(Denial { scope: scope.as_str().to_string(), target: target.to_string(), reason })
+    /// depth, a private address behind a name); recorded like any other denial. Traps only
+    /// when recording it would exceed the job's event budget.
+    pub fn deny(&mut self, scope: Scope, target: &str, reason: String) -> wasmtime::Result<HostError> {
+        // What the guest gets back is capped like everything else it made the host hold.
+        let target = clip(target, crate::lease::MAX_TARGET_BYTES).into_owned();
+        let reason = clip(&reason, MAX_RECORDED_REASON).into_owned();
+        self.record(scope, &target, Some(&reason))?;
+        if self.denials.len() < REMEMBERED_DENIALS {
+            self.denials.push((scope, target.clone()));
+        }
+        Ok(HostError::Denied(Denial { scope: scope.as_str().to_string(), target, reason }))
     }
 
     /// Whether the host denied `scope` for `target` to this job.
@@ -191,15 +221,20 @@ impl JobContext {
         self.denials.iter().any(|(s, t)| s.as_str() == scope && t == target)
     }
 
-    fn record(&mut self, scope: Scope, target: &str, denial: Option<String>) {
-        if denial.is_some() && self.denials.len() < REMEMBERED_DENIALS {
-            self.denials.push((scope, target.to_string()));
-        }
-        let (decision, audit_decision) =
-            if denial.is_some() { ("deny", Decision::Deny) } else { ("allow", Decision::Allow) };
-        if denial.is_some() {
-            tracing::info!(job = %self.job_id, agent = %self.agent, scope = scope.as_str(), target, "capability denied");
-        }
+    /// Writes the decision to the audit trail and the job's event stream. Both copies are
+    /// charged to the job's event budget, with the target cut to [`MAX_RECORDED_TARGET`]
+    /// bytes: a guest looping on refused calls fills neither memory nor disk.
+    fn record(&mut self, scope: Scope, target: &str, denial: Option<&str>) -> wasmtime::Result<()> {
+        let target = clip(target, MAX_RECORDED_TARGET);
+        let size = RECORD_OVERHEAD + target.len() + denial.map_or(0, str::len);
+        self.charge_event_bytes(2 * size)?;
+        let decision = match denial {
+            Some(_) => {
+                tracing::info!(job = %self.job_id, agent = %self.agent, scope = scope.as_str(), target = %target, "capability denied");
+                Decision::Deny
+            }
+            None => Decision::Allow,
+        };
         // Queued at call time (or held with the unrecorded job); not awaited.
         self.journal.audit(AuditRecord {
             id: None,
@@ -207,15 +242,16 @@ impl JobContext {
             principal: self.principal.clone(),
             scope: scope.as_str().to_string(),
             target: target.to_string(),
-            decision: audit_decision,
-            reason: denial.clone(),
+            decision,
+            reason: denial.map(str::to_owned),
             at: crate::now_ms(),
         });
-        let mut data = serde_json::json!({ "scope": scope.as_str(), "target": target, "decision": decision });
+        let mut data = serde_json::json!({ "scope": scope.as_str(), "target": target, "decision": decision.as_str() });
         if let (Some(reason), Some(map)) = (denial, data.as_object_mut()) {
             map.insert("reason".into(), reason.into());
         }
         self.emit("capability", data);
+        Ok(())
     }
 
     /// Appends an event to this job's stream (ordered; durable with the next group commit).
@@ -238,14 +274,23 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
 impl crate::bindings::corral::agent::types::Host for JobState {}
 
 /// Cuts a guest-supplied string to at most `max` bytes on a char boundary.
-pub(crate) fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push('…');
+pub(crate) fn truncate(s: String, max: usize) -> String {
+    match clip(&s, max) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(cut) => cut,
     }
-    s
+}
+
+/// `s` cut to at most `max` bytes on a char boundary, with `…` appended when cut.
+pub(crate) fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = s.get(..end).unwrap_or_default().to_owned();
+    cut.push('…');
+    std::borrow::Cow::Owned(cut)
 }

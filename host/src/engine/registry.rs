@@ -101,6 +101,21 @@ pub struct LoadFailure {
     pub error: String,
 }
 
+impl LoadFailure {
+    /// Keeps only the file name: the path (and the folder it is in) is taken out of both
+    /// fields, so a non-operator learns nothing about the host's filesystem.
+    pub fn hide_paths(&mut self) {
+        let path = std::path::Path::new(&self.file);
+        let name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut error = self.error.replace(&self.file, &name);
+        if let Some(dir) = path.parent().map(|d| d.display().to_string()).filter(|d| !d.is_empty()) {
+            error = error.replace(&dir, "<agents>");
+        }
+        self.error = error;
+        self.file = name;
+    }
+}
+
 type Versions = BTreeMap<manifest::VersionKey, Arc<LoadedAgent>>;
 
 #[derive(Default)]

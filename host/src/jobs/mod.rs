@@ -13,7 +13,7 @@ mod runner;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::config::Policy;
 use crate::engine::registry::{LoadedAgent, Registry, ResolveError};
-use crate::lease::{Lease, LeaseError, LeaseRequest, Limits};
+use crate::lease::{Lease, LeaseError, LeaseRequest, Limits, OwnAddresses};
 use crate::store::{InsertOutcome, JobRecord, JobStatus, Store, StoreError, Transition};
 
 pub use journal::Journal;
@@ -83,6 +83,12 @@ pub struct JobManager {
     running: Arc<AtomicUsize>,
     /// Outbound HTTP clients shared by every job's `net.fetch`.
     http_clients: crate::capabilities::http::Clients,
+    /// The children of each running parent, registered *before* they are written: a parent
+    /// that ends cancels all of them, including one whose insert is still in flight (which
+    /// then finds its parent gone and cancels itself instead of running orphaned).
+    families: Mutex<HashMap<String, Vec<String>>>,
+    /// This host's listen addresses, which `net.fetch` may not reach unless named.
+    own_addresses: std::sync::RwLock<OwnAddresses>,
     /// A weak self-reference so `&self` methods can hand `Arc`s to spawned jobs.
     me: Weak<JobManager>,
 }
@@ -108,13 +114,26 @@ impl JobManager {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             running: Arc::new(AtomicUsize::new(0)),
             usage: Mutex::new(HashMap::new()),
+            families: Mutex::new(HashMap::new()),
             http_clients,
+            own_addresses: std::sync::RwLock::new(OwnAddresses::new(interface_addresses())),
             me: me.clone(),
         }))
     }
 
     pub(crate) fn http_clients(&self) -> &crate::capabilities::http::Clients {
         &self.http_clients
+    }
+
+    /// Registers an address this host listens on (after binding, with its real port): no
+    /// agent's `net.fetch` reaches it unless the operator names exactly that address.
+    pub fn add_listener(&self, addr: std::net::SocketAddr) {
+        self.own_addresses.write().unwrap_or_else(PoisonError::into_inner).add_listener(addr);
+    }
+
+    /// The addresses this host listens on.
+    pub(crate) fn own_addresses(&self) -> std::sync::RwLockReadGuard<'_, OwnAddresses> {
+        self.own_addresses.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn store(&self) -> &Store {
@@ -166,13 +185,20 @@ impl JobManager {
             let replayed = replay(existing, hash, key)?;
             return self.wait_for(replayed, wait).await;
         }
-        let lease_request = match &req.lease {
-            Some(v) => LeaseRequest::deserialize(v).map_err(|e| LeaseError::Invalid(e.to_string()))?,
-            None => LeaseRequest::default(),
-        };
+        let size = req.lease.as_ref().map_or(0, text_bytes);
+        let sent = req.lease.clone();
+        let lease_request = off_workers_if_large(size, move || match sent {
+            Some(v) => LeaseRequest::deserialize(&v).map_err(|e| LeaseError::Invalid(e.to_string())),
+            None => Ok(LeaseRequest::default()),
+        })
+        .await??;
         let agent = self.registry.resolve(&req.agent)?;
-        let ceiling = self.policy.ceiling_for(principal);
-        let lease = Lease::effective(&agent.declared, ceiling, &lease_request, None, time::OffsetDateTime::now_utc())?;
+        let (declared, policy, who) = (Arc::clone(&agent), Arc::clone(&self.policy), principal.to_owned());
+        let lease = off_workers_if_large(size, move || {
+            let ceiling = policy.ceiling_for(&who);
+            Lease::effective(&declared.declared, ceiling, &lease_request, None, time::OffsetDateTime::now_utc())
+        })
+        .await??;
         let record = new_record(principal, &req, &agent, &lease, request_hash.clone(), None, 0)?;
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
         // A waiting client with a free slot and nothing to deduplicate: run first, write once.
@@ -249,28 +275,32 @@ impl JobManager {
     /// than the parent holds is `LeaseError::WiderThanParent`.
     ///
     /// `remaining` is what is left of the parent's budgets (host calls, network bytes); a
-    /// child can never outlive its parent's deadline either.
+    /// child can never outlive its parent's deadline either. `lease_request` is the guest's JSON
+    /// text (bounded by `MAX_REQUEST_JSON_BYTES` and `REQUEST_CAP` before anything is compiled).
     pub async fn submit_child(
         &self,
         parent: &crate::capabilities::JobContext,
         remaining: Limits,
         agent_ref: &str,
         input: Value,
-        lease_request: LeaseRequest,
+        lease_request: Option<String>,
     ) -> Result<JobRecord, JobError> {
         let agent = self.registry.resolve(agent_ref)?;
         let mut parent_lease = (*parent.lease).clone();
         let time_left = parent.deadline.saturating_duration_since(Instant::now());
         let time_left_ms = u64::try_from(time_left.as_millis()).unwrap_or(u64::MAX);
         parent_lease.limits = parent_lease.limits.intersect(&Limits { deadline_ms: time_left_ms, ..remaining });
-        let ceiling = self.policy.ceiling_for(&parent.principal);
-        let lease = Lease::effective(
-            &agent.declared,
-            ceiling,
-            &lease_request,
-            Some(&parent_lease),
-            time::OffsetDateTime::now_utc(),
-        )?;
+        let size = lease_request.as_ref().map_or(0, String::len);
+        let (child, policy, who) = (Arc::clone(&agent), Arc::clone(&self.policy), parent.principal.clone());
+        let lease = off_workers_if_large(size, move || {
+            let request = match lease_request {
+                Some(text) => LeaseRequest::parse_json(&text)?,
+                None => LeaseRequest::default(),
+            };
+            let ceiling = policy.ceiling_for(&who);
+            Lease::effective(&child.declared, ceiling, &request, Some(&parent_lease), time::OffsetDateTime::now_utc())
+        })
+        .await??;
         let req = SubmitRequest { agent: agent_ref.to_string(), input, lease: None, idempotency_key: None };
         let record = new_record(
             &parent.principal,
@@ -281,9 +311,22 @@ impl JobManager {
             Some(parent.job_id.clone()),
             parent.depth.saturating_add(1),
         )?;
+        self.lock_families().entry(parent.job_id.clone()).or_default().push(record.id.clone());
         // Children bypass the concurrency limit: their parent already holds a slot and
         // waits for them, so making them queue behind other parents could deadlock.
         Ok(self.insert_and_schedule(record, agent, lease, Start::Running(None)).await?.job().clone())
+    }
+
+    fn lock_families(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
+        // Every change is a single insert or remove: the map is valid after any panic.
+        self.families.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends `parent`'s family: returns its children for cancelling; children registered
+    /// later cannot exist (the parent's guest is gone), and one still being inserted cancels
+    /// itself (see [`Self::insert_and_schedule`]).
+    pub(crate) fn close_family(&self, parent: &str) -> Vec<String> {
+        self.lock_families().remove(parent).unwrap_or_default()
     }
 
     /// Records a new job and schedules it, in a task of its own: the insert is committed even
@@ -306,11 +349,36 @@ impl JobManager {
         let task = tokio::spawn(async move {
             let outcome = me.store.insert_job(record).await?;
             if let InsertOutcome::Created(job) = &outcome {
-                me.schedule(job.clone(), agent, lease, start);
+                // Decided under the families lock, so a parent cannot end between the check
+                // and the child's handle being registered (which `schedule` does at once).
+                let orphan = {
+                    let families = me.lock_families();
+                    let orphan = job
+                        .parent_id
+                        .as_ref()
+                        .is_some_and(|parent| !families.get(parent).is_some_and(|children| children.contains(&job.id)));
+                    if !orphan {
+                        me.schedule(job.clone(), agent, lease, start);
+                    }
+                    orphan
+                };
+                if orphan {
+                    me.cancel_orphan(&job.id).await?;
+                }
             }
             Ok::<_, JobError>(outcome)
         });
         task.await.map_err(|e| JobError::Store(StoreError::Task(e.to_string())))?
+    }
+
+    /// Cancels a delegated child whose parent ended before the child could be scheduled.
+    async fn cancel_orphan(&self, id: &str) -> Result<(), JobError> {
+        let now = crate::now_ms();
+        let t = Transition::new(&[JobStatus::Queued, JobStatus::Running], JobStatus::Cancelled, now)
+            .finished_at(now)
+            .error(error_json("parent_finished", "the parent job ended before this delegated job could start"));
+        self.store.transition_job(id, t).await?;
+        Ok(())
     }
 
     /// Hands a recorded job to a worker task.
@@ -561,6 +629,44 @@ fn new_record(
         started_at: None,
         finished_at: None,
     })
+}
+
+/// Lease requests with more than this many bytes of text are parsed and combined on the
+/// blocking pool: pruning their layers is quadratic in their size (about 2 ms at the caps, see
+/// docs/benchmarks.md), too long to hold an async worker; typical requests take a few µs.
+const INLINE_LEASE_BYTES: usize = 512;
+
+/// Runs `f` here if `size` is small, else on the blocking pool.
+async fn off_workers_if_large<T: Send + 'static>(
+    size: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, JobError> {
+    if size <= INLINE_LEASE_BYTES {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f).await.map_err(|e| JobError::Store(StoreError::Task(e.to_string())))
+}
+
+/// Bytes of text (strings and keys) in a JSON value, without serializing it.
+fn text_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(text_bytes).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + text_bytes(v)).sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+    }
+}
+
+/// The machine's interface addresses (for listeners bound to `0.0.0.0` / `::`); empty if
+/// they cannot be read, in which case loopback and unspecified targets are still refused.
+fn interface_addresses() -> Vec<std::net::IpAddr> {
+    match if_addrs::get_if_addrs() {
+        Ok(interfaces) => interfaces.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list network interfaces; only loopback counts as this host's own");
+            Vec::new()
+        }
+    }
 }
 
 /// The `error` JSON of a job: a stable code and a message for humans.

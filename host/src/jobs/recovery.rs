@@ -78,14 +78,7 @@ async fn recover_one(manager: &JobManager, job: &JobRecord) -> Result<bool, JobE
     let lease: Lease = match serde_json::from_value::<Lease>(job.lease.clone()) {
         // The policy may have changed while the host was down: the re-run gets no more than
         // the principal's current ceiling allows.
-        Ok(lease) => {
-            let ceiling = manager.policy().ceiling_for(&job.principal);
-            Lease {
-                grants: lease.grants.intersect(&ceiling.grants),
-                limits: lease.limits.intersect(&ceiling.limits),
-                ..lease
-            }
-        }
+        Ok(lease) => lease.narrowed_by_ceiling(manager.policy().ceiling_for(&job.principal)),
         Err(e) => {
             manager.store().transition_job(&job.id, fail("internal", format!("stored lease unreadable: {e}"))).await?;
             return Ok(false);

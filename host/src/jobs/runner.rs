@@ -76,18 +76,18 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
         Arc::clone(manager),
         Arc::clone(&journal),
     );
-    let (outcome, children, host_calls, net_bytes) = match sandbox(&manager.engine, ctx, &lease) {
+    let (outcome, host_calls, net_bytes) = match sandbox(&manager.engine, ctx, &lease) {
         Ok(mut store) => {
             let outcome = execute(&mut store, &agent, &job.input, deadline, &mut cancelled, &journal).await;
-            let state = store.data_mut();
-            let children = std::mem::take(&mut state.delegation.children);
+            let state = store.data();
             let net_bytes = lease.limits.net_bytes.saturating_sub(state.http.bytes_left());
-            (outcome, children, state.ctx.host_calls(), net_bytes)
+            (outcome, state.ctx.host_calls(), net_bytes)
         }
-        Err(e) => {
-            (Outcome::Failed(error_json("internal", &format!("cannot set up the sandbox: {e}"))), Vec::new(), 0, 0)
-        }
+        Err(e) => (Outcome::Failed(error_json("internal", &format!("cannot set up the sandbox: {e}"))), 0, 0),
     };
+    // The guest is gone: no child can be registered any more, and one still being inserted
+    // will find its parent ended and cancel itself.
+    let children = manager.close_family(&job.id);
     if job.parent_id.is_some() {
         manager.record_usage(&job.id, super::Usage { host_calls, net_bytes });
     }

@@ -76,6 +76,11 @@ impl TargetPattern {
         }
     }
 
+    /// Does this (`net.fetch`) pattern match `url`?
+    pub(crate) fn matches_url(&self, url: &Url) -> bool {
+        self.matches(Target::Url(url))
+    }
+
     pub(crate) fn matches(&self, target: Target<'_>) -> bool {
         match (self, target) {
             (TargetPattern::Glob(p), Target::Text(text)) => p.matches(text),
@@ -97,12 +102,52 @@ impl Serialize for TargetPattern {
     }
 }
 
-type Layer = Vec<TargetPattern>;
+pub(super) type Layer = Vec<TargetPattern>;
 
-/// Most patterns (and layers) one scope of a deserialized grant set may hold. Checks and
-/// intersections cost O(patterns × layers), and grants arrive from clients and guests, so
-/// this keeps every lease operation cheap; real leases use a handful.
-pub const MAX_PATTERNS_PER_SCOPE: usize = 256;
+/// How big a grant set may be. Every lease operation (parse, intersect, subset, check) costs
+/// at most O(patterns × pattern tokens / 64), and grant sets arrive from clients, manifests and
+/// guests, so both the count and the text size are capped — before anything is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeCap {
+    /// Patterns across all scopes and layers.
+    pub patterns: usize,
+    /// Bytes of pattern text across all scopes and layers.
+    pub bytes: usize,
+}
+
+/// What a lease request, a delegation request or an agent manifest may hold. Real leases use
+/// a handful of patterns.
+pub const REQUEST_CAP: SizeCap = SizeCap { patterns: 64, bytes: 4096 };
+
+/// What any grant set may hold: a policy ceiling, a stored or an effective lease (which
+/// combines up to four sources, so it gets four requests' worth). An effective lease over it
+/// is refused when it is computed, so every stored lease can be read back.
+pub const LEASE_CAP: SizeCap = SizeCap { patterns: 4 * REQUEST_CAP.patterns, bytes: 4 * REQUEST_CAP.bytes };
+
+/// The size of a grant set, as counted against a [`SizeCap`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrantSize {
+    pub patterns: usize,
+    pub bytes: usize,
+}
+
+impl GrantSize {
+    fn add(&mut self, pattern_bytes: usize) {
+        self.patterns += 1;
+        self.bytes += pattern_bytes;
+    }
+
+    /// `Err` naming the limit when over `cap`; `what` says whose grants these are.
+    pub fn check(self, cap: SizeCap, what: &str) -> Result<(), String> {
+        if self.patterns > cap.patterns {
+            return Err(format!("{what} hold {} patterns; at most {} are allowed", self.patterns, cap.patterns));
+        }
+        if self.bytes > cap.bytes {
+            return Err(format!("{what} hold {} bytes of patterns; at most {} are allowed", self.bytes, cap.bytes));
+        }
+        Ok(())
+    }
+}
 
 /// Scope → constraint layers. See the module docs for the semantics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -129,6 +174,9 @@ impl Grants {
     /// An agent's declared needs: each entry is `"scope"` (every target) or `"scope:pattern"`,
     /// e.g. `"kv.read:counter/*"`, `"net.fetch:https://api.example.com/**"`, `"log"`.
     pub fn from_declared(entries: &[String]) -> Result<Grants, LeaseError> {
+        let mut size = GrantSize::default();
+        entries.iter().for_each(|e| size.add(e.len()));
+        size.check(REQUEST_CAP, "the declared scopes").map_err(LeaseError::Invalid)?;
         let mut layers: BTreeMap<Scope, Layer> = BTreeMap::new();
         for entry in entries {
             let (scope_text, pattern) = match entry.split_once(':') {
@@ -172,6 +220,13 @@ impl Grants {
         self.scopes.contains_key(&scope)
     }
 
+    /// How many patterns, and how many bytes of pattern text, this grant set holds.
+    pub fn size(&self) -> GrantSize {
+        let mut size = GrantSize::default();
+        self.scopes.values().flatten().flatten().for_each(|p| size.add(p.as_str().len()));
+        size
+    }
+
     /// Is `target` allowed for `scope`? (`net.fetch` targets are parsed strictly as URLs.)
     pub fn allows(&self, scope: Scope, target: &str) -> bool {
         self.decide(scope, target).is_ok()
@@ -184,11 +239,7 @@ impl Grants {
             let Some(theirs) = other.scopes.get(scope) else {
                 continue;
             };
-            let mut kept = Vec::new();
-            for layer in mine.iter().chain(theirs) {
-                push_pruned(&mut kept, layer.clone());
-            }
-            scopes.insert(*scope, kept);
+            scopes.insert(*scope, merge_pruned(mine, theirs));
         }
         Grants { scopes }
     }
@@ -241,18 +292,9 @@ impl Grants {
         decide_layers(Scope::NetFetch, layers, Target::Url(url), url.as_str())
     }
 
-    /// Whether every `net.fetch` constraint layer allows `url` through a pattern whose host
-    /// is written as an IP literal — the operator or submitter named that address on purpose.
-    /// Wildcard hosts (`*`, `*.example.com`) never count: they are meant for DNS names.
-    pub fn names_ip_literal(&self, url: &Url) -> bool {
-        let Some(layers) = self.scopes.get(&Scope::NetFetch) else { return false };
-        !layers.is_empty()
-            && layers.iter().all(|layer| {
-                layer.iter().any(|p| match p {
-                    TargetPattern::Url(u) => u.host_is_ip_literal() && u.matches(url),
-                    TargetPattern::Glob(_) => false,
-                })
-            })
+    /// The constraint layers of `scope` (none if the scope is not granted).
+    pub(super) fn layers_of(&self, scope: Scope) -> &[Layer] {
+        self.scopes.get(&scope).map_or(&[], Vec::as_slice)
     }
 
     fn layers(&self, scope: Scope) -> Result<&[Layer], String> {
@@ -283,12 +325,32 @@ fn list(layer: &[TargetPattern]) -> String {
 }
 
 /// Every pattern of `sub` fits in some pattern of `sup`, so `sub` allows nothing `sup` denies.
-fn layer_within(sub: &[TargetPattern], sup: &[TargetPattern]) -> bool {
+pub(super) fn layer_within(sub: &[TargetPattern], sup: &[TargetPattern]) -> bool {
     sub.iter().all(|p| sup.iter().any(|q| p.is_subset_of(q)))
 }
 
+/// The conjunction of two layer lists that are each already pruned: only layers from
+/// different sides are compared (|a| × |b| subset tests instead of (|a| + |b|)²), which keeps
+/// intersecting a large request with a small ceiling linear in the request.
+///
+/// Sound for the same reason as [`push_pruned`]: a layer is dropped only for a layer that
+/// implies it and is still kept (a `b` layer is never dropped once kept; an `a` layer that
+/// justified dropping a `b` layer is dropped only for a kept `b` layer that implies it).
+pub(super) fn merge_pruned(a: &[Layer], b: &[Layer]) -> Vec<Layer> {
+    let mut from_a: Vec<&Layer> = a.iter().collect();
+    let mut from_b: Vec<&Layer> = Vec::with_capacity(b.len());
+    for y in b {
+        if from_a.iter().any(|x| layer_within(x, y)) {
+            continue;
+        }
+        from_a.retain(|x| !layer_within(y, x));
+        from_b.push(y);
+    }
+    from_a.into_iter().chain(from_b).cloned().collect()
+}
+
 /// Add `candidate` to a conjunction of layers, dropping layers another layer already implies.
-fn push_pruned(kept: &mut Vec<Layer>, candidate: Layer) {
+pub(super) fn push_pruned(kept: &mut Vec<Layer>, candidate: Layer) {
     if kept.iter().any(|layer| layer_within(layer, &candidate)) {
         return;
     }
@@ -346,23 +408,29 @@ impl<'de> Deserialize<'de> for Entry {
 impl<'de> Deserialize<'de> for Grants {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = BTreeMap::<String, Vec<Entry>>::deserialize(deserializer)?;
+        // Counted on the raw text, before any pattern is compiled or compared.
+        let mut size = GrantSize::default();
+        for entries in raw.values() {
+            for entry in entries {
+                match entry {
+                    Entry::One(text) => size.add(text.len()),
+                    Entry::Many(texts) => texts.iter().for_each(|t| size.add(t.len())),
+                }
+            }
+        }
+        size.check(LEASE_CAP, "the grants").map_err(de::Error::custom)?;
         let mut scopes = BTreeMap::new();
         for (name, entries) in raw {
             let scope: Scope = name.parse().map_err(de::Error::custom)?;
-            let patterns: usize = entries
-                .iter()
-                .map(|e| match e {
-                    Entry::One(_) => 1,
-                    Entry::Many(texts) => texts.len(),
-                })
-                .sum();
-            if entries.len() > MAX_PATTERNS_PER_SCOPE || patterns > MAX_PATTERNS_PER_SCOPE {
-                return Err(de::Error::custom(format!(
-                    "{scope}: at most {MAX_PATTERNS_PER_SCOPE} patterns per scope (got {patterns})"
-                )));
-            }
             let parse = |texts: Vec<String>| -> Result<Layer, D::Error> {
-                texts.iter().map(|t| TargetPattern::parse(scope, t).map_err(de::Error::custom)).collect()
+                let mut layer: Layer = Vec::with_capacity(texts.len());
+                for text in &texts {
+                    let pattern = TargetPattern::parse(scope, text).map_err(de::Error::custom)?;
+                    if !layer.contains(&pattern) {
+                        layer.push(pattern);
+                    }
+                }
+                Ok(layer)
             };
             let layers = if entries.iter().all(|e| matches!(e, Entry::One(_))) {
                 let flat = entries

@@ -7,7 +7,11 @@
 //! persisted as JSON with the job, and is then only *read*: each check ([`Lease::check`]) is a
 //! cheap in-memory decision (a glob check allocates nothing when it allows).
 //!
-//! Safety rests on two properties, each tested against brute force:
+//! Safety rests on three properties, each tested against brute force or generated cases:
+//! - leases are **monotone**: for every lease `L` and every narrowing `L'` of it (intersection,
+//!   request, child lease), every target and every address `L'` allows, `L` allows. Whether a
+//!   non-public address is reachable depends only on what the *operator* named (see
+//!   `addresses`), never on a layer a manifest, request or delegation added;
 //! - subset tests are **sound** (a "yes" from [`Pattern::is_subset_of`],
 //!   [`UrlPattern::is_subset_of`] or [`Grants::is_within`] is never wrong), so a delegated child
 //!   can never get more than its parent;
@@ -25,9 +29,13 @@
 //!   `intersect`, `is_within -> Result<(), NotWithin>`.
 //! - [`Limits`] (`UNLIMITED`, `intersect`, `is_within`, `narrowed_by`) and [`LimitsRequest`]
 //!   (`is_empty`, `excess_over`).
-//! - [`Lease`]: `check`, `check_url`, `is_expired`, `effective`; [`Denial`].
+//! - [`Lease`]: `check`, `check_url`, `check_address`, `is_expired`, `effective`,
+//!   `narrowed_by_ceiling`; [`Denial`]; [`NamedAddresses`], [`OwnAddresses`], [`Egress`],
+//!   [`is_public`] (which addresses a fetch may connect to).
+//! - Size caps: [`MAX_TARGET_BYTES`], [`REQUEST_CAP`], [`LEASE_CAP`] ([`SizeCap`], [`GrantSize`]).
 //! - [`LeaseRequest`] (`parse_json`, `validate`), [`LeaseCeiling`], [`LeaseError`].
 
+mod addresses;
 mod grants;
 mod limits;
 mod pattern;
@@ -38,23 +46,34 @@ mod url_pattern;
 
 #[cfg(test)]
 mod brute_force_tests;
+#[cfg(test)]
+mod monotonicity_tests;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use url::Url;
 
-pub use grants::{Grants, NotWithin, TargetPattern};
+pub use addresses::{Egress, NamedAddresses, OwnAddresses, is_public};
+pub use grants::{GrantSize, Grants, LEASE_CAP, NotWithin, REQUEST_CAP, SizeCap, TargetPattern};
 pub use limits::{Limits, LimitsRequest};
 pub use pattern::{MAX_PATTERN_TOKENS, Pattern, PatternError};
-pub use request::{LeaseCeiling, LeaseRequest};
+pub use request::{LeaseCeiling, LeaseRequest, MAX_REQUEST_JSON_BYTES};
 pub use scope::Scope;
 pub use url_pattern::{FetchTargetError, UrlPattern, parse_fetch_target};
+
+/// Longest target any check accepts, in bytes (URLs included). Matching is linear in the
+/// target, so this bounds the work of a single check; longer targets are refused unmatched.
+pub const MAX_TARGET_BYTES: usize = 4096;
 
 /// The authority one job runs under.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lease {
     pub grants: Grants,
+    /// The non-public IP literals the operator's policy names for `net.fetch` (only the
+    /// operator can name addresses; see [`Lease::check_address`]).
+    #[serde(default, skip_serializing_if = "NamedAddresses::is_none")]
+    pub named_addresses: NamedAddresses,
     /// After this instant every check is denied. `None` = no expiry beyond the limits.
     #[serde(
         default,
@@ -109,11 +128,12 @@ impl Lease {
     /// (see [`parse_fetch_target`]); prefer [`Lease::check_url`] when the caller will fetch, so
     /// the URL checked is the URL fetched.
     pub fn check(&self, scope: Scope, target: &str, now: OffsetDateTime) -> Result<(), Denial> {
-        self.check_expiry(now).and_then(|()| self.grants.decide(scope, target)).map_err(|reason| Denial {
-            scope,
-            target: target.to_owned(),
-            reason,
-        })
+        let decision = if target.len() > MAX_TARGET_BYTES {
+            Err(format!("the target is {} bytes long; targets may be at most {MAX_TARGET_BYTES} bytes", target.len()))
+        } else {
+            self.check_expiry(now).and_then(|()| self.grants.decide(scope, target))
+        };
+        decision.map_err(|reason| Denial { scope, target: target.to_owned(), reason })
     }
 
     /// [`Lease::check`] for a `net.fetch` target already parsed by [`parse_fetch_target`].
@@ -148,6 +168,7 @@ mod tests {
                 r#"{"kv.read": ["counter/*"], "net.fetch": ["http://127.0.0.1:8080/allowed/**"]}"#,
             )
             .unwrap(),
+            named_addresses: NamedAddresses::none(),
             expires_at: Some(datetime!(2026-11-21 10:00 UTC)),
             limits: Limits::UNLIMITED,
         }
@@ -219,6 +240,7 @@ mod tests {
         let lease = Lease {
             grants: serde_json::from_str(r#"{"kv.read": ["tenants/*/counters/**", "config/*.json", "**/shared/*"]}"#)
                 .unwrap(),
+            named_addresses: NamedAddresses::none(),
             expires_at: None,
             limits: Limits::UNLIMITED,
         };

@@ -21,8 +21,12 @@
 //! fine, but exotic splits of one `*` across several of `other`'s wildcards are not tried).
 //! Unlike ARCP's reference matcher, `a*b*c` is correctly *not* a superset of `a*c`.
 //!
-//! Cost: the NFA state set is a bitset on the stack (patterns are capped at
-//! [`MAX_PATTERN_TOKENS`] tokens), so a check allocates nothing and is linear in the target.
+//! Cost: the NFA runs **bit-parallel** (shift-and): the state set is a bitset on the stack
+//! (patterns are capped at [`MAX_PATTERN_TOKENS`] tokens, 16 words), and one step is a few
+//! word operations per 64 states, using masks precomputed when the pattern is compiled (the
+//! positions of each literal character, of `*` and of `**`). A check allocates nothing and
+//! costs O(target length × pattern tokens / 64) — bounded work even for hostile patterns
+//! such as `**a**a**a…` whose every state is alive at once.
 
 use std::fmt;
 use std::str::FromStr;
@@ -61,6 +65,71 @@ pub(crate) enum Tok {
 pub struct Pattern {
     source: String,
     tokens: Box<[Tok]>,
+    masks: Masks,
+}
+
+/// Bit masks over the token positions of a pattern (bit `j` = token `j`) for the engine.
+#[derive(Clone)]
+struct Masks {
+    /// Words each mask (and a state set) uses: positions `0..=tokens.len()`.
+    words: usize,
+    star: Box<[u64]>,
+    double_star: Box<[u64]>,
+    /// The distinct literal characters of the pattern, sorted, and per character (`words`
+    /// each, in the same order) the positions that hold it.
+    chars: Box<[char]>,
+    char_masks: Box<[u64]>,
+    /// Whether two wildcard tokens ever stand next to each other (the parser never makes
+    /// such a pattern, since a run of stars is one token); if not, one closure pass is exact.
+    adjacent_wildcards: bool,
+}
+
+impl Masks {
+    fn new(tokens: &[Tok]) -> Masks {
+        let words = (tokens.len() + 1).div_ceil(64);
+        let mut star = vec![0u64; words];
+        let mut double_star = vec![0u64; words];
+        let mut chars: Vec<char> = tokens
+            .iter()
+            .filter_map(|t| match t {
+                Tok::Lit(c) => Some(*c),
+                _ => None,
+            })
+            .collect();
+        chars.sort_unstable();
+        chars.dedup();
+        let mut char_masks = vec![0u64; chars.len() * words];
+        for (j, tok) in tokens.iter().enumerate() {
+            let (word, bit) = (j / 64, 1u64 << (j % 64));
+            let slot = match tok {
+                Tok::Star => star.get_mut(word),
+                Tok::DoubleStar => double_star.get_mut(word),
+                Tok::Lit(c) => match chars.binary_search(c) {
+                    Ok(i) => char_masks.get_mut(i * words + word),
+                    Err(_) => None,
+                },
+            };
+            if let Some(slot) = slot {
+                *slot |= bit;
+            }
+        }
+        let wild = |t: &Tok| matches!(t, Tok::Star | Tok::DoubleStar);
+        let adjacent_wildcards = tokens.windows(2).any(|pair| pair.iter().all(wild));
+        Masks {
+            words,
+            star: star.into(),
+            double_star: double_star.into(),
+            chars: chars.into(),
+            char_masks: char_masks.into(),
+            adjacent_wildcards,
+        }
+    }
+
+    /// The positions holding literal `c` (`None`: no position does).
+    fn positions_of(&self, c: char) -> Option<&[u64]> {
+        let i = self.chars.binary_search(&c).ok()?;
+        self.char_masks.get(i * self.words..(i + 1) * self.words)
+    }
 }
 
 impl Pattern {
@@ -94,17 +163,22 @@ impl Pattern {
                 return Err(PatternError::TooLong);
             }
         }
-        Ok(Pattern { source: source.to_owned(), tokens: tokens.into_boxed_slice() })
+        Ok(Pattern::from_tokens(source.to_owned(), tokens.into_boxed_slice()))
     }
 
     /// The pattern that matches every target: `**`.
     pub fn any() -> Pattern {
-        Pattern { source: "**".to_owned(), tokens: Box::new([Tok::DoubleStar]) }
+        Pattern::from_tokens("**".to_owned(), Box::new([Tok::DoubleStar]))
     }
 
     /// `/**`: every absolute path (the default path of a URL pattern).
     pub fn any_path() -> Pattern {
-        Pattern { source: "/**".to_owned(), tokens: Box::new([Tok::Lit('/'), Tok::DoubleStar]) }
+        Pattern::from_tokens("/**".to_owned(), Box::new([Tok::Lit('/'), Tok::DoubleStar]))
+    }
+
+    fn from_tokens(source: String, tokens: Box<[Tok]>) -> Pattern {
+        let masks = Masks::new(&tokens);
+        Pattern { source, tokens, masks }
     }
 
     /// The text this pattern was compiled from.
@@ -112,15 +186,20 @@ impl Pattern {
         &self.source
     }
 
+    /// Length in tokens (what the engine's cost is proportional to).
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
+    }
+
     /// Does `target` match? Allocation-free; linear in `target`'s length.
     pub fn matches(&self, target: &str) -> bool {
-        covers(&self.tokens, target.chars().map(Tok::Lit))
+        covers(self, target.chars().map(Tok::Lit))
     }
 
     /// Sound subset test: `true` guarantees every string `self` matches, `other` matches too.
     /// `false` may (rarely, for exotic wildcard splits) be a false negative.
     pub fn is_subset_of(&self, other: &Pattern) -> bool {
-        covers(&other.tokens, self.tokens.iter().copied())
+        covers(other, self.tokens.iter().copied())
     }
 }
 
@@ -128,38 +207,45 @@ impl Pattern {
 ///
 /// `sup` is run as an NFA; state `j` means "`sup[..j]` has absorbed what was read so far".
 /// A wildcard at `j` may also absorb nothing (epsilon to `j + 1`) or loop on what it accepts.
-fn covers(sup: &[Tok], sub: impl Iterator<Item = Tok>) -> bool {
-    let used = sup.len() / 64 + 1;
+/// All states advance at once: a literal moves its states one position on (a shift by one
+/// bit, with carry between words), a wildcard keeps its states where they are.
+fn covers(sup: &Pattern, sub: impl Iterator<Item = Tok>) -> bool {
+    let masks = &sup.masks;
     let (mut a, mut b) = ([0u64; WORDS], [0u64; WORDS]);
     // Swap the references, not the arrays, after each step.
     let (mut current, mut next) = (&mut a, &mut b);
-    enter(current, sup, 0);
+    if let Some(start) = current.first_mut() {
+        *start = 1;
+    }
+    close(current.as_mut_slice(), masks);
     for tok in sub {
-        next.iter_mut().take(used).for_each(|w| *w = 0);
-        let mut alive = false;
-        for (wi, &word) in current.iter().take(used).enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                let j = wi * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let step = match sup.get(j) {
-                    Some(Tok::Lit(c)) if tok == Tok::Lit(*c) => Some(j + 1),
-                    Some(Tok::Star) if star_absorbs(tok) => Some(j),
-                    Some(Tok::DoubleStar) => Some(j),
-                    _ => None,
-                };
-                if let Some(to) = step {
-                    enter(next, sup, to);
-                    alive = true;
-                }
+        let advancing = match tok {
+            Tok::Lit(c) => masks.positions_of(c),
+            Tok::Star | Tok::DoubleStar => None,
+        };
+        let star_loops = star_absorbs(tok);
+        let mut carry = 0u64;
+        // Zipping with the masks visits only the words this pattern uses.
+        for (w, ((out, &state), (&star, &double_star))) in
+            next.iter_mut().zip(current.iter()).zip(masks.star.iter().zip(masks.double_star.iter())).enumerate()
+        {
+            let moving = advancing.and_then(|m| m.get(w)).map_or(0, |&m| state & m);
+            let mut word = (moving << 1) | carry;
+            carry = moving >> 63;
+            word |= state & double_star;
+            if star_loops {
+                word |= state & star;
             }
+            *out = word;
         }
-        if !alive {
+        close(next.as_mut_slice(), masks);
+        if next.iter().take(masks.words).all(|&w| w == 0) {
             return false;
         }
         std::mem::swap(&mut current, &mut next);
     }
-    contains(current, sup.len())
+    let accept = sup.tokens.len();
+    current.get(accept / 64).is_some_and(|w| w & (1u64 << (accept % 64)) != 0)
 }
 
 /// A single `*` absorbs any non-`/` character and another `*`, but never a `**`.
@@ -171,21 +257,24 @@ fn star_absorbs(tok: Tok) -> bool {
     }
 }
 
-/// Add state `j` and its epsilon closure (wildcards may absorb nothing).
-fn enter(set: &mut [u64; WORDS], sup: &[Tok], mut j: usize) {
+/// Adds the epsilon closure: a state on a wildcard also enters the position after it. The
+/// parser never produces two wildcard tokens in a row, so one pass is exact; other patterns
+/// (none today) would repeat it until nothing changes.
+fn close(set: &mut [u64], masks: &Masks) {
     loop {
-        if let Some(word) = set.get_mut(j / 64) {
-            *word |= 1u64 << (j % 64);
+        let mut carry = 0u64;
+        let mut changed = false;
+        for (word, (&star, &double_star)) in set.iter_mut().zip(masks.star.iter().zip(masks.double_star.iter())) {
+            let on_wildcard = *word & (star | double_star);
+            let grown = *word | (on_wildcard << 1) | carry;
+            carry = on_wildcard >> 63;
+            changed |= grown != *word;
+            *word = grown;
         }
-        match sup.get(j) {
-            Some(Tok::Star | Tok::DoubleStar) => j += 1,
-            _ => return,
+        if !changed || !masks.adjacent_wildcards {
+            return;
         }
     }
-}
-
-fn contains(set: &[u64; WORDS], j: usize) -> bool {
-    set.get(j / 64).is_some_and(|w| w & (1u64 << (j % 64)) != 0)
 }
 
 impl fmt::Debug for Pattern {

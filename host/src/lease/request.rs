@@ -10,7 +10,11 @@
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
-use super::{Grants, Lease, LeaseError, Limits, LimitsRequest, rfc3339};
+use super::{Grants, LEASE_CAP, Lease, LeaseError, Limits, LimitsRequest, NamedAddresses, REQUEST_CAP, rfc3339};
+
+/// Longest lease request accepted as JSON text (a delegating guest's `lease` argument), checked
+/// before it is parsed.
+pub const MAX_REQUEST_JSON_BYTES: usize = 64 * 1024;
 
 /// A submitter's lease request, e.g.
 /// `{"grants": {"kv.read": ["counter/*"]}, "ttl_ms": 60000, "limits": {"deadline_ms": 5000}}`.
@@ -57,6 +61,12 @@ impl TryFrom<RequestRepr> for LeaseRequest {
 impl LeaseRequest {
     /// Parse and validate a JSON request; every problem becomes [`LeaseError::Invalid`].
     pub fn parse_json(json: &str) -> Result<LeaseRequest, LeaseError> {
+        if json.len() > MAX_REQUEST_JSON_BYTES {
+            return Err(LeaseError::Invalid(format!(
+                "the lease request is {} bytes; at most {MAX_REQUEST_JSON_BYTES} are accepted",
+                json.len()
+            )));
+        }
         serde_json::from_str(json).map_err(|e| LeaseError::Invalid(format!("invalid lease request: {e}")))
     }
 
@@ -67,6 +77,9 @@ impl LeaseRequest {
         }
         if self.ttl_ms == Some(0) {
             return Err(LeaseError::Invalid("ttl_ms must be at least 1 (omit it for the policy's maximum)".to_owned()));
+        }
+        if let Some(grants) = &self.grants {
+            grants.size().check(REQUEST_CAP, "the requested grants").map_err(LeaseError::Invalid)?;
         }
         Ok(())
     }
@@ -115,6 +128,8 @@ impl Lease {
             grants = grants.intersect(requested);
         }
         let mut limits = ceiling.limits.narrowed_by(&request.limits);
+        // Addresses are named by the operator alone: never by the manifest or the request.
+        let mut named_addresses = NamedAddresses::from_ceiling(&ceiling.grants);
 
         let mut expiries = Vec::with_capacity(3);
         if let Some(at) = request.expires_at {
@@ -154,11 +169,27 @@ impl Lease {
                 });
             }
             grants = grants.intersect(&parent.grants);
+            named_addresses = named_addresses.intersect(&parent.named_addresses);
             limits = limits.intersect(&room);
             expiries.extend(parent.expires_at);
         }
 
-        Ok(Lease { grants, expires_at: expiries.into_iter().min(), limits })
+        grants
+            .size()
+            .check(LEASE_CAP, "the effective lease's grants (manifest ∩ policy ∩ request ∩ parent)")
+            .map_err(|e| LeaseError::Invalid(format!("{e}; request fewer or broader patterns")))?;
+        Ok(Lease { grants, named_addresses, expires_at: expiries.into_iter().min(), limits })
+    }
+
+    /// This lease narrowed by a (possibly changed) policy ceiling, e.g. for a job re-run after
+    /// a restart: it never gets more than the principal's current ceiling allows.
+    pub fn narrowed_by_ceiling(&self, ceiling: &LeaseCeiling) -> Lease {
+        Lease {
+            grants: self.grants.intersect(&ceiling.grants),
+            named_addresses: self.named_addresses.intersect(&NamedAddresses::from_ceiling(&ceiling.grants)),
+            limits: self.limits.intersect(&ceiling.limits),
+            expires_at: self.expires_at,
+        }
     }
 }
 

@@ -30,8 +30,11 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::net::IpAddr;
+
 use url::{Host, Url};
 
+use super::MAX_TARGET_BYTES;
 use super::pattern::{Pattern, PatternError};
 
 /// A compiled `net.fetch` pattern, `scheme://host[:port][/path-glob]`.
@@ -56,10 +59,11 @@ enum HostPat {
     Any,
     /// `*.suffix`: the suffix, normalized, without the leading dot.
     Subdomain(String),
-    /// As the `url` crate serializes it (lowercase, punycode, canonical IP, `[v6]`).
+    /// As the `url` crate serializes it (lowercase, punycode, canonical IP, `[v6]`), and the
+    /// address when the host is an IP literal.
     Exact {
         host: String,
-        ip: bool,
+        ip: Option<IpAddr>,
     },
 }
 
@@ -171,7 +175,21 @@ impl UrlPattern {
 
     /// Is the host an IP literal (`127.0.0.1`, `[::1]`) rather than a name or wildcard?
     pub fn host_is_ip_literal(&self) -> bool {
-        matches!(self.host, HostPat::Exact { ip: true, .. })
+        self.host_ip().is_some()
+    }
+
+    /// The host's address, when the pattern names one literally.
+    pub fn host_ip(&self) -> Option<IpAddr> {
+        match self.host {
+            HostPat::Exact { ip, .. } => ip,
+            HostPat::Any | HostPat::Subdomain(_) => None,
+        }
+    }
+
+    /// Does the pattern name exactly `port` for `scheme` (written, or the scheme's default —
+    /// not `:*`)?
+    pub fn names_port(&self, scheme: &str, port: u16) -> bool {
+        self.schemes().contains(&scheme) && self.ports_for(scheme) == Some(PortSet::One(port))
     }
 
     /// Does `url` match? Non-http(s) URLs, userinfo and unsafe paths never match.
@@ -259,7 +277,11 @@ fn parse_host(text: &str) -> Result<HostPat, PatternError> {
         return Err(url_err(format!("host '{text}': a wildcard must be the whole host (`*`) or a leading `*.`")));
     }
     let (host, serialized) = normalize_host(text)?;
-    let ip = matches!(host, Host::Ipv4(_) | Host::Ipv6(_));
+    let ip = match host {
+        Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+        Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        Host::Domain(_) => None,
+    };
     Ok(HostPat::Exact { host: serialized, ip })
 }
 
@@ -287,7 +309,7 @@ fn host_is_subset(sub: &HostPat, sup: &HostPat) -> bool {
     match (sub, sup) {
         (_, HostPat::Any) => true,
         (HostPat::Exact { host: a, .. }, HostPat::Exact { host: b, .. }) => a == b,
-        (HostPat::Exact { host, ip: false }, HostPat::Subdomain(suffix)) => is_subdomain_of(host, suffix),
+        (HostPat::Exact { host, ip: None }, HostPat::Subdomain(suffix)) => is_subdomain_of(host, suffix),
         (HostPat::Subdomain(a), HostPat::Subdomain(b)) => a == b || is_subdomain_of(a, b),
         _ => false,
     }
@@ -296,6 +318,12 @@ fn host_is_subset(sub: &HostPat, sup: &HostPat) -> bool {
 /// Parse a `net.fetch` target strictly. The returned [`Url`] is what should be checked *and*
 /// fetched; the error says why the target was refused and what to send instead.
 pub fn parse_fetch_target(raw: &str) -> Result<Url, FetchTargetError> {
+    if raw.len() > MAX_TARGET_BYTES {
+        return Err(FetchTargetError(format!(
+            "the URL is {} bytes long; net.fetch targets may be at most {MAX_TARGET_BYTES} bytes",
+            raw.len()
+        )));
+    }
     check_raw_path(raw)?;
     let url = Url::parse(raw).map_err(|e| {
         FetchTargetError(format!("'{raw}' is not a valid URL ({e}); net.fetch targets look like https://host/path"))
@@ -304,7 +332,9 @@ pub fn parse_fetch_target(raw: &str) -> Result<Url, FetchTargetError> {
     Ok(url)
 }
 
-/// Checks on the raw text, before the `url` crate silently resolves `..` away.
+/// Checks on the raw text, before the `url` crate silently resolves `..` away. Only extra
+/// defence: the authoritative check is [`check_parsed_path`], on the segments as they will be
+/// sent (the parser strips tabs and newlines and accepts `http:/h/…`, which text checks miss).
 fn check_raw_path(raw: &str) -> Result<(), FetchTargetError> {
     let after_scheme = raw.split_once("://").map_or(raw, |(_, rest)| rest);
     let Some(start) = after_scheme.find(['/', '\\', '?', '#']) else {
@@ -312,18 +342,25 @@ fn check_raw_path(raw: &str) -> Result<(), FetchTargetError> {
     };
     let from_path = after_scheme.get(start..).unwrap_or("");
     let path = from_path.split(['?', '#']).next().unwrap_or("");
-    for segment in path.split(['/', '\\']) {
-        // `..;x` is `..` to servlet containers (path parameters after `;`).
+    check_segments(path.split(['/', '\\']))?;
+    check_encoded_separators(path)
+}
+
+/// Refuses any segment a server could read as `..`: plain, percent-encoded in any case
+/// (`.%2e`, `%2E%2e`), or followed by path parameters (`..;x`, which servlet containers
+/// treat as `..`).
+fn check_segments<'a>(segments: impl Iterator<Item = &'a str>) -> Result<(), FetchTargetError> {
+    for segment in segments {
         let segment = segment.split(';').next().unwrap_or(segment);
         if ["..", ".%2e", "%2e.", "%2e%2e"].iter().any(|dots| segment.eq_ignore_ascii_case(dots)) {
             return Err(FetchTargetError(
-                "the path contains a '..' segment (possibly percent-encoded); \
+                "the path contains a '..' segment (possibly percent-encoded or followed by ';'); \
                  request the resolved path instead"
                     .to_owned(),
             ));
         }
     }
-    check_encoded_separators(path)
+    Ok(())
 }
 
 fn check_encoded_separators(path: &str) -> Result<(), FetchTargetError> {
@@ -355,9 +392,12 @@ fn check_parsed_target(url: &Url) -> Result<(), FetchTargetError> {
     if url.host().is_none() {
         return Err(FetchTargetError("the URL has no host".to_owned()));
     }
-    if url.path_segments().is_some_and(|mut s| s.any(|seg| seg == "..")) {
-        return Err(FetchTargetError("the path contains a '..' segment; request the resolved path instead".to_owned()));
-    }
+    check_parsed_path(url)
+}
+
+/// The path checks on the path exactly as it will be sent.
+fn check_parsed_path(url: &Url) -> Result<(), FetchTargetError> {
+    check_segments(url.path().split('/'))?;
     check_encoded_separators(url.path())
 }
 
@@ -580,6 +620,45 @@ mod tests {
         let json = serde_json::to_string(&pattern).unwrap();
         assert_eq!(json, r#""https://*.example.com/**""#);
         assert_eq!(serde_json::from_str::<UrlPattern>(&json).unwrap(), pattern);
+    }
+
+    #[test]
+    fn traversal_hidden_from_the_raw_text_is_refused_on_the_parsed_path() {
+        // The parser strips tab, CR and LF, and `http:/h` has no `://` for a text check to
+        // split at: both used to pass an `http://h/allowed/**` grant with a `..;` segment.
+        for target in [
+            "http://h/allowed/..\t;/admin",
+            "http://h/allowed/.\n.;/admin",
+            "http://h/allowed/..\r;x/admin",
+            "http:/h/allowed/..;/admin?a=://",
+            "http:h/allowed/..;/admin",
+            "HTTP://h/allowed/%2E%2e;/admin",
+        ] {
+            let err = parse_fetch_target(target).unwrap_err().to_string();
+            assert!(err.contains("'..'"), "{target:?}: {err}");
+        }
+        let grant = p("http://h/allowed/**");
+        let parsed = Url::parse("http:/h/allowed/..;/admin").unwrap();
+        assert!(!grant.matches(&parsed), "matching refuses it too");
+    }
+
+    #[test]
+    fn overlong_targets_are_refused_before_parsing() {
+        let long = format!("http://h/{}", "a".repeat(MAX_TARGET_BYTES));
+        let err = parse_fetch_target(&long).unwrap_err().to_string();
+        assert!(err.contains("at most 4096 bytes"), "{err}");
+        assert!(err.len() < 200, "the message does not echo the target");
+    }
+
+    #[test]
+    fn a_pattern_knows_its_literal_address_and_exact_port() {
+        assert_eq!(p("http://127.0.0.1:8080/").host_ip(), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(p("http://[::1]/").host_ip(), Some("::1".parse().unwrap()));
+        assert_eq!(p("http://h/").host_ip(), None);
+        assert!(p("http://127.0.0.1:8080/").names_port("http", 8080));
+        assert!(p("http://127.0.0.1/").names_port("http", 80));
+        assert!(!p("http://127.0.0.1:*/").names_port("http", 8080));
+        assert!(!p("https://127.0.0.1:8080/").names_port("http", 8080));
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //!
 //! Writes are *queued when the method is called*, not when its future is first polled: two calls
 //! made one after the other are applied in that order, and a caller that does not need the
-//! durable ack (e.g. a progress event) may drop the future and the write still happens.
+//! durable ack (e.g. a progress event) may drop the future and the write still happens. The
+//! queue is bounded ([`WRITE_QUEUE`]): when it is full the calling thread waits for the writer,
+//! so overload slows producers down instead of piling writes up in memory.
 //!
 //! This module must never panic on bad input or a full disk: every failure is a [`StoreError`]
 //! that says what to do, and the writer thread keeps serving after one.
@@ -56,6 +58,11 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Read connections kept open at most; more readers than this wait for a free one.
 const MAX_READERS: usize = 4;
+
+/// Ops the writer's queue holds at most. A producer that finds it full waits (its thread
+/// blocks) until the writer has taken a batch: a flood of writes slows its producers instead
+/// of growing memory. Under normal load the writer drains it every commit (≤ [`MAX_BATCH`] ops).
+pub const WRITE_QUEUE: usize = 8 * MAX_BATCH;
 
 /// Capacity of the commit notifier; a subscriber that falls further behind gets `Lagged` and
 /// should re-read from its last seen seq (the events table is the source of truth).
@@ -162,7 +169,7 @@ struct Inner {
     dir: PathBuf,
     db_path: PathBuf,
     /// `None` after [`Store::close`]; the writer thread ends when every sender is gone.
-    ops: Mutex<Option<std::sync::mpsc::Sender<writer::BoxedOp>>>,
+    ops: Mutex<Option<std::sync::mpsc::SyncSender<writer::BoxedOp>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     read_permits: Arc<Semaphore>,
@@ -178,7 +185,7 @@ impl Store {
         let db_path = data_dir.join(DB_FILE);
         let conn = open_writer(&db_path).map_err(|e| e.in_dir(data_dir))?;
         let (notify, _) = broadcast::channel(NOTIFY_CAPACITY);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::sync_channel(WRITE_QUEUE);
         let thread = writer::spawn(conn, rx, data_dir.to_path_buf(), notify.clone())?;
         tracing::debug!(db = %db_path.display(), "store opened");
         Ok(Store {
