@@ -22,6 +22,7 @@ mod baseline;
 mod host;
 mod instantiate;
 mod latency;
+mod leases;
 mod live;
 mod load;
 mod park;
@@ -58,11 +59,19 @@ enum Group {
     RssGrowth,
     LiveInstances,
     Startup,
+    Leases,
 }
 
 impl Group {
-    const ALL: [Group; 6] =
-        [Group::Throughput, Group::Latency, Group::Instantiate, Group::RssGrowth, Group::LiveInstances, Group::Startup];
+    const ALL: [Group; 7] = [
+        Group::Throughput,
+        Group::Latency,
+        Group::Instantiate,
+        Group::RssGrowth,
+        Group::LiveInstances,
+        Group::Startup,
+        Group::Leases,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -72,6 +81,7 @@ impl Group {
             Group::RssGrowth => "rss_growth",
             Group::LiveInstances => "live_instances",
             Group::Startup => "startup",
+            Group::Leases => "leases",
         }
     }
 }
@@ -245,5 +255,6 @@ fn run_group(group: Group, bench: &Bench, report: &mut Report) {
         Group::RssGrowth => rss_growth::run(bench, report),
         Group::LiveInstances => live::run(bench, report),
         Group::Startup => startup::run(bench, report),
+        Group::Leases => leases::measure(bench.opts.quick).into_iter().for_each(|f| report.push(f)),
     }
 }
