@@ -13,3 +13,24 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::corral::agent::types::{Denial, HostError};
+
+/// The `consumer-agent` world: the same imports (the modules above), plus the `consumer`
+/// export. Only its export side is used: a consumer is instantiated from the same
+/// `InstancePre` as any agent, and its `on-message` looked up with `GuestIndices`.
+pub mod consumer {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "consumer-agent",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "corral:agent/types": super::corral::agent::types,
+            "corral:agent/log": super::corral::agent::log,
+            "corral:agent/kv": super::corral::agent::kv,
+            "corral:agent/http": super::corral::agent::http,
+            "corral:agent/jobs": super::corral::agent::jobs,
+            "corral:agent/events": super::corral::agent::events,
+            "corral:agent/messaging": super::corral::agent::messaging,
+        },
+    });
+}

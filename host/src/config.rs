@@ -36,6 +36,8 @@ pub const DEFAULT_POLICY: &str = r#"
 "kv.read" = ["**"]
 "kv.write" = ["**"]
 "agent.delegate" = ["**"]
+"agent.send" = ["**"]
+"topic.publish" = ["**"]
 
 [ceiling.limits]
 deadline_ms = 30000
@@ -66,6 +68,8 @@ pub struct Policy {
     pub recovery: RecoveryConfig,
     #[serde(default)]
     pub egress: EgressConfig,
+    #[serde(default)]
+    pub messages: crate::messages::MessagesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

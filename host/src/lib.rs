@@ -6,6 +6,8 @@
 //! - [`api`] — axum routes: authenticate the principal, parse, map errors to HTTP once;
 //! - [`jobs`] — submit (effective lease, durable record, idempotency), schedule, run,
 //!   cancel, recover after a restart;
+//! - [`messages`] — the message plane: routed envelopes, ACK stages, inboxes, redelivery,
+//!   dedupe, external agents; deliveries run through the job runner;
 //! - [`lease`] — scopes, patterns, the sound subset test, intersection, budgets/limits;
 //! - [`engine`] — the wasmtime engine, compiled-code cache, agent registry, folder watch;
 //! - [`capabilities`] — one module per scope family: the host side of each WIT interface,
@@ -24,6 +26,7 @@ pub mod config;
 pub mod engine;
 pub mod jobs;
 pub mod lease;
+pub mod messages;
 pub mod server;
 pub mod store;
 

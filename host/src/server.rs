@@ -114,6 +114,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         Runtime::open(Arc::clone(&policy), &opts.agents_dir, &opts.data_dir, opts.cache_dir.as_deref()).await?;
     let store = manager.store().clone();
     let recovered = manager.recover().await?;
+    let redelivered = manager.messages().recover().await?;
 
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|source| ServeError::Listen { addr: listen, source })?;
@@ -126,6 +127,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         rejected = failures.len(),
         requeued = recovered.requeued,
         failed = recovered.failed,
+        redelivered,
         data = %opts.data_dir.display(),
         "corral ready"
     );

@@ -2,7 +2,8 @@
 //!
 //! Durable key-value state in the host's SQLite database, shared between jobs and agents
 //! and partitioned only by the lease: an agent granted `kv.write: ["counter/*"]` can write
-//! `counter/hits` and nothing else. Writes return only after they are committed.
+//! `counter/hits` and nothing else. A job's writes return only after they are committed; a
+//! delivery's writes are held and committed with its outcome ([`KvState`]).
 //! Namespaces may not contain `/` (so the target splits unambiguously); keys may.
 
 use wasmtime::component::{HasSelf, Linker};
@@ -11,6 +12,7 @@ use super::JobState;
 use crate::bindings::HostError;
 use crate::bindings::corral::agent::kv as wit;
 use crate::lease::Scope;
+use crate::store::KvOp;
 
 /// Largest key and value accepted.
 pub const MAX_KEY: usize = 512;
@@ -59,12 +61,100 @@ impl JobState {
     }
 }
 
+/// Per-run kv state. A job writes straight through; a delivery *holds* its writes (in order)
+/// and the message plane commits them with the delivery's outcome, so a redelivered message
+/// never applies them twice. Reads see the run's own held writes.
+#[derive(Debug, Default)]
+pub struct KvState {
+    held: Option<Vec<KvOp>>,
+    held_bytes: usize,
+}
+
+/// Most bytes of kv writes one delivery may hold until its outcome.
+pub const MAX_HELD_BYTES: usize = 8 << 20;
+
+impl KvState {
+    /// From now on, writes are held (see the type's docs).
+    pub fn hold_writes(&mut self) {
+        self.held = Some(Vec::new());
+    }
+
+    /// The held writes, in order (empty for a job).
+    pub fn take_held(&mut self) -> Vec<KvOp> {
+        self.held_bytes = 0;
+        self.held.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn hold(&mut self, op: KvOp) -> Result<(), HostError> {
+        let size = op.size();
+        if self.held_bytes.saturating_add(size) > MAX_HELD_BYTES {
+            return Err(HostError::Failed(format!(
+                "this delivery's kv writes would exceed {MAX_HELD_BYTES} bytes (held until its outcome)"
+            )));
+        }
+        self.held_bytes += size;
+        if let Some(held) = &mut self.held {
+            held.push(op);
+        }
+        Ok(())
+    }
+
+    /// What the held writes make of `stored` (the committed value): the last set or delete,
+    /// then any increments after it.
+    fn view(&self, namespace: &str, key: &str, stored: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, HostError> {
+        let Some(held) = &self.held else { return Ok(stored) };
+        let mine = |ns: &str, k: &str| ns == namespace && k == key;
+        let mut value = stored;
+        let mut added: Option<i64> = None;
+        for op in held {
+            match op {
+                KvOp::Set { namespace: ns, key: k, value: v } if mine(ns, k) => {
+                    value = Some(v.clone());
+                    added = None;
+                }
+                KvOp::Delete { namespace: ns, key: k } if mine(ns, k) => {
+                    value = None;
+                    added = None;
+                }
+                KvOp::Increment { namespace: ns, key: k, delta } if mine(ns, k) => {
+                    added = Some(added.unwrap_or(0).saturating_add(*delta));
+                }
+                _ => {}
+            }
+        }
+        let Some(delta) = added else { return Ok(value) };
+        let base = integer(namespace, key, value.as_deref())?;
+        Ok(Some(base.saturating_add(delta).to_string().into_bytes()))
+    }
+
+    fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+}
+
+fn integer(namespace: &str, key: &str, value: Option<&[u8]>) -> Result<i64, HostError> {
+    match value {
+        None => Ok(0),
+        Some(bytes) => std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
+            HostError::Failed(format!("kv value {namespace}/{key} is not a decimal integer — cannot increment it"))
+        }),
+    }
+}
+
+impl JobState {
+    /// The value as this run sees it: committed, with its own held writes applied.
+    async fn kv_read(&mut self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, HostError> {
+        let stored = self.ctx.manager.store().kv_get(namespace, key).await.map_err(failed)?;
+        self.kv.view(namespace, key, stored)
+    }
+}
+
 impl wit::Host for JobState {
     async fn get(&mut self, namespace: String, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, HostError>> {
         if let Err(e) = self.kv_authorize(&[Scope::KvRead], &namespace, &key)? {
             return Ok(Err(e));
         }
-        Ok(self.ctx.manager.store().kv_get(&namespace, &key).await.map_err(failed))
+        Ok(self.kv_read(&namespace, &key).await)
     }
 
     async fn set(&mut self, namespace: String, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), HostError>> {
@@ -77,6 +167,9 @@ impl wit::Host for JobState {
                 value.len()
             ))));
         }
+        if self.kv.holding() {
+            return Ok(self.kv.hold(KvOp::Set { namespace, key, value }));
+        }
         self.ctx.before_effect().await?;
         Ok(self.ctx.manager.store().kv_set(&namespace, &key, value).await.map_err(failed))
     }
@@ -84,6 +177,13 @@ impl wit::Host for JobState {
     async fn delete(&mut self, namespace: String, key: String) -> wasmtime::Result<Result<bool, HostError>> {
         if let Err(e) = self.kv_authorize(&[Scope::KvWrite], &namespace, &key)? {
             return Ok(Err(e));
+        }
+        if self.kv.holding() {
+            let existed = match self.kv_read(&namespace, &key).await {
+                Ok(v) => v.is_some(),
+                Err(e) => return Ok(Err(e)),
+            };
+            return Ok(self.kv.hold(KvOp::Delete { namespace, key }).map(|()| existed));
         }
         self.ctx.before_effect().await?;
         Ok(self.ctx.manager.store().kv_delete(&namespace, &key).await.map_err(failed))
@@ -97,6 +197,21 @@ impl wit::Host for JobState {
     ) -> wasmtime::Result<Result<i64, HostError>> {
         if let Err(e) = self.kv_authorize(&[Scope::KvRead, Scope::KvWrite], &namespace, &key)? {
             return Ok(Err(e));
+        }
+        if self.kv.holding() {
+            // The value this delivery sees; applied as an increment at commit, so concurrent
+            // deliveries' increments add up.
+            let current = match self.kv_read(&namespace, &key).await {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            let new = match integer(&namespace, &key, current.as_deref()).and_then(|n| {
+                n.checked_add(delta).ok_or_else(|| HostError::Failed(format!("kv increment of {namespace}/{key} overflows")))
+            }) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(e)),
+            };
+            return Ok(self.kv.hold(KvOp::Increment { namespace, key, delta }).map(|()| new));
         }
         self.ctx.before_effect().await?;
         Ok(self.ctx.manager.store().kv_increment(&namespace, &key, delta).await.map_err(failed))

@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod kv;
 pub mod limits;
 pub mod log;
+pub mod messaging;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +35,7 @@ pub struct JobState {
     pub ctx: JobContext,
     pub http: http::HttpState,
     pub delegation: jobs::DelegationState,
+    pub kv: kv::KvState,
     pub limiter: JobLimiter,
 }
 
@@ -48,13 +50,22 @@ impl JobState {
         let http = http::HttpState::new(&ctx.lease);
         let delegation = jobs::DelegationState::new(&ctx.lease);
         let limiter = JobLimiter::new(ctx.lease.limits.memory_bytes);
-        Self { ctx, http, delegation, limiter }
+        Self { ctx, http, delegation, kv: kv::KvState::default(), limiter }
     }
 }
 
-/// The identity and lease of the running job, shared by every capability.
+/// Who a run is: a job, or a delivery of a routed message (whose id is then the message's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunIdentity {
+    pub id: String,
+    pub principal: String,
+    pub depth: u32,
+}
+
+/// The identity and lease of the running job (or delivery), shared by every capability.
 #[derive(Debug)]
 pub struct JobContext {
+    /// The job's id, or the message's for a delivery (audit rows are keyed by it).
     pub job_id: String,
     pub principal: String,
     /// `name@version` of the running agent.
@@ -93,8 +104,8 @@ const RECORD_OVERHEAD: usize = 64;
 pub const MAX_EVENT_BYTES: u64 = 16 << 20;
 
 impl JobContext {
-    pub fn new(
-        job: &crate::store::JobRecord,
+    pub fn for_run(
+        run: RunIdentity,
         agent: String,
         lease: Arc<Lease>,
         deadline: Instant,
@@ -102,11 +113,11 @@ impl JobContext {
         journal: Arc<Journal>,
     ) -> Self {
         Self {
-            job_id: job.id.clone(),
-            principal: job.principal.clone(),
+            job_id: run.id,
+            principal: run.principal,
             agent,
             lease,
-            depth: job.depth,
+            depth: run.depth,
             deadline,
             manager,
             journal,
@@ -268,6 +279,7 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     http::add_to_linker(linker)?;
     jobs::add_to_linker(linker)?;
     events::add_to_linker(linker)?;
+    messaging::add_to_linker(linker)?;
     Ok(())
 }
 

@@ -17,6 +17,8 @@
 //! | `version`     | `MAJOR.MINOR.PATCH`, optionally `-pre` and/or `+build`      |
 //! | `description` | any string (may be empty or absent)                         |
 //! | `scopes`      | strings (may be empty or absent); parsed by the lease layer  |
+//! | `capabilities`| names for discovery, 1–128 printable characters (optional)  |
+//! | `topics`      | topics a consumer subscribes to, same rule (optional)        |
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -44,6 +46,12 @@ pub struct AgentManifest {
     /// The lease scopes the agent declares it needs, e.g. `kv.write` or `kv.write:counter/*`.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// What the agent can do, for discovery (`GET /v1/agents?capability=`), e.g. `greeting`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    /// Topics whose messages it consumes (a consumer agent only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
 }
 
 impl AgentManifest {
@@ -133,6 +141,11 @@ pub fn parse_manifest(json: &[u8]) -> Result<AgentManifest, ManifestError> {
         .find(|scope| scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control()))
     {
         return Err(ManifestError::InvalidScope(bad.clone()));
+    }
+    for name in manifest.capabilities.iter().chain(&manifest.topics) {
+        if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ManifestError::InvalidScope(name.clone()));
+        }
     }
     Ok(manifest)
 }

@@ -20,6 +20,7 @@ use super::EngineError;
 use super::cache::CodeCache;
 use super::manifest::{self, AgentManifest};
 use crate::bindings::AgentPre;
+use crate::bindings::consumer::exports::corral::agent::consumer::GuestIndices as ConsumerIndices;
 use crate::capabilities::JobState;
 use crate::lease::Grants;
 use crate::store::{AgentRecord, Store};
@@ -32,8 +33,10 @@ pub const PROVIDED_INTERFACES: &[&str] = &[
     "corral:agent/http@0.1.0",
     "corral:agent/jobs@0.1.0",
     "corral:agent/events@0.1.0",
+    "corral:agent/messaging@0.1.0",
 ];
 const HANDLER_EXPORT: &str = "corral:agent/handler@0.1.0";
+const CONSUMER_EXPORT: &str = "corral:agent/consumer@0.1.0";
 
 /// One validated, compiled, ready-to-instantiate agent version.
 pub struct LoadedAgent {
@@ -43,6 +46,9 @@ pub struct LoadedAgent {
     pub sha256: String,
     pub path: PathBuf,
     pub pre: AgentPre<JobState>,
+    /// Set when the agent consumes routed messages (exports `consumer`): where its
+    /// `on-message` is in an instance made from `pre`.
+    pub consumer: Option<ConsumerIndices>,
     /// Whether its compiled code came from the on-disk cache.
     pub from_cache: bool,
 }
@@ -82,6 +88,12 @@ pub struct AgentSummary {
     pub description: String,
     /// The version a bare name resolves to.
     pub latest: String,
+    /// Whether (the latest version) consumes routed messages.
+    pub consumer: bool,
+    /// For discovery (`?capability=`), from the manifest.
+    pub capabilities: Vec<String>,
+    /// Topics it subscribes to.
+    pub topics: Vec<String>,
     pub versions: Vec<AgentVersionSummary>,
 }
 
@@ -187,9 +199,21 @@ impl Registry {
         }
         let instance_pre =
             self.linker.instantiate_pre(&component).map_err(|e| invalid(format!("cannot be linked: {e:#}")))?;
+        let consumer = match ty.exports(&self.engine).any(|(name, _)| name == CONSUMER_EXPORT) {
+            true => Some(
+                ConsumerIndices::new(&instance_pre)
+                    .map_err(|e| invalid(format!("has the wrong on-message signature: {e:#}")))?,
+            ),
+            false if !manifest.topics.is_empty() => {
+                return Err(invalid(format!(
+                    "subscribes to topics but does not export '{CONSUMER_EXPORT}' — use corral-guest's consumer support"
+                )));
+            }
+            false => None,
+        };
         let pre =
             AgentPre::new(instance_pre).map_err(|e| invalid(format!("has the wrong handler signature: {e:#}")))?;
-        Ok(LoadedAgent { manifest, declared, sha256, path: path.to_path_buf(), pre, from_cache })
+        Ok(LoadedAgent { manifest, declared, sha256, path: path.to_path_buf(), pre, consumer, from_cache })
     }
 
     /// Loads `path` and swaps it in (and logs the outcome). On error the previous good
@@ -277,6 +301,21 @@ impl Registry {
         })
     }
 
+    /// The consumer agents whose newest version subscribes to `topic`, by name.
+    pub fn subscribers(&self, topic: &str) -> Vec<String> {
+        let Ok(inner) = self.inner.read() else { return Vec::new() };
+        let mut names: Vec<String> = inner
+            .agents
+            .iter()
+            .filter_map(|(name, versions)| {
+                let latest = versions.values().next_back()?;
+                (latest.consumer.is_some() && latest.manifest.topics.iter().any(|t| t == topic)).then(|| name.clone())
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Every agent with its versions, sorted by name.
     pub fn list(&self) -> (Vec<AgentSummary>, Vec<LoadFailure>) {
         let Ok(inner) = self.inner.read() else { return (Vec::new(), Vec::new()) };
@@ -289,6 +328,9 @@ impl Registry {
                     name: name.clone(),
                     description: latest.manifest.description.clone(),
                     latest: latest.manifest.version.clone(),
+                    consumer: latest.consumer.is_some(),
+                    capabilities: latest.manifest.capabilities.clone(),
+                    topics: latest.manifest.topics.clone(),
                     versions: versions
                         .values()
                         .map(|a| AgentVersionSummary {

@@ -46,6 +46,28 @@ enum State {
     /// Written, or queued to be: `commit` resolves once the row is durable (`None`: it already
     /// was when this journal was made).
     Recorded { commit: Option<Commit> },
+    /// A delivery of a routed message to a consumer (see `messages::deliver`): no event
+    /// stream; its READ stage and audit rows wait for the outcome, or for the first effect.
+    Delivery(Box<HeldDelivery>),
+}
+
+/// What a delivery holds until its outcome (or its first effect) is written.
+struct HeldDelivery {
+    message_id: String,
+    attempt_id: String,
+    read_at: i64,
+    audit: Vec<AuditRecord>,
+    /// The READ stage (and the audit rows so far) were written: later rows go straight.
+    written: Option<Commit>,
+}
+
+/// What a delivery's journal hands over at the end, for the outcome's op.
+#[derive(Debug, Default)]
+pub struct DeliveryRecord {
+    /// READ is not written yet: write it (at `read_at`) with the outcome.
+    pub read_pending: bool,
+    pub read_at: i64,
+    pub audit: Vec<AuditRecord>,
 }
 
 struct Held {
@@ -64,6 +86,31 @@ impl Journal {
     /// The journal of a job whose row is already committed.
     pub fn recorded(store: Store) -> Arc<Journal> {
         Arc::new(Journal { store, state: Mutex::new(State::Recorded { commit: None }) })
+    }
+
+    /// The journal of a delivery of message `message_id` (attempt `attempt_id`), READ now.
+    pub fn delivery(store: Store, message_id: &str, attempt_id: &str) -> Arc<Journal> {
+        let held = HeldDelivery {
+            message_id: message_id.to_owned(),
+            attempt_id: attempt_id.to_owned(),
+            read_at: crate::now_ms(),
+            audit: Vec::new(),
+            written: None,
+        };
+        Arc::new(Journal { store, state: Mutex::new(State::Delivery(Box::new(held))) })
+    }
+
+    /// Ends a delivery's journal: what its outcome's op must write. Empty for other journals.
+    pub fn take_delivery(&self) -> DeliveryRecord {
+        let mut state = self.lock();
+        match &mut *state {
+            State::Delivery(held) => DeliveryRecord {
+                read_pending: held.written.is_none(),
+                read_at: held.read_at,
+                audit: std::mem::take(&mut held.audit),
+            },
+            State::Held(_) | State::Recorded { .. } => DeliveryRecord::default(),
+        }
     }
 
     /// The journal of a job that starts before it is written; `job` is its row as it is now
@@ -91,6 +138,8 @@ impl Journal {
             State::Held(held) => held.events.push(NewEvent { kind: kind.to_owned(), data, at: crate::now_ms() }),
             // Queued now, under the lock, so it is ordered after the row; not awaited.
             State::Recorded { .. } => drop(self.store.append_event(job_id, kind, data)),
+            // A delivery has no event stream: its record is the message's stage history.
+            State::Delivery(_) => {}
         }
     }
 
@@ -99,7 +148,8 @@ impl Journal {
         let mut state = self.lock();
         match &mut *state {
             State::Held(held) => held.audit.push(record),
-            State::Recorded { .. } => drop(self.store.record_audit(record)),
+            State::Delivery(held) if held.written.is_none() => held.audit.push(record),
+            State::Recorded { .. } | State::Delivery(_) => drop(self.store.record_audit(record)),
         }
     }
 
@@ -107,12 +157,21 @@ impl Journal {
     /// resolves once its row is durable. Cheap once the job is recorded.
     pub fn record_now(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let mut state = self.lock();
+        if let State::Delivery(held) = &mut *state {
+            let commit = held.written.get_or_insert_with(|| {
+                let audit = std::mem::take(&mut held.audit);
+                self.store.record_read(&held.message_id, &held.attempt_id, held.read_at, audit).boxed().shared()
+            });
+            let commit = commit.clone();
+            return commit.boxed();
+        }
         let commit = match std::mem::replace(&mut *state, State::Recorded { commit: None }) {
             State::Recorded { commit } => commit,
             State::Held(held) => {
                 let Held { job, events, audit } = *held;
                 Some(self.store.insert_job_with(job, events, audit).map(|r| r.map(|_| ())).boxed().shared())
             }
+            State::Delivery(_) => None,
         };
         *state = State::Recorded { commit: commit.clone() };
         async move {
@@ -121,6 +180,7 @@ impl Journal {
                 None => Ok(()),
             }
         }
+        .boxed()
     }
 
     /// Applies the job's final transition: to the store if the job is recorded, else by writing
@@ -136,6 +196,10 @@ impl Journal {
             State::Recorded { commit } => {
                 *state = State::Recorded { commit };
                 self.store.transition_job(job_id, t).map(|r| r.map(|done| done.map(|(job, _)| job))).boxed()
+            }
+            State::Delivery(held) => {
+                *state = State::Delivery(held);
+                futures::future::ready(Ok(None)).boxed()
             }
             State::Held(held) if !t.from.contains(&held.job.status) => {
                 *state = State::Held(held);

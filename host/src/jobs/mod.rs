@@ -9,7 +9,7 @@
 pub mod journal;
 pub mod probe;
 mod recovery;
-mod runner;
+pub(crate) mod runner;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -89,6 +89,8 @@ pub struct JobManager {
     families: Mutex<HashMap<String, Vec<String>>>,
     /// This host's listen addresses, which `net.fetch` may not reach unless named.
     own_addresses: std::sync::RwLock<OwnAddresses>,
+    /// The message plane (its deliveries run through this manager's runner).
+    messages: Arc<crate::messages::MessagePlane>,
     /// A weak self-reference so `&self` methods can hand `Arc`s to spawned jobs.
     me: Weak<JobManager>,
 }
@@ -104,6 +106,8 @@ impl JobManager {
         let engine = registry.engine().clone();
         let http_clients = crate::capabilities::http::Clients::new()?;
         let permits = Arc::new(Semaphore::new(policy.server.max_concurrent_jobs.max(1)));
+        let (store_for_plane, registry_for_plane, policy_for_plane) =
+            (store.clone(), Arc::clone(&registry), Arc::clone(&policy));
         Ok(Arc::new_cyclic(|me| Self {
             store,
             registry,
@@ -117,6 +121,12 @@ impl JobManager {
             families: Mutex::new(HashMap::new()),
             http_clients,
             own_addresses: std::sync::RwLock::new(OwnAddresses::new(interface_addresses())),
+            messages: Arc::new(crate::messages::MessagePlane::new(
+                store_for_plane,
+                registry_for_plane,
+                policy_for_plane,
+                me.clone(),
+            )),
             me: me.clone(),
         }))
     }
@@ -138,6 +148,11 @@ impl JobManager {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The message plane.
+    pub fn messages(&self) -> &Arc<crate::messages::MessagePlane> {
+        &self.messages
     }
 
     pub fn registry(&self) -> &Arc<Registry> {

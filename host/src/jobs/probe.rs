@@ -45,8 +45,13 @@ impl Probe {
     fn store(&self) -> wasmtime::Result<wasmtime::Store<crate::capabilities::JobState>> {
         let journal = Journal::held(self.manager.store().clone(), self.job.clone());
         let deadline = Instant::now() + Duration::from_millis(self.lease.limits.deadline_ms.min(60_000));
-        let ctx = JobContext::new(
-            &self.job,
+        let identity = crate::capabilities::RunIdentity {
+            id: self.job.id.clone(),
+            principal: self.job.principal.clone(),
+            depth: self.job.depth,
+        };
+        let ctx = JobContext::for_run(
+            identity,
             self.agent.reference(),
             Arc::clone(&self.lease),
             deadline,

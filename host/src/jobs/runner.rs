@@ -14,7 +14,10 @@ use tokio::sync::{oneshot, watch};
 
 use super::journal::{DEFER_WINDOW, Journal};
 use super::{JobError, JobManager, error_json};
+use crate::bindings::consumer::exports::corral::agent::consumer::AckOutcome;
+use crate::bindings::corral::agent::messaging::Envelope;
 use crate::bindings::{Agent, HostError};
+use crate::messages::ErrorCode;
 use crate::capabilities::{JobContext, JobState, LimitExceeded};
 use crate::engine::registry::LoadedAgent;
 use crate::lease::Lease;
@@ -68,8 +71,9 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
     }
     let deadline = Instant::now() + Duration::from_millis(lease.limits.deadline_ms.min(MAX_DEADLINE_MS));
     let lease = Arc::new(lease);
-    let ctx = JobContext::new(
-        &job,
+    let identity = crate::capabilities::RunIdentity { id: job.id.clone(), principal: job.principal.clone(), depth: job.depth };
+    let ctx = JobContext::for_run(
+        identity,
         agent.reference(),
         Arc::clone(&lease),
         deadline,
@@ -78,7 +82,13 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
     );
     let (outcome, host_calls, net_bytes) = match sandbox(&manager.engine, ctx, &lease) {
         Ok(mut store) => {
-            let outcome = execute(&mut store, &agent, &job.input, deadline, &mut cancelled, &journal).await;
+            let call = Call::Handle(job.input.to_string());
+            let outcome = match execute(&mut store, &agent, call, deadline, &mut cancelled, &journal).await {
+                Ok(Ok(Returned::Handled(result))) => classify(Ok(result), &store.data().ctx),
+                Ok(Ok(Returned::Acked(_))) => Outcome::Failed(error_json("internal", "the handler returned an ack")),
+                Ok(Err(trap)) => classify(Err(trap), &store.data().ctx),
+                Err(stopped) => stopped,
+            };
             let state = store.data();
             let net_bytes = lease.limits.net_bytes.saturating_sub(state.http.bytes_left());
             (outcome, state.ctx.host_calls(), net_bytes)
@@ -119,46 +129,152 @@ pub(crate) fn sandbox(
     Ok(store)
 }
 
-/// Instantiates the agent in `store` and runs its handler, raced against the deadline and the
-/// cancel signal; records a held job once it has run for [`DEFER_WINDOW`].
+/// What a sandbox is asked to run: a job's handler, or a consumer's `on-message`.
+pub(crate) enum Call<'a> {
+    Handle(String),
+    OnMessage(&'a crate::bindings::consumer::exports::corral::agent::consumer::GuestIndices, Box<Envelope>),
+}
+
+/// What the guest returned.
+pub(crate) enum Returned {
+    Handled(Result<String, HostError>),
+    Acked(AckOutcome),
+}
+
+/// Instantiates the agent in `store` and runs `call`, raced against the deadline and the
+/// cancel signal; records a held job once it has run for [`DEFER_WINDOW`]. `Err` is how the
+/// race ended when the guest did not return.
 async fn execute(
     store: &mut wasmtime::Store<JobState>,
     agent: &LoadedAgent,
-    input: &Value,
+    call: Call<'_>,
     deadline: Instant,
     cancelled: &mut watch::Receiver<bool>,
     journal: &Journal,
-) -> Outcome {
-    let input = input.to_string();
-    let ended = {
-        // The guest future borrows the store; it lives only inside this block.
-        let guest = async {
-            let instance: Agent = agent.pre.instantiate_async(&mut *store).await?;
-            instance.corral_agent_handler().call_handle(&mut *store, &input).await
-        };
-        tokio::pin!(guest);
-        let timeout = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
-        tokio::pin!(timeout);
-        let record_by = tokio::time::sleep(DEFER_WINDOW);
-        tokio::pin!(record_by);
-        let mut held = journal.is_held();
-        loop {
-            tokio::select! {
-                result = &mut guest => break Ok(result),
-                () = &mut timeout => break Err(Outcome::TimedOut),
-                _ = cancelled.wait_for(|c| *c) => break Err(Outcome::Cancelled),
-                () = &mut record_by, if held => {
-                    held = false;
-                    // Queued now; the job's later writes and its finish are ordered after it.
-                    drop(journal.record_now());
-                }
+) -> Result<wasmtime::Result<Returned>, Outcome> {
+    // The guest future borrows the store; it lives only inside this function.
+    let guest = async {
+        match call {
+            Call::Handle(input) => {
+                let instance: Agent = agent.pre.instantiate_async(&mut *store).await?;
+                instance.corral_agent_handler().call_handle(&mut *store, &input).await.map(Returned::Handled)
+            }
+            Call::OnMessage(indices, envelope) => {
+                let instance = agent.pre.instance_pre().instantiate_async(&mut *store).await?;
+                let consumer = indices.load(&mut *store, &instance)?;
+                consumer.call_on_message(&mut *store, &envelope).await.map(Returned::Acked)
             }
         }
     };
-    match ended {
-        Ok(result) => classify(result, &store.data().ctx),
-        Err(outcome) => outcome,
+    tokio::pin!(guest);
+    let timeout = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+    tokio::pin!(timeout);
+    let record_by = tokio::time::sleep(DEFER_WINDOW);
+    tokio::pin!(record_by);
+    let mut held = journal.is_held();
+    loop {
+        tokio::select! {
+            result = &mut guest => break Ok(result),
+            () = &mut timeout => break Err(Outcome::TimedOut),
+            _ = cancelled.wait_for(|c| *c) => break Err(Outcome::Cancelled),
+            () = &mut record_by, if held => {
+                held = false;
+                // Queued now; the job's later writes and its finish are ordered after it.
+                drop(journal.record_now());
+            }
+        }
     }
+}
+
+/// How a delivery to a consumer ended.
+#[derive(Debug)]
+pub(crate) enum DeliveryOutcome {
+    Fulfilled,
+    Rejected(ErrorCode, String),
+    Failed(String),
+    /// No outcome within the ack timeout.
+    TimedOut,
+    /// The host stopped it (shutdown).
+    Interrupted,
+}
+
+/// A finished delivery: its outcome and what must be written with it.
+#[derive(Debug)]
+pub(crate) struct DeliveryRun {
+    pub outcome: DeliveryOutcome,
+    pub held: HeldWrites,
+}
+
+/// Writes a delivery held back for its outcome's op.
+#[derive(Debug, Default)]
+pub(crate) struct HeldWrites {
+    pub read_pending: bool,
+    pub read_at: i64,
+    pub audit: Vec<crate::store::AuditRecord>,
+    pub kv: Vec<crate::store::KvOp>,
+}
+
+/// Runs one delivery of `message` to `agent` (a consumer) in a fresh sandbox under `lease`
+/// (deadline = the message's ack timeout, already folded into the lease's limits).
+pub(crate) async fn run_delivery(
+    manager: &Arc<JobManager>,
+    agent: &LoadedAgent,
+    lease: Lease,
+    message: &crate::store::MessageRecord,
+) -> DeliveryRun {
+    let Some(indices) = agent.consumer.as_ref() else {
+        return DeliveryRun { outcome: DeliveryOutcome::Rejected(ErrorCode::NoRoute, "not a consumer".into()), held: HeldWrites::default() };
+    };
+    let _running = manager.running_guard();
+    let deadline = Instant::now() + Duration::from_millis(lease.limits.deadline_ms.min(MAX_DEADLINE_MS));
+    let journal = Journal::delivery(manager.store().clone(), &message.id, &message.envelope.message_id);
+    let lease = Arc::new(lease);
+    let identity = crate::capabilities::RunIdentity { id: message.id.clone(), principal: message.principal.clone(), depth: 0 };
+    let ctx = JobContext::for_run(identity, agent.reference(), Arc::clone(&lease), deadline, Arc::clone(manager), Arc::clone(&journal));
+    let (_never, mut cancelled) = watch::channel(false);
+    let (outcome, kv) = match sandbox(&manager.engine, ctx, &lease) {
+        Ok(mut store) => {
+            store.data_mut().kv.hold_writes();
+            let envelope = Box::new(crate::capabilities::messaging::to_wit_envelope(message));
+            let ended = execute(&mut store, agent, Call::OnMessage(indices, envelope), deadline, &mut cancelled, &journal).await;
+            let outcome = match ended {
+                Ok(Ok(Returned::Acked(AckOutcome::Fulfilled))) => DeliveryOutcome::Fulfilled,
+                Ok(Ok(Returned::Acked(AckOutcome::Rejected(r)))) => {
+                    DeliveryOutcome::Rejected(crate::capabilities::messaging::from_wit_code(r.code), r.reason)
+                }
+                Ok(Ok(Returned::Acked(AckOutcome::Failed(reason)))) => DeliveryOutcome::Failed(reason),
+                Ok(Ok(Returned::Handled(_))) => DeliveryOutcome::Failed("the consumer returned a job result".into()),
+                Ok(Err(trap)) => DeliveryOutcome::Failed(trap_message(&trap)),
+                Err(Outcome::TimedOut) => DeliveryOutcome::TimedOut,
+                Err(_) => DeliveryOutcome::Interrupted,
+            };
+            (outcome, store.data_mut().kv.take_held())
+        }
+        Err(e) => (DeliveryOutcome::Failed(format!("cannot set up the sandbox: {e}")), Vec::new()),
+    };
+    let children = manager.close_family(&message.id);
+    for child in children {
+        if let Err(e) = manager.cancel_by_id(&child).await {
+            tracing::debug!(child, error = %e, "child already gone");
+        }
+        manager.take_usage(&child);
+    }
+    let record = journal.take_delivery();
+    DeliveryRun {
+        outcome,
+        held: HeldWrites { read_pending: record.read_pending, read_at: record.read_at, audit: record.audit, kv },
+    }
+}
+
+/// A trap as a stage note: the limit it hit, or the trap itself.
+fn trap_message(trap: &wasmtime::Error) -> String {
+    if let Some(limit) = trap.downcast_ref::<LimitExceeded>() {
+        return format!("limit exceeded: {limit}");
+    }
+    if let Some(wasmtime::Trap::OutOfFuel) = trap.downcast_ref::<wasmtime::Trap>() {
+        return "limit exceeded: fuel exhausted (limits.fuel)".to_owned();
+    }
+    format!("the consumer trapped: {trap:#}")
 }
 
 fn classify(result: wasmtime::Result<Result<String, HostError>>, ctx: &JobContext) -> Outcome {

@@ -27,12 +27,26 @@ pub enum Scope {
     AgentDelegate,
     /// `events` — emit progress and result chunks; the target is the event kind.
     Events,
+    /// `agent.send` — send a routed message; the target is the recipient (an agent reference or
+    /// an external agent id).
+    AgentSend,
+    /// `topic.publish` — publish a routed message to a topic's subscribers; the target is the
+    /// topic.
+    TopicPublish,
 }
 
 impl Scope {
     /// Every scope, in a stable order (also the order of error messages and serialization).
-    pub const ALL: [Scope; 6] =
-        [Scope::Log, Scope::KvRead, Scope::KvWrite, Scope::NetFetch, Scope::AgentDelegate, Scope::Events];
+    pub const ALL: [Scope; 8] = [
+        Scope::Log,
+        Scope::KvRead,
+        Scope::KvWrite,
+        Scope::NetFetch,
+        Scope::AgentDelegate,
+        Scope::Events,
+        Scope::AgentSend,
+        Scope::TopicPublish,
+    ];
 
     /// The wire name, e.g. `"kv.read"`.
     pub const fn as_str(self) -> &'static str {
@@ -43,6 +57,8 @@ impl Scope {
             Scope::NetFetch => "net.fetch",
             Scope::AgentDelegate => "agent.delegate",
             Scope::Events => "events",
+            Scope::AgentSend => "agent.send",
+            Scope::TopicPublish => "topic.publish",
         }
     }
 
@@ -102,6 +118,9 @@ mod tests {
     fn unknown_scope_error_names_the_known_scopes() {
         let err = "kv.wrte".parse::<Scope>().unwrap_err().to_string();
         assert!(err.contains("unknown scope 'kv.wrte'"), "{err}");
-        assert!(err.contains("log, kv.read, kv.write, net.fetch, agent.delegate, events"), "{err}");
+        assert!(
+            err.contains("log, kv.read, kv.write, net.fetch, agent.delegate, events, agent.send, topic.publish"),
+            "{err}"
+        );
     }
 }

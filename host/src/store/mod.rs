@@ -28,6 +28,7 @@ mod audit;
 mod events;
 mod jobs;
 mod kv;
+mod messages;
 mod schema;
 mod writer;
 
@@ -46,6 +47,11 @@ pub use agents::AgentRecord;
 pub use audit::{AuditRecord, Decision};
 pub use events::{EventRecord, NewEvent};
 pub use jobs::{InsertOutcome, JobFilter, JobRecord, JobStatus, Transition};
+pub use kv::KvOp;
+pub use messages::{
+    ExternalAgentRecord, FinishDelivery, Inserted, MessageFilter, MessageRecord, MessageTransition, RecipientKind,
+    StageRecord,
+};
 pub use writer::MAX_BATCH;
 pub(crate) use writer::WriteCtx;
 

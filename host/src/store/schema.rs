@@ -106,6 +106,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE audit_v2 RENAME TO audit;
     CREATE INDEX audit_by_job ON audit(job_id, id);
     "#,
+    // 3: the message plane (messages, their stage history, external agents).
+    super::messages::MIGRATION,
 ];
 
 /// The schema version this code writes.
