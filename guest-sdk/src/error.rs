@@ -11,7 +11,7 @@ pub use crate::bindings::corral::agent::types::Denial;
 /// What went wrong in a host call or in the agent itself.
 ///
 /// Mirrors the WIT `host-error` variant, with a readable [`Display`](fmt::Display) and helpers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Error {
     /// The job's lease does not allow the call. Nothing happened.
     Denied(Denial),
@@ -19,6 +19,9 @@ pub enum Error {
     Invalid(String),
     /// The effect was attempted and failed (network error, child job failed, ...).
     Failed(String),
+    /// The message plane did not accept a message (NO_ROUTE, BUFFER_FULL, ...). Nothing new
+    /// was enqueued.
+    Refused { code: crate::messaging::ErrorCode, reason: String },
 }
 
 impl Error {
@@ -41,7 +44,7 @@ impl Error {
     pub fn denial(&self) -> Option<&Denial> {
         match self {
             Self::Denied(denial) => Some(denial),
-            Self::Invalid(_) | Self::Failed(_) => None,
+            Self::Invalid(_) | Self::Failed(_) | Self::Refused { .. } => None,
         }
     }
 }
@@ -58,6 +61,7 @@ impl fmt::Display for Error {
             }
             Self::Invalid(message) => write!(f, "invalid: {message}"),
             Self::Failed(message) => write!(f, "failed: {message}"),
+            Self::Refused { code, reason } => write!(f, "refused ({}): {reason}", crate::messaging::code_name(*code)),
         }
     }
 }
@@ -80,6 +84,9 @@ impl From<Error> for HostError {
             Error::Denied(denial) => Self::Denied(denial),
             Error::Invalid(message) => Self::Invalid(message),
             Error::Failed(message) => Self::Failed(message),
+            Error::Refused { code, reason } => {
+                Self::Failed(format!("refused ({}): {reason}", crate::messaging::code_name(code)))
+            }
         }
     }
 }

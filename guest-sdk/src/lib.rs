@@ -19,6 +19,10 @@
 //! | [`http`]   | `fetch`, `get`                               | `net.fetch`             |
 //! | [`jobs`]   | `delegate`                                   | `agent.delegate`        |
 //! | [`events`] | `progress`, `chunk`                          | `events`                |
+//! | [`messaging`] | `send`, `publish`, `request`, `reply`     | `agent.send`, `topic.publish` |
+//!
+//! An agent that also *consumes* routed messages implements [`messaging::Consumer`] and is
+//! exported with [`export_consumer!`] instead.
 //!
 //! # Example
 //!
@@ -98,6 +102,7 @@ pub mod jobs;
 pub mod kv;
 pub mod log;
 mod manifest;
+pub mod messaging;
 
 pub use error::{Denial, Error};
 pub use serde_json::{self, Value, json};
@@ -115,10 +120,30 @@ pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
         world: "agent",
-        additional_derives: [PartialEq, Eq],
+        additional_derives: [PartialEq],
         pub_export_macro: true,
         export_macro_name: "__export",
         default_bindings_module: "corral_guest::bindings",
+        runtime_path: "corral_guest::__private::wit_bindgen::rt",
+    });
+}
+
+/// The bindings of the `consumer-export` world: the `consumer` export, with the types it uses
+/// from [`bindings`] (reused, not generated twice). A component exporting both is a
+/// `consumer-agent`. Public only for [`export_consumer!`].
+#[doc(hidden)]
+#[allow(unsafe_code, missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod consumer_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "consumer-export",
+        with: {
+            "corral:agent/types@0.1.0": crate::bindings::corral::agent::types,
+            "corral:agent/messaging@0.1.0": crate::bindings::corral::agent::messaging,
+        },
+        pub_export_macro: true,
+        export_macro_name: "__export_consumer",
+        default_bindings_module: "corral_guest::consumer_bindings",
         runtime_path: "corral_guest::__private::wit_bindgen::rt",
     });
 }
@@ -159,6 +184,7 @@ macro_rules! export_agent {
     (
         $agent:ty,
         scopes = [$($scope:expr),* $(,)?]
+        $(, capabilities = [$($capability:expr),* $(,)?])?
         $(, name = $name:expr)?
         $(, version = $version:expr)?
         $(, description = $description:expr)?
@@ -183,55 +209,163 @@ macro_rules! export_agent {
 
             $crate::bindings::__export!(__CorralAgent with_types_in $crate::bindings);
 
-            const __NAME: &str = {
-                let name = ::core::env!("CARGO_PKG_NAME");
-                $(let name = $name;)?
-                name
-            };
-            const __VERSION: &str = {
-                let version = ::core::env!("CARGO_PKG_VERSION");
-                $(let version = $version;)?
-                version
-            };
-            const __DESCRIPTION: &str = {
-                let description = ::core::env!("CARGO_PKG_DESCRIPTION");
-                $(let description = $description;)?
-                description
-            };
-            const __SCOPES: &[&str] = &[$($scope),*];
-
-            ::core::assert!(
-                $crate::__private::valid_name(__NAME),
-                "corral agent name must be 1-64 characters of [a-z0-9-_]: rename the crate or pass name = \"...\" to export_agent!"
+            $crate::__manifest!(
+                scopes = [$($scope),*],
+                capabilities = [$($($capability),*)?],
+                topics = [],
+                name = [$($name)?],
+                version = [$($version)?],
+                description = [$($description)?]
             );
-            ::core::assert!(
-                $crate::__private::valid_version(__VERSION),
-                "corral agent version must be MAJOR.MINOR.PATCH (optionally -pre / +build)"
-            );
-            ::core::assert!(
-                $crate::__private::valid_scopes(__SCOPES),
-                "corral agent scopes must be non-empty and contain no whitespace or control characters"
-            );
-
-            const __LEN: usize =
-                $crate::__private::manifest_len(__NAME, __VERSION, __DESCRIPTION, __SCOPES);
-
-            #[used]
-            #[cfg_attr(target_family = "wasm", unsafe(link_section = "corral:manifest"))]
-            static __CORRAL_MANIFEST: [u8; __LEN] =
-                $crate::__private::manifest::<__LEN>(__NAME, __VERSION, __DESCRIPTION, __SCOPES);
         };
+    };
+}
+
+/// Exports a type implementing both [`Agent`] and [`messaging::Consumer`]: the component's
+/// job handler and its `on-message` handler for routed messages, with its manifest.
+///
+/// ```ignore
+/// corral_guest::export_consumer!(
+///     Greeter,
+///     scopes = ["log", "agent.send"],
+///     topics = ["greetings"],
+///     capabilities = ["greeting"],
+/// );
+/// ```
+///
+/// `topics` are the topics it subscribes to; `capabilities` are names for discovery
+/// (`GET /v1/agents?capability=`). `name`, `version` and `description` work as in
+/// [`export_agent!`].
+#[macro_export]
+macro_rules! export_consumer {
+    (
+        $agent:ty,
+        scopes = [$($scope:expr),* $(,)?]
+        $(, topics = [$($topic:expr),* $(,)?])?
+        $(, capabilities = [$($capability:expr),* $(,)?])?
+        $(, name = $name:expr)?
+        $(, version = $version:expr)?
+        $(, description = $description:expr)?
+        $(,)?
+    ) => {
+        #[allow(unsafe_code)]
+        const _: () = {
+            struct __CorralAgent;
+
+            impl $crate::bindings::exports::corral::agent::handler::Guest for __CorralAgent {
+                fn handle(
+                    input: ::std::string::String,
+                ) -> ::core::result::Result<
+                    ::std::string::String,
+                    $crate::bindings::corral::agent::types::HostError,
+                > {
+                    $crate::__private::handle::<$agent>(input)
+                }
+            }
+
+            impl $crate::consumer_bindings::exports::corral::agent::consumer::Guest for __CorralAgent {
+                fn on_message(
+                    msg: $crate::messaging::Envelope,
+                ) -> $crate::consumer_bindings::exports::corral::agent::consumer::AckOutcome {
+                    $crate::__private::on_message::<$agent>(msg)
+                }
+            }
+
+            $crate::bindings::__export!(__CorralAgent with_types_in $crate::bindings);
+            $crate::consumer_bindings::__export_consumer!(__CorralAgent with_types_in $crate::consumer_bindings);
+
+            $crate::__manifest!(
+                scopes = [$($scope),*],
+                capabilities = [$($($capability),*)?],
+                topics = [$($($topic),*)?],
+                name = [$($name)?],
+                version = [$($version)?],
+                description = [$($description)?]
+            );
+        };
+    };
+}
+
+/// The `corral:manifest` section both export macros embed; not part of the API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __manifest {
+    (
+        scopes = [$($scope:expr),*],
+        capabilities = [$($capability:expr),*],
+        topics = [$($topic:expr),*],
+        name = [$($name:expr)?],
+        version = [$($version:expr)?],
+        description = [$($description:expr)?]
+    ) => {
+        const __NAME: &str = {
+            let name = ::core::env!("CARGO_PKG_NAME");
+            $(let name = $name;)?
+            name
+        };
+        const __VERSION: &str = {
+            let version = ::core::env!("CARGO_PKG_VERSION");
+            $(let version = $version;)?
+            version
+        };
+        const __DESCRIPTION: &str = {
+            let description = ::core::env!("CARGO_PKG_DESCRIPTION");
+            $(let description = $description;)?
+            description
+        };
+        const __FIELDS: $crate::__private::Fields<'static> = $crate::__private::Fields {
+            name: __NAME,
+            version: __VERSION,
+            description: __DESCRIPTION,
+            scopes: &[$($scope),*],
+            capabilities: &[$($capability),*],
+            topics: &[$($topic),*],
+        };
+
+        ::core::assert!(
+            $crate::__private::valid_name(__NAME),
+            "corral agent name must be 1-64 characters of [a-z0-9-_]: rename the crate or pass name = \"...\" to the export macro"
+        );
+        ::core::assert!(
+            $crate::__private::valid_version(__VERSION),
+            "corral agent version must be MAJOR.MINOR.PATCH (optionally -pre / +build)"
+        );
+        ::core::assert!(
+            $crate::__private::valid_scopes(__FIELDS.scopes)
+                && $crate::__private::valid_scopes(__FIELDS.capabilities)
+                && $crate::__private::valid_scopes(__FIELDS.topics),
+            "corral agent scopes, capabilities and topics must be non-empty and contain no whitespace or control characters"
+        );
+
+        const __LEN: usize = $crate::__private::manifest_len(__FIELDS);
+
+        #[used]
+        #[cfg_attr(target_family = "wasm", unsafe(link_section = "corral:manifest"))]
+        static __CORRAL_MANIFEST: [u8; __LEN] = $crate::__private::manifest::<__LEN>(__FIELDS);
     };
 }
 
 /// Support for [`export_agent!`]; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::manifest::{manifest, manifest_len, valid_name, valid_scopes, valid_version};
+    pub use crate::manifest::{Fields, manifest, manifest_len, valid_name, valid_scopes, valid_version};
     pub use wit_bindgen;
 
     use crate::bindings::corral::agent::types::HostError;
+    use crate::consumer_bindings::exports::corral::agent::consumer::AckOutcome;
+    use crate::messaging::{Ack, Consumer, Envelope};
     use crate::{Agent, Error, Value};
+
+    /// Runs the consumer on one delivered message.
+    pub fn on_message<C: Consumer>(msg: Envelope) -> AckOutcome {
+        match C::on_message(msg) {
+            Ack::Fulfilled => AckOutcome::Fulfilled,
+            Ack::Rejected { code, reason } => {
+                AckOutcome::Rejected(crate::bindings::corral::agent::messaging::Refusal { code, reason })
+            }
+            Ack::Failed(reason) => AckOutcome::Failed(reason),
+        }
+    }
 
     /// Parses the job input, runs the agent, serializes its output.
     pub fn handle<A: Agent>(input: String) -> Result<String, HostError> {

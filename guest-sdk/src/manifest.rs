@@ -52,36 +52,62 @@ const fn put_json_string(buf: &mut [u8], mut at: usize, s: &str) -> usize {
     put(buf, at, b'"')
 }
 
-/// Writes the whole manifest; returns its length.
-const fn write(buf: &mut [u8], name: &str, version: &str, description: &str, scopes: &[&str]) -> usize {
-    let mut at = put_raw(buf, 0, "{\"name\":");
-    at = put_json_string(buf, at, name);
-    at = put_raw(buf, at, ",\"version\":");
-    at = put_json_string(buf, at, version);
-    at = put_raw(buf, at, ",\"description\":");
-    at = put_json_string(buf, at, description);
-    at = put_raw(buf, at, ",\"scopes\":[");
+/// Writes `,"key":[...]` with the strings of `items`.
+const fn put_list(buf: &mut [u8], mut at: usize, key: &str, items: &[&str]) -> usize {
+    at = put_raw(buf, at, ",\"");
+    at = put_raw(buf, at, key);
+    at = put_raw(buf, at, "\":[");
     let mut i = 0;
-    while i < scopes.len() {
+    while i < items.len() {
         if i > 0 {
             at = put(buf, at, b',');
         }
-        at = put_json_string(buf, at, scopes[i]);
+        at = put_json_string(buf, at, items[i]);
         i += 1;
     }
-    put_raw(buf, at, "]}")
+    put(buf, at, b']')
+}
+
+/// What a manifest says, as the macros collect it.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub description: &'a str,
+    pub scopes: &'a [&'a str],
+    pub capabilities: &'a [&'a str],
+    pub topics: &'a [&'a str],
+}
+
+/// Writes the whole manifest; returns its length. Empty `capabilities` and `topics` are left
+/// out, so an agent that uses neither has the same manifest as before they existed.
+const fn write(buf: &mut [u8], f: Fields<'_>) -> usize {
+    let mut at = put_raw(buf, 0, "{\"name\":");
+    at = put_json_string(buf, at, f.name);
+    at = put_raw(buf, at, ",\"version\":");
+    at = put_json_string(buf, at, f.version);
+    at = put_raw(buf, at, ",\"description\":");
+    at = put_json_string(buf, at, f.description);
+    at = put_list(buf, at, "scopes", f.scopes);
+    if !f.capabilities.is_empty() {
+        at = put_list(buf, at, "capabilities", f.capabilities);
+    }
+    if !f.topics.is_empty() {
+        at = put_list(buf, at, "topics", f.topics);
+    }
+    put(buf, at, b'}')
 }
 
 /// The length in bytes of the manifest JSON.
-pub const fn manifest_len(name: &str, version: &str, description: &str, scopes: &[&str]) -> usize {
-    write(&mut [], name, version, description, scopes)
+pub const fn manifest_len(fields: Fields<'_>) -> usize {
+    write(&mut [], fields)
 }
 
-/// The manifest JSON; `N` must be [`manifest_len`] of the same arguments (checked: a mismatch
+/// The manifest JSON; `N` must be [`manifest_len`] of the same fields (checked: a mismatch
 /// is a compile error where this is evaluated in a constant).
-pub const fn manifest<const N: usize>(name: &str, version: &str, description: &str, scopes: &[&str]) -> [u8; N] {
+pub const fn manifest<const N: usize>(fields: Fields<'_>) -> [u8; N] {
     let mut buf = [0u8; N];
-    let len = write(&mut buf, name, version, description, scopes);
+    let len = write(&mut buf, fields);
     assert!(len == N, "manifest length mismatch");
     buf
 }
@@ -179,10 +205,30 @@ mod tests {
     use super::*;
 
     fn json(name: &str, version: &str, description: &str, scopes: &[&str]) -> serde_json::Value {
-        let mut buf = vec![0u8; manifest_len(name, version, description, scopes)];
-        let len = write(&mut buf, name, version, description, scopes);
+        of(Fields { name, version, description, scopes, capabilities: &[], topics: &[] })
+    }
+
+    fn of(fields: Fields<'_>) -> serde_json::Value {
+        let mut buf = vec![0u8; manifest_len(fields)];
+        let len = write(&mut buf, fields);
         assert_eq!(len, buf.len());
         serde_json::from_slice(&buf).expect("manifest is valid JSON")
+    }
+
+    #[test]
+    fn capabilities_and_topics_appear_only_when_given() {
+        let plain = json("a", "1.0.0", "", &["log"]);
+        assert!(plain.get("capabilities").is_none() && plain.get("topics").is_none(), "{plain}");
+        let full = of(Fields {
+            name: "greeter",
+            version: "1.0.0",
+            description: "",
+            scopes: &["log"],
+            capabilities: &["greeting"],
+            topics: &["greetings", "hello \"world\""],
+        });
+        assert_eq!(full["capabilities"], serde_json::json!(["greeting"]));
+        assert_eq!(full["topics"], serde_json::json!(["greetings", "hello \"world\""]));
     }
 
     #[test]
