@@ -27,6 +27,7 @@ use crate::store::{EventRecord, JobStatus, Store};
 const PAGE: u32 = 32;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only events with a larger seq (same as the `Last-Event-ID` header).

@@ -9,6 +9,7 @@
 pub mod error;
 pub mod events;
 pub mod jobs;
+pub mod messages;
 
 use std::sync::Arc;
 
@@ -39,10 +40,20 @@ pub struct Principal(pub String);
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "corral", description = "Run sandboxed WebAssembly agents under leases."),
-    paths(jobs::submit, jobs::get, jobs::list, jobs::cancel, events::stream, agents, healthz),
+    paths(
+        jobs::submit, jobs::get, jobs::list, jobs::cancel, events::stream, agents, healthz,
+        messages::send, messages::get, messages::list,
+        messages::register, messages::heartbeat, messages::deregister, messages::inbox, messages::release
+    ),
     components(schemas(
         jobs::SubmitBody, jobs::JobView, jobs::JobList, error::ErrorBody, error::ErrorDetail,
-        AgentList, AgentSummary, AgentVersionSummary, LoadFailure, Health
+        AgentList, AgentSummary, AgentVersionSummary, LoadFailure, Health,
+        messages::SendBody, messages::MessageView, messages::StageView, messages::Sent, messages::MessageList,
+        messages::ExternalAgentView, messages::Done, messages::Released,
+        crate::messages::Recipient, crate::messages::Envelope, crate::messages::DeliveryOptions,
+        crate::messages::ExternalAgent, crate::messages::Release, crate::messages::MessageType,
+        crate::messages::AckStage, crate::messages::ErrorCode, crate::messages::CommClass,
+        crate::store::RecipientKind
     )),
     modifiers(&BearerAuth)
 )]
@@ -71,6 +82,13 @@ pub fn router(manager: Arc<JobManager>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/events", get(events::stream))
         .route("/v1/agents", get(agents))
+        .route("/v1/messages", post(messages::send).get(messages::list))
+        .route("/v1/messages/{id}", get(messages::get))
+        .route("/v1/external-agents", post(messages::register))
+        .route("/v1/external-agents/{id}", axum::routing::delete(messages::deregister))
+        .route("/v1/external-agents/{id}/heartbeat", post(messages::heartbeat))
+        .route("/v1/external-agents/{id}/inbox", get(messages::inbox))
+        .route("/v1/external-agents/{id}/inbox/{seq}/ack", post(messages::release))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(v1)
@@ -106,19 +124,46 @@ async fn not_found() -> ApiError {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct AgentList {
     pub agents: Vec<AgentSummary>,
+    /// Registered external agents (processes outside the host that receive messages).
+    pub external: Vec<messages::ExternalAgentView>,
     /// Files in the agents folder that were rejected, with why.
     pub errors: Vec<LoadFailure>,
 }
 
-/// The agents this host can run. Load errors name files by path only for operators; other
-/// principals see the file name, with the host's paths taken out of the message.
-#[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = AgentList)))]
-pub async fn agents(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> Json<AgentList> {
-    let (agents, mut errors) = state.manager.registry().list();
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsQuery {
+    /// Only agents (loaded and external) that declare this capability.
+    pub capability: Option<String>,
+}
+
+/// The agents this host can run, and the external agents registered with it. Load errors name
+/// files by path only for operators; other principals see the file name, with the host's paths
+/// taken out of the message.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", params(AgentsQuery), responses((status = 200, body = AgentList)))]
+pub async fn agents(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    query: Result<axum::extract::Query<AgentsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AgentList>, ApiError> {
+    let axum::extract::Query(query) = query?;
+    let capability = query.capability.filter(|c| !c.is_empty());
+    let (mut agents, mut errors) = state.manager.registry().list();
+    if let Some(c) = &capability {
+        agents.retain(|a| a.capabilities.iter().any(|x| x == c));
+    }
     if !state.manager.policy().is_operator(&principal.0) {
         errors.iter_mut().for_each(LoadFailure::hide_paths);
     }
-    Json(AgentList { agents, errors })
+    let external = state
+        .manager
+        .messages()
+        .external_agents(capability.as_deref())
+        .into_iter()
+        .map(|(agent, available)| messages::ExternalAgentView { agent, available })
+        .collect();
+    Ok(Json(AgentList { agents, external, errors }))
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]

@@ -412,12 +412,15 @@ impl Stream {
             s.in_flight.insert(seq, InFlight { queued, stream: self.stream });
         }
         let lease = Duration::from_millis(m.delivery.ack_timeout_ms);
+        let m = m;
         let (timer_plane, agent) = (Arc::clone(plane), self.agent.clone());
         tokio::spawn(async move {
             tokio::time::sleep(lease).await;
             timer_plane.lease_lapsed(&agent, seq);
         });
-        Some(StreamItem { seq, message: m })
+        let mut message = m;
+        message.stage = AckStage::Read;
+        Some(StreamItem { seq, message })
     }
 }
 
