@@ -436,6 +436,31 @@ impl Client {
         Ok((list.agents, raw))
     }
 
+    /// `POST /v1/messages` with a JSON body; the raw answer.
+    pub async fn send_message(&self, body: &Value) -> Result<Value, ClientError> {
+        let url = self.url("v1/messages")?;
+        self.send_json(self.request(reqwest::Method::POST, url).json(body), "message").await
+    }
+
+    /// `GET /v1/messages/{id}`; the raw answer.
+    pub async fn message(&self, id: &str) -> Result<Value, ClientError> {
+        let mut url = self.url("v1/messages/")?;
+        url.path_segments_mut()
+            .map_err(|()| ClientError::InvalidServerUrl { url: self.server().to_owned(), reason: "no path".into() })?
+            .pop_if_empty()
+            .push(id);
+        self.send_json(self.request(reqwest::Method::GET, url), "message").await
+    }
+
+    /// `GET /v1/messages` with these query pairs; the raw answer.
+    pub async fn messages(&self, query: &[(&str, String)]) -> Result<Value, ClientError> {
+        let mut url = self.url("v1/messages")?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        self.send_json(self.request(reqwest::Method::GET, url), "message list").await
+    }
+
     /// Follows `GET /v1/jobs/{id}/events`, starting after `after` (or from the beginning).
     pub fn events(&self, job: &str, after: Option<u64>) -> EventFollower {
         EventFollower {

@@ -20,7 +20,7 @@ const NO_FOLLOW_IDLE: Duration = Duration::from_millis(750);
 
 /// How a command that reached the server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Done {
+pub(super) enum Done {
     Success,
     /// The job failed, was cancelled or timed out.
     JobUnsuccessful,
@@ -28,7 +28,7 @@ enum Done {
 
 /// Why a command could not do its work.
 #[derive(Debug, thiserror::Error)]
-enum Failure {
+pub(super) enum Failure {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("{0}")]
@@ -124,6 +124,17 @@ async fn execute(client: &Client, cmd: ClientCommand, json: bool) -> Result<Done
             let done = follow_events(client, &job, after, json, FollowMode::Events).await?;
             Ok(if no_follow { Done::Success } else { done })
         }
+        ClientCommand::Send { recipient, topic, payload, message_type, idempotency_token, ack_timeout_ms, ttl_ms } => {
+            let payload = json_arg("--payload", payload)?;
+            let send = super::messages::Send { recipient, topic, payload, message_type, idempotency_token, ack_timeout_ms, ttl_ms };
+            super::messages::send(client, send, json).await
+        }
+        ClientCommand::Message { id } => super::messages::show(client, &id).await,
+        ClientCommand::Messages { producer, recipient, stage, limit, cursor } => {
+            let query = super::messages::Query { producer, recipient, stage, limit, cursor };
+            super::messages::list(client, &query, json).await
+        }
+        ClientCommand::Inbox { agent, follow } => super::messages::inbox(client, &agent, follow, json).await,
         ClientCommand::Cancel { job } => {
             let job = client.cancel(&job).await?;
             if json {
@@ -281,13 +292,13 @@ fn json_arg(flag: &str, value: Option<String>) -> Result<Option<Value>, Failure>
     })
 }
 
-fn stdout_line(line: &str) -> io::Result<()> {
+pub(super) fn stdout_line(line: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "{line}")?;
     out.flush()
 }
 
-fn stdout_text(text: &str) -> io::Result<()> {
+pub(super) fn stdout_text(text: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()

@@ -1,5 +1,5 @@
 //! The client half of the `corral` command line: `invoke`, `agents`, `jobs`, `job`, `events`,
-//! `cancel`. Each talks to a running `corral serve` over its HTTP API; none of them touches the
+//! `cancel`, and for messages `send`, `message`, `messages`, `inbox`. Each talks to a running `corral serve` over its HTTP API; none of them touches the
 //! engine, the store or the filesystem of the server, so they work the same against a remote host.
 //!
 //! - `client` — a typed HTTP client for `/v1` (jobs, events with resume, agents, error envelope);
@@ -35,6 +35,7 @@
 
 pub mod client;
 mod commands;
+mod messages;
 mod render;
 
 use std::process::ExitCode;
@@ -137,6 +138,66 @@ pub enum ClientCommand {
     Cancel {
         /// The job id.
         job: String,
+    },
+
+    /// Send a message (as an external producer); prints its id once it is RECEIVED.
+    Send {
+        /// The recipient: an agent (`greeter`, `greeter@0.1.0`), an external agent id, or with
+        /// --topic a topic.
+        recipient: String,
+
+        /// Publish to the topic RECIPIENT instead (one copy per subscriber).
+        #[arg(long)]
+        topic: bool,
+
+        /// The payload: JSON text, `@FILE` or `@-` for stdin (sent as application/json).
+        #[arg(long, short, value_name = "JSON|@FILE")]
+        payload: Option<String>,
+
+        /// SW4RM message type (default DATA).
+        #[arg(long = "type", value_name = "TYPE")]
+        message_type: Option<String>,
+
+        /// Names the logical message: a resend with the same token is deduplicated.
+        #[arg(long, value_name = "TOKEN")]
+        idempotency_token: Option<String>,
+
+        /// How long one delivery attempt may take, in ms.
+        #[arg(long, value_name = "MS")]
+        ack_timeout_ms: Option<u64>,
+
+        /// Fail the message with TTL_EXPIRED if it has no outcome after this long, in ms.
+        #[arg(long, value_name = "MS")]
+        ttl_ms: Option<u64>,
+    },
+
+    /// Show one message with its stage history.
+    Message {
+        /// The message id.
+        id: String,
+    },
+
+    /// List messages, newest first.
+    Messages {
+        #[arg(long, value_name = "PRODUCER")]
+        producer: Option<String>,
+        #[arg(long, value_name = "RECIPIENT")]
+        recipient: Option<String>,
+        /// RECEIVED, READ, FULFILLED, REJECTED, FAILED or TIMED_OUT.
+        #[arg(long, value_name = "STAGE")]
+        stage: Option<String>,
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        #[arg(long, value_name = "CURSOR")]
+        cursor: Option<String>,
+    },
+
+    /// The messages routed to an agent; with --follow, keep printing new ones and stage changes.
+    Inbox {
+        /// An agent name or external agent id.
+        agent: String,
+        #[arg(long, short)]
+        follow: bool,
     },
 }
 

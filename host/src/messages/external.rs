@@ -412,7 +412,6 @@ impl Stream {
             s.in_flight.insert(seq, InFlight { queued, stream: self.stream });
         }
         let lease = Duration::from_millis(m.delivery.ack_timeout_ms);
-        let m = m;
         let (timer_plane, agent) = (Arc::clone(plane), self.agent.clone());
         tokio::spawn(async move {
             tokio::time::sleep(lease).await;
