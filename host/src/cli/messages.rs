@@ -50,7 +50,7 @@ pub(super) async fn send(client: &Client, s: Send, json: bool) -> Result<Done, F
         eprintln_quiet(&format!("{dup}: these were accepted before"));
     }
     for m in &messages {
-        stdout_line(&format!("{} {} → {}", text(m, "id"), text(m, "stage"), field(&m, "recipient")))?;
+        stdout_line(&format!("{} {} → {}", text(m, "id"), text(m, "stage"), field(m, "recipient")))?;
     }
     Ok(Done::Success)
 }
@@ -139,9 +139,9 @@ fn table(messages: &[Value]) -> String {
             vec![
                 text(m, "id"),
                 text(m, "stage"),
-                field(&m, "producer_id"),
-                field(&m, "recipient"),
-                field(&m, "message_type"),
+                field(m, "producer_id"),
+                field(m, "recipient"),
+                field(m, "message_type"),
                 text(m, "created_at"),
             ]
         })
