@@ -304,6 +304,8 @@ pub fn ceiling_with_limits(net_fetch: &[&str], fuel: u64, max_host_calls: u64) -
 "kv.read" = ["**"]
 "kv.write" = ["**"]
 "agent.delegate" = ["**"]
+"agent.send" = ["**"]
+"topic.publish" = ["**"]
 {net}
 [ceiling.limits]
 deadline_ms = 60000

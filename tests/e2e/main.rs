@@ -21,5 +21,6 @@ mod cli;
 mod durability;
 mod lease_escapes;
 mod leases;
+mod messages;
 mod limits;
 mod waited_jobs;

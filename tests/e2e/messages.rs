@@ -1,0 +1,313 @@
+//! The message plane end to end: real hosts, real consumer components (`greeter`, `relay`,
+//! hostile `moody`), HTTP producers and external agents, SQLite inspected directly.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::{Answer, Host, eventually};
+
+impl Host {
+    /// `POST /v1/messages` with the host's token.
+    pub async fn send_message(&self, body: Value) -> Answer {
+        self.request(Method::POST, "/v1/messages", self.token.as_deref(), Some(&body)).await
+    }
+
+    /// Sends and returns the id of the (first) copy, asserting it was accepted.
+    pub async fn send_ok(&self, body: Value) -> String {
+        let answer = self.send_message(body).await;
+        assert_eq!(answer.status, 202, "{:?}\n{}", answer.body, self.logs());
+        answer.body["messages"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A message with its history.
+    pub async fn message(&self, id: &str) -> Value {
+        let answer = self.request(Method::GET, &format!("/v1/messages/{id}"), self.token.as_deref(), None).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        answer.body
+    }
+
+    /// Waits (bounded) until a message has its outcome.
+    pub async fn message_done(&self, id: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let m = self.message(id).await;
+            if m["finished_at"].is_string() {
+                return m;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "message {id} never finished: {m}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn kv(&self, namespace: &str, key: &str) -> Option<String> {
+        let db = self.db();
+        db.query_row("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2", [namespace, key], |r| r.get::<_, Vec<u8>>(0))
+            .ok()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+}
+
+/// The stage names of a message's history, in order.
+pub fn stages(m: &Value) -> Vec<String> {
+    m["history"].as_array().unwrap().iter().map(|h| h["stage"].as_str().unwrap().to_owned()).collect()
+}
+
+fn to_agent(agent: &str, payload: Value) -> Value {
+    json!({"recipient": {"agent": agent}, "payload": payload})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_messages_another_and_producer_and_observer_see_received_read_fulfilled() {
+    let host = Host::start(&["relay", "greeter"]);
+    let job = host
+        .run("relay", json!({"send": {"to": "greeter", "payload": {"name": "ada"}, "require_ack": true}}), None)
+        .await;
+    assert_eq!(job["status"], "completed", "{job}\n{}", host.logs());
+    let id = job["output"]["ids"][0].as_str().unwrap().to_owned();
+
+    // The observer: the full history, each stage with its time, in order.
+    let m = host.message_done(&id).await;
+    assert_eq!(stages(&m), ["RECEIVED", "READ", "FULFILLED"], "{m}");
+    let times: Vec<&str> = m["history"].as_array().unwrap().iter().map(|h| h["at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert_eq!(m["envelope"]["producer_id"], "relay");
+    assert_eq!(m["envelope"]["recipient"], "greeter");
+    // B's on-message ran: its kv write committed with the outcome.
+    assert_eq!(host.kv("greeter", "greeted").await.as_deref(), Some("1"));
+    // A, the producer: `send` returned after RECEIVED; the ACK envelope with the outcome
+    // reached its own on-message.
+    let seen = eventually("relay records the ack", || async { host.kv("relay", &format!("ack/{id}")).await }).await;
+    assert_eq!(seen, "FULFILLED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_outside_agent_send_is_a_typed_denial_audited_and_nothing_is_enqueued() {
+    let host = Host::start(&["relay", "greeter"]);
+    let lease = json!({"grants": {"log": ["**"], "agent.send": ["echo"]}});
+    let job = host.run("relay", json!({"send": {"to": "greeter", "payload": {}}}), Some(lease)).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "denied", "{job}");
+    assert_eq!(job["error"]["scope"], "agent.send", "{job}");
+    let db = host.db();
+    let messages: i64 = db.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
+    assert_eq!(messages, 0, "nothing was enqueued");
+    let denied: i64 = db
+        .query_row(
+            "SELECT count(*) FROM audit WHERE scope = 'agent.send' AND target = 'greeter' AND decision = 'deny'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(denied, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_consumer_fails_the_message_and_a_rejecting_one_rejects_it() {
+    let host = Host::start(&["moody"]);
+    let trap = host.send_ok(to_agent("moody", json!({"trap": true}))).await;
+    let m = host.message_done(&trap).await;
+    assert_eq!(stages(&m), ["RECEIVED", "READ", "FAILED"], "{m}");
+    assert!(m["note"].as_str().unwrap().contains("trapped"), "{m}");
+
+    let reject = host.send_ok(to_agent("moody", json!({"reject": "no thanks"}))).await;
+    let m = host.message_done(&reject).await;
+    assert_eq!(m["stage"], "REJECTED", "{m}");
+    assert_eq!(m["error_code"], "VALIDATION_ERROR", "{m}");
+    assert_eq!(m["note"], "no thanks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_past_its_ack_timeout_is_timed_out_and_retried_with_backoff_until_retry_attempts() {
+    let host = Host::start_with_policy(&["moody"], Some(&crate::harness::spin_policy("")));
+    let delivery = json!({"ack_timeout_ms": 200, "retry_attempts": 2, "retry_delay_ms": 300, "retry_backoff_factor": 2.0});
+    let id = host
+        .send_ok(json!({"recipient": {"agent": "moody"}, "payload": {"spin": true}, "delivery": delivery}))
+        .await;
+    let m = host.message_done(&id).await;
+    assert_eq!(
+        stages(&m),
+        ["RECEIVED", "READ", "TIMED_OUT", "RECEIVED", "READ", "TIMED_OUT", "RECEIVED", "READ", "TIMED_OUT"],
+        "{m}"
+    );
+    assert_eq!(m["stage"], "TIMED_OUT");
+    assert_eq!(m["error_code"], "ACK_TIMEOUT");
+    let history = m["history"].as_array().unwrap();
+    // Each retry is a new attempt: a new message_id, retry_count + 1.
+    let attempts: Vec<(u64, &str)> = history
+        .iter()
+        .filter(|h| h["stage"] == "READ")
+        .map(|h| (h["retry_count"].as_u64().unwrap(), h["attempt_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_ne!(attempts[0].1, attempts[1].1);
+    // Backoff: the second retry waited about twice as long as the first (±20 % jitter).
+    let at = |i: usize| time::OffsetDateTime::parse(history[i]["at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let first_wait = at(4) - at(2);
+    let second_wait = at(7) - at(5);
+    assert!(first_wait >= time::Duration::milliseconds(230), "{first_wait}");
+    assert!(second_wait >= time::Duration::milliseconds(470), "{second_wait}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_expiry_buffer_full_no_route_oversize_and_bad_lengths_are_reported_exactly() {
+    let policy = "[messages]\ninbox_capacity = 2\nmax_payload_bytes = 1024\n";
+    let host = Host::start_with_policy(&["greeter"], Some(policy));
+    let answer = host
+        .request(Method::POST, "/v1/external-agents", None, Some(&json!({"agent_id": "slow-reader"})))
+        .await;
+    assert_eq!(answer.status, 201, "{:?}", answer.body);
+
+    // TTL: nobody streams, so the message expires in the inbox.
+    let expiring = host
+        .send_ok(json!({"recipient": {"agent": "slow-reader"}, "payload": 1, "delivery": {"ttl_ms": 150}}))
+        .await;
+    let m = host.message_done(&expiring).await;
+    assert_eq!((m["stage"].as_str(), m["error_code"].as_str()), (Some("FAILED"), Some("TTL_EXPIRED")), "{m}");
+
+    // BUFFER_FULL: two without an outcome fill the inbox; the third is refused and recorded.
+    host.send_ok(to_agent("slow-reader", json!(1))).await;
+    host.send_ok(to_agent("slow-reader", json!(2))).await;
+    let full = host.send_message(to_agent("slow-reader", json!(3))).await;
+    assert_eq!((full.status, full.code()), (429, "buffer_full"), "{:?}", full.body);
+    assert_eq!(full.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let rejected: i64 = host
+        .db()
+        .query_row("SELECT count(*) FROM messages WHERE stage = 'REJECTED' AND error_code = 'BUFFER_FULL'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rejected, 1, "the refusal is recorded, not dropped");
+
+    let nobody = host.send_message(to_agent("nobody", json!(1))).await;
+    assert_eq!((nobody.status, nobody.code()), (404, "no_route"), "{:?}", nobody.body);
+    let no_subscriber = host.send_message(json!({"recipient": {"topic": "nobody-listens"}, "payload": 1})).await;
+    assert_eq!((no_subscriber.status, no_subscriber.code()), (404, "no_route"));
+
+    let big = host.send_message(to_agent("greeter", json!("x".repeat(2000)))).await;
+    assert_eq!((big.status, big.code()), (413, "oversize_payload"), "{:?}", big.body);
+
+    let lying = host.send_message(json!({"recipient": {"agent": "greeter"}, "payload": {"name": "x"}, "content_length": 3})).await;
+    assert_eq!((lying.status, lying.code()), (400, "validation_error"), "{:?}", lying.body);
+    let total: i64 = host.db().query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
+    assert_eq!(total, 4, "no-route, oversize and invalid messages are not stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_sent_ends_in_a_terminal_stage_or_is_still_pending_none_missing() {
+    let policy = "[messages]\ninbox_capacity = 20\n";
+    let host = Host::start_with_policy(&["greeter", "moody"], Some(policy));
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..120 {
+        let (agent, payload) = match i % 4 {
+            0 => ("moody", json!({"trap": true})),
+            1 => ("moody", json!({"reject": "r"})),
+            _ => ("greeter", json!({"name": i})),
+        };
+        let answer = host.send_message(to_agent(agent, payload)).await;
+        match answer.status {
+            202 => accepted.push(answer.body["messages"][0]["id"].as_str().unwrap().to_owned()),
+            429 => refused += 1,
+            other => panic!("unexpected {other}: {:?}", answer.body),
+        }
+    }
+    for id in &accepted {
+        let m = host.message_done(id).await;
+        assert!(["FULFILLED", "REJECTED", "FAILED"].contains(&m["stage"].as_str().unwrap()), "{m}");
+    }
+    let db = host.db();
+    let stored: i64 = db.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
+    let buffer_full: i64 =
+        db.query_row("SELECT count(*) FROM messages WHERE error_code = 'BUFFER_FULL'", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored as usize, accepted.len() + refused, "every send is stored: accepted or refused");
+    assert_eq!(buffer_full as usize, refused);
+    let greeted: i64 = host.kv("greeter", "greeted").await.map_or(0, |v| v.parse().unwrap());
+    let fulfilled: i64 = db
+        .query_row("SELECT count(*) FROM messages WHERE recipient = 'greeter' AND stage = 'FULFILLED'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(greeted, fulfilled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_from_a_principal_without_kv_write_cannot_make_a_consumer_write_kv() {
+    let policy = r#"
+[[principals]]
+name = "writer"
+token = "writer-token"
+
+[[principals]]
+name = "reader"
+token = "reader-token"
+[principals.ceiling.grants]
+"log" = ["**"]
+"kv.read" = ["**"]
+"agent.send" = ["**"]
+"#;
+    let mut host = Host::start_with_policy(&["moody"], Some(policy));
+    host.token = Some("reader-token".into());
+    let id = host.send_ok(to_agent("moody", json!({"kv": true}))).await;
+    let m = host.message_done(&id).await;
+    assert_eq!(m["stage"], "FAILED", "{m}");
+    assert!(m["note"].as_str().unwrap().contains("kv.write"), "{m}");
+    assert_eq!(host.kv("moody", "writes").await, None, "the consumer declares kv.write, but the producer may not");
+    let db = host.db();
+    let (principal, decision): (String, String) = db
+        .query_row("SELECT principal, decision FROM audit WHERE job_id = ?1 AND scope = 'kv.write'", [&id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((principal.as_str(), decision.as_str()), ("reader", "deny"));
+    // The same message from a principal that may write kv does write.
+    host.token = Some("writer-token".into());
+    let id = host.send_ok(to_agent("moody", json!({"kv": true}))).await;
+    assert_eq!(host.message_done(&id).await["stage"], "FULFILLED");
+    assert_eq!(host.kv("moody", "writes").await.as_deref(), Some("1"));
+    // And one principal never sees another's messages.
+    host.token = Some("reader-token".into());
+    let answer = host.request(Method::GET, &format!("/v1/messages/{id}"), Some("reader-token"), None).await;
+    assert_eq!((answer.status, answer.code()), (404, "message_not_found"));
+    let listed = host.request(Method::GET, "/v1/messages", Some("reader-token"), None).await;
+    assert_eq!(listed.body["messages"].as_array().unwrap().len(), 1, "{:?}", listed.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_by_token_return_the_recorded_outcome_and_enqueue_nothing() {
+    let host = Host::start(&["greeter"]);
+    let body = json!({"recipient": {"agent": "greeter"}, "payload": {"name": "once"}, "idempotency_token": "greet:once"});
+    let id = host.send_ok(body.clone()).await;
+    host.message_done(&id).await;
+    let again = host.send_message(body.clone()).await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(again.body["duplicate"], "DUPLICATE_DETECTED");
+    assert_eq!(again.body["messages"][0]["id"], id.as_str());
+    assert_eq!(again.body["messages"][0]["stage"], "FULFILLED");
+    // Sequence numbers dedupe when there is no token.
+    let numbered = json!({"recipient": {"agent": "greeter"}, "payload": {"name": "n"}, "producer_id": "p", "sequence_number": 7});
+    let first = host.send_ok(numbered.clone()).await;
+    let second = host.send_message(numbered).await;
+    assert!(second.body["duplicate"].is_string(), "{:?}", second.body);
+    assert_eq!(second.body["messages"][0]["id"], first.as_str());
+    host.message_done(&first).await;
+    assert_eq!(host.kv("greeter", "greeted").await.as_deref(), Some("2"));
+    assert_eq!(host.kv("greeter", "seen/greet:once").await.as_deref(), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_waits_for_the_correlated_reply_and_topics_fan_out_to_subscribers() {
+    let host = Host::start(&["relay", "greeter"]);
+    let job = host.run("relay", json!({"ask": {"to": "greeter", "name": "grace"}}), None).await;
+    assert_eq!(job["status"], "completed", "{job}\n{}", host.logs());
+    assert_eq!(job["output"]["reply"], json!({"greeting": "hello, grace"}));
+    assert_eq!(job["output"]["from"], "greeter");
+
+    let answer = host.request(Method::POST, "/v1/external-agents", None, Some(&json!({"agent_id": "listener", "topics": ["greetings"]}))).await;
+    assert_eq!(answer.status, 201);
+    let sent = host.send_message(json!({"recipient": {"topic": "greetings"}, "payload": {"name": "all"}})).await;
+    assert_eq!(sent.status, 202, "{:?}", sent.body);
+    let recipients: Vec<&str> =
+        sent.body["messages"].as_array().unwrap().iter().map(|m| m["envelope"]["recipient"].as_str().unwrap()).collect();
+    assert_eq!(recipients, ["greeter", "listener"]);
+    let (_, agents) = host.get("/v1/agents?capability=greeting").await;
+    let names: Vec<&str> = agents["agents"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["greeter"]);
+}
