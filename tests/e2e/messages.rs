@@ -311,3 +311,213 @@ async fn request_waits_for_the_correlated_reply_and_topics_fan_out_to_subscriber
     let names: Vec<&str> = agents["agents"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["greeter"]);
 }
+
+/// An open external-agent inbox: the SSE stream of `GET /v1/external-agents/{id}/inbox`.
+struct Inbox {
+    events: std::pin::Pin<Box<dyn futures::Stream<Item = (i64, Value)> + Send>>,
+}
+
+impl Inbox {
+    async fn open(host: &Host, agent: &str, token: &str) -> Inbox {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let resp = host
+            .client
+            .get(format!("{}/v1/external-agents/{agent}/inbox", host.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "inbox of {agent}");
+        let events = resp.bytes_stream().eventsource().filter_map(|e| async move {
+            let e = e.ok()?;
+            Some((e.id.parse().ok()?, serde_json::from_str(&e.data).ok()?))
+        });
+        Inbox { events: Box::pin(events) }
+    }
+
+    /// The next delivery (bounded wait).
+    async fn next(&mut self) -> (i64, Value) {
+        use futures::StreamExt;
+        tokio::time::timeout(Duration::from_secs(20), self.events.next()).await.expect("a delivery within 20 s").expect("stream open")
+    }
+}
+
+const TWO_OWNERS: &str = r#"
+[messages]
+heartbeat_timeout_ms = 60000
+
+[[principals]]
+name = "alice"
+token = "alice-token"
+
+[[principals]]
+name = "bob"
+token = "bob-token"
+"#;
+
+async fn release(host: &Host, agent: &str, seq: i64, token: &str, outcome: Value) -> Answer {
+    host.request(Method::POST, &format!("/v1/external-agents/{agent}/inbox/{seq}/ack"), Some(token), Some(&outcome)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_agent_streams_and_releases_and_unreleased_messages_come_back() {
+    let mut host = Host::start_with_policy(&[], Some(TWO_OWNERS));
+    host.token = Some("alice-token".into());
+    for agent in ["worker", "other"] {
+        let answer = host
+            .request(Method::POST, "/v1/external-agents", Some("alice-token"), Some(&json!({"agent_id": agent, "capabilities": ["work"]})))
+            .await;
+        assert_eq!(answer.status, 201, "{:?}", answer.body);
+    }
+    let ids: Vec<String> = futures::future::join_all((0..3).map(|i| host.send_ok(to_agent("worker", json!({"n": i}))))).await;
+
+    let mut inbox = Inbox::open(&host, "worker", "alice-token").await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(inbox.next().await);
+    }
+    let mut streamed: Vec<String> = got.iter().map(|(_, m)| m["id"].as_str().unwrap().to_owned()).collect();
+    streamed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(streamed, expected);
+    assert!(got.iter().all(|(_, m)| m["stage"] == "READ"));
+
+    // Only the recipient's owner, and only the recipient, can release.
+    let (seq0, first) = &got[0];
+    let (seq1, _) = &got[1];
+    let bob = release(&host, "worker", *seq1, "bob-token", json!({"outcome": "fulfilled"})).await;
+    assert_eq!((bob.status, bob.code()), (404, "external_agent_not_found"));
+    let bob_stream = host.request(Method::GET, "/v1/external-agents/worker/inbox", Some("bob-token"), None).await;
+    assert_eq!(bob_stream.status, 404);
+    let other_agent = release(&host, "other", *seq1, "alice-token", json!({"outcome": "fulfilled"})).await;
+    assert_eq!(other_agent.body["recorded"], false, "another agent cannot release worker's message");
+
+    let ok = release(&host, "worker", *seq0, "alice-token", json!({"outcome": "fulfilled"})).await;
+    assert_eq!(ok.body["recorded"], true, "{:?}", ok.body);
+    let late = release(&host, "worker", *seq0, "alice-token", json!({"outcome": "failed", "note": "late"})).await;
+    assert_eq!(late.body["recorded"], false, "a second release changes nothing");
+    let done = host.message_done(first["id"].as_str().unwrap()).await;
+    assert_eq!(stages(&done), ["RECEIVED", "READ", "FULFILLED"]);
+
+    // Reconnect: the two unreleased messages come back first, under new seqs.
+    drop(inbox);
+    let mut inbox = Inbox::open(&host, "worker", "alice-token").await;
+    let again = [inbox.next().await, inbox.next().await];
+    let mut back: Vec<&str> = again.iter().map(|(_, m)| m["id"].as_str().unwrap()).collect();
+    back.sort();
+    let mut unreleased: Vec<&str> = got[1..].iter().map(|(_, m)| m["id"].as_str().unwrap()).collect();
+    unreleased.sort();
+    assert_eq!(back, unreleased);
+    assert_eq!(release(&host, "worker", *seq1, "alice-token", json!({"outcome": "fulfilled"})).await.body["recorded"], false, "old seqs are void");
+    for (seq, _) in &again {
+        let r = release(&host, "worker", *seq, "alice-token", json!({"outcome": "rejected", "code": "VALIDATION_ERROR", "note": "bad n"})).await;
+        assert_eq!(r.body["recorded"], true);
+    }
+
+    // A delivery whose lease lapses comes back as a new attempt on the open stream.
+    let delivery = json!({"ack_timeout_ms": 300, "retry_attempts": 1, "retry_delay_ms": 50});
+    let lapsing = host.send_ok(json!({"recipient": {"agent": "worker"}, "payload": 9, "delivery": delivery})).await;
+    let (_, first_try) = inbox.next().await;
+    assert_eq!((first_try["id"].as_str(), first_try["envelope"]["retry_count"].as_u64()), (Some(lapsing.as_str()), Some(0)));
+    let (seq, second_try) = inbox.next().await;
+    assert_eq!(second_try["id"], lapsing.as_str());
+    assert_eq!(second_try["envelope"]["retry_count"], 1);
+    assert_ne!(second_try["envelope"]["message_id"], first_try["envelope"]["message_id"]);
+    assert_eq!(release(&host, "worker", seq, "alice-token", json!({"outcome": "fulfilled"})).await.body["recorded"], true);
+    let m = host.message_done(&lapsing).await;
+    assert_eq!(stages(&m), ["RECEIVED", "READ", "TIMED_OUT", "RECEIVED", "READ", "FULFILLED"], "{m}");
+    // Discovery and visibility: alice sees worker's messages, bob does not.
+    let (_, agents) = host.get("/v1/agents?capability=work").await;
+    assert_eq!(agents["external"].as_array().unwrap().len(), 2, "{agents}");
+    let bob_view = host.request(Method::GET, &format!("/v1/messages/{lapsing}"), Some("bob-token"), None).await;
+    assert_eq!(bob_view.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_agent_without_heartbeats_is_unavailable_and_keeps_its_queued_messages() {
+    let host = Host::start_with_policy(&[], Some("[messages]\nheartbeat_timeout_ms = 300\n"));
+    let register = host.request(Method::POST, "/v1/external-agents", None, Some(&json!({"agent_id": "sleepy"}))).await;
+    assert_eq!(register.status, 201);
+    let queued = host.send_ok(to_agent("sleepy", json!("kept"))).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = host.send_message(to_agent("sleepy", json!("refused"))).await;
+    assert_eq!((refused.status, refused.code()), (503, "agent_unavailable"), "{:?}", refused.body);
+    let beat = host.request(Method::POST, "/v1/external-agents/sleepy/heartbeat", None, None).await;
+    assert_eq!(beat.status, 200);
+    host.send_ok(to_agent("sleepy", json!("accepted again"))).await;
+    assert_eq!(host.message(&queued).await["stage"], "RECEIVED", "the queued message was kept");
+}
+
+/// A number in 0..n from the clock (the test needs arbitrary moments, not reproducible ones).
+fn arbitrary(n: u64) -> u64 {
+    u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()) % n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_storm_survives_repeated_kill_9_and_each_token_takes_effect_exactly_once() {
+    use std::sync::{Arc, Mutex};
+    let policy = "[recovery]\nmax_attempts = 10\n";
+    let mut host = Host::start_with_policy(&["greeter", "relay"], Some(policy));
+
+    // Agents messaging agents: relay jobs, each sending 20 tokened messages to greeter. A job
+    // cut short by a kill runs again and resends; dedupe turns the resends into no-ops.
+    let mut relay_jobs = Vec::new();
+    for j in 0..8 {
+        let input = json!({"send": {"to": "greeter", "payload": {"name": j}, "count": 20, "token": format!("relay-{j}")}});
+        relay_jobs.push(host.submit("relay", input, None).await);
+    }
+
+    // An external producer that resends each message until it is acknowledged (202, or 200 for
+    // a duplicate), whatever happens to the host in between.
+    let url = Arc::new(Mutex::new(host.url.clone()));
+    let tokens: Vec<String> = (0..300).map(|i| format!("storm-{i}")).collect();
+    let producer = {
+        let (url, tokens) = (Arc::clone(&url), tokens.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+            for token in tokens {
+                loop {
+                    let base = url.lock().unwrap().clone();
+                    let body = json!({"recipient": {"agent": "greeter"}, "payload": {"name": &token}, "idempotency_token": &token});
+                    match client.post(format!("{base}/v1/messages")).json(&body).send().await {
+                        Ok(r) if r.status().is_success() => break,
+                        _ => tokio::time::sleep(Duration::from_millis(30)).await,
+                    }
+                }
+            }
+        })
+    };
+
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200 + arbitrary(600))).await;
+        host.kill_9();
+        host.spawn();
+        *url.lock().unwrap() = host.url.clone();
+    }
+    tokio::time::timeout(Duration::from_secs(120), producer).await.expect("every message acknowledged").unwrap();
+
+    let mut expected_tokens = tokens.clone();
+    for (j, id) in relay_jobs.iter().enumerate() {
+        let job = host.wait_done(id).await;
+        assert_eq!(job["status"], "completed", "{job}\n{}", host.logs());
+        expected_tokens.extend((0..20).map(|i| format!("relay-{j}-{i}")));
+    }
+    eventually("every message has its outcome", || async {
+        let open: i64 = host.db().query_row("SELECT count(*) FROM messages WHERE finished_at IS NULL", [], |r| r.get(0)).unwrap();
+        (open == 0).then_some(())
+    })
+    .await;
+
+    let db = host.db();
+    for token in &expected_tokens {
+        let (copies, stage): (i64, String) = db
+            .query_row("SELECT count(*), max(stage) FROM messages WHERE idempotency_token = ?1", [token], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!((copies, stage.as_str()), (1, "FULFILLED"), "{token}");
+        assert_eq!(host.kv("greeter", &format!("seen/{token}")).await.as_deref(), Some("1"), "{token} took effect exactly once");
+    }
+    let greeted: usize = host.kv("greeter", "greeted").await.unwrap().parse().unwrap();
+    assert_eq!(greeted, expected_tokens.len(), "one greeting per logical message");
+}

@@ -3,7 +3,8 @@
 //! As a job:
 //! - `{"send": {"to": "greeter", "payload": {...}, "count": 1, "require_ack": true,
 //!   "token": "..."}}` sends `count` DATA messages (the token, if given, gets `-<i>` appended
-//!   when `count` > 1) and returns `{"ids": [...]}`;
+//!   when `count` > 1) and returns `{"ids": [...]}` (`null` for a message that was accepted
+//!   before with the same token, as when a job is run again after a restart);
 //! - `{"publish": {"topic": "greetings", "payload": {...}}}` returns `{"ids": [...]}`;
 //! - `{"ask": {"to": "greeter", "name": "ada", "timeout_ms": 5000}}` sends a request and
 //!   returns the reply's payload.
@@ -13,7 +14,7 @@
 //! messages are forwarded to `greeter`. Scopes: `log`, `agent.send`, `topic.publish`,
 //! kv on `relay/**`.
 
-use corral_guest::messaging::{self, Ack, Consumer, Envelope, Message, MessageType};
+use corral_guest::messaging::{self, Ack, Consumer, Envelope, ErrorCode, Message, MessageType};
 use corral_guest::{Agent, Error, Value, json, kv};
 
 struct Relay;
@@ -31,7 +32,14 @@ fn send(spec: &Value) -> Result<Value, Error> {
         if let Some(token) = spec.get("token").and_then(Value::as_str) {
             msg = msg.with_token(if count > 1 { format!("{token}-{i}") } else { token.to_owned() });
         }
-        ids.push(messaging::send(to, &msg)?);
+        match messaging::send(to, &msg) {
+            Ok(id) => ids.push(Value::from(id)),
+            // A re-run job sending the same logical message again: already accepted, not an error.
+            Err(Error::Refused { code: ErrorCode::DuplicateDetected | ErrorCode::AlreadyInProgress, .. }) => {
+                ids.push(Value::Null);
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(json!({ "ids": ids }))
 }
