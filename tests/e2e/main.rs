@@ -22,5 +22,6 @@ mod durability;
 mod lease_escapes;
 mod leases;
 mod messages;
+mod openapi;
 mod limits;
 mod waited_jobs;

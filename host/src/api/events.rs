@@ -35,7 +35,7 @@ pub struct EventsQuery {
 }
 
 /// Follow a job's events.
-#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(EventsQuery),
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", operation_id = "job_events", params(EventsQuery),
     responses((status = 200, description = "text/event-stream of {seq, kind, at, data}"), (status = 404, body = ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,

@@ -27,11 +27,9 @@ pub struct SubmitBody {
     pub agent: String,
     /// The job's input, any JSON (default `null`).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub input: Value,
     /// The lease asked for: `{"grants": {"kv.read": ["counter/*"]}, "ttl_ms": 60000, "limits": {"deadline_ms": 5000}}`.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub lease: Option<Value>,
     /// Same key + same request → the same job; same key + different request → 409.
     #[serde(default)]
@@ -55,16 +53,12 @@ pub struct JobView {
     pub agent_version: String,
     /// queued | running | completed | failed | cancelled | timed_out
     pub status: String,
-    #[schema(value_type = Object)]
     pub input: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
     pub output: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
     pub error: Option<Value>,
     /// The effective lease the job runs under.
-    #[schema(value_type = Object)]
     pub lease: Value,
     pub parent_id: Option<String>,
     pub attempt: u32,
@@ -94,7 +88,7 @@ impl From<JobRecord> for JobView {
 }
 
 /// Submit a job.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = SubmitBody, params(SubmitQuery),
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "submit_job", request_body = SubmitBody, params(SubmitQuery),
     responses(
         (status = 202, description = "Accepted (durably recorded)", body = JobView),
         (status = 200, description = "Finished within `wait`, or an idempotent replay of a finished job", body = JobView),
@@ -133,7 +127,7 @@ pub async fn submit(
 }
 
 /// Read a job.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "get_job",
     responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -162,7 +156,7 @@ pub struct JobList {
 }
 
 /// List the caller's jobs, newest first.
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs", params(ListQuery),
     responses((status = 200, body = JobList), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -191,7 +185,7 @@ pub async fn list(
 }
 
 /// Cancel a job.
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", operation_id = "cancel_job",
     responses((status = 200, body = JobView), (status = 404, body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,

@@ -42,7 +42,6 @@ pub struct SendBody {
     pub content_type: Option<String>,
     /// The payload as JSON (sent as its compact encoding)...
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub payload: Option<Value>,
     /// ...or as bytes, base64 (standard, padded).
     #[serde(default)]
@@ -84,10 +83,8 @@ pub struct MessageView {
     pub envelope: Envelope,
     /// The payload as JSON, when its content type is JSON and it parses.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
     pub payload: Option<Value>,
     pub payload_base64: String,
-    #[schema(value_type = Object)]
     pub delivery: Value,
     pub created_at: String,
     pub updated_at: String,
@@ -178,7 +175,7 @@ fn refused(e: SendError) -> ApiError {
 }
 
 /// Send a message as an external producer: answered once every copy is committed (RECEIVED).
-#[utoipa::path(post, path = "/v1/messages", tag = "messages", request_body = SendBody,
+#[utoipa::path(post, path = "/v1/messages", tag = "messages", operation_id = "send_message", request_body = SendBody,
     responses(
         (status = 202, description = "Accepted: committed to the recipients' inboxes", body = Sent),
         (status = 200, description = "A duplicate of a message accepted before (see `duplicate`)", body = Sent),
@@ -254,7 +251,7 @@ pub async fn send(
 }
 
 /// Read a message with its full stage history.
-#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages",
+#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages", operation_id = "get_message",
     responses((status = 200, body = MessageView), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -293,7 +290,7 @@ pub struct MessageList {
 }
 
 /// List the messages visible to the caller, newest first.
-#[utoipa::path(get, path = "/v1/messages", tag = "messages", params(ListQuery),
+#[utoipa::path(get, path = "/v1/messages", tag = "messages", operation_id = "list_messages", params(ListQuery),
     responses((status = 200, body = MessageList), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -324,8 +321,8 @@ pub async fn list(
 /// A registered external agent and whether it is available now.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ExternalAgentView {
-    #[serde(flatten)]
     pub agent: ExternalAgent,
+    /// A stream is open, or it heartbeated within `messages.heartbeat_timeout_ms`.
     pub available: bool,
 }
 
@@ -340,7 +337,7 @@ fn registry_error(e: RegistryError) -> ApiError {
 }
 
 /// Register (or re-register) an external agent owned by the caller; it is available at once.
-#[utoipa::path(post, path = "/v1/external-agents", tag = "external agents", request_body = ExternalAgent,
+#[utoipa::path(post, path = "/v1/external-agents", tag = "external agents", operation_id = "register_external_agent", request_body = ExternalAgent,
     responses((status = 201, body = ExternalAgentView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
@@ -358,7 +355,7 @@ pub struct Done {
 }
 
 /// Heartbeat: the agent stays available for `messages.heartbeat_timeout_ms`.
-#[utoipa::path(post, path = "/v1/external-agents/{id}/heartbeat", tag = "external agents",
+#[utoipa::path(post, path = "/v1/external-agents/{id}/heartbeat", tag = "external agents", operation_id = "heartbeat_external_agent",
     responses((status = 200, body = Done), (status = 404, body = ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
@@ -370,7 +367,7 @@ pub async fn heartbeat(
 }
 
 /// Deregister; messages queued for it stay in the store.
-#[utoipa::path(delete, path = "/v1/external-agents/{id}", tag = "external agents",
+#[utoipa::path(delete, path = "/v1/external-agents/{id}", tag = "external agents", operation_id = "deregister_external_agent",
     responses((status = 200, body = Done), (status = 404, body = ErrorBody)))]
 pub async fn deregister(
     State(state): State<AppState>,
@@ -384,7 +381,7 @@ pub async fn deregister(
 /// The agent's deliveries as Server-Sent Events: `event: message`, `id: <seq>`, data = the
 /// message. Each stays in flight until released (`POST .../inbox/{seq}/ack`); unreleased ones
 /// come back after their ack timeout, or when the stream closes and a new one opens.
-#[utoipa::path(get, path = "/v1/external-agents/{id}/inbox", tag = "external agents",
+#[utoipa::path(get, path = "/v1/external-agents/{id}/inbox", tag = "external agents", operation_id = "external_agent_inbox",
     responses((status = 200, description = "text/event-stream of MessageView"), (status = 404, body = ErrorBody)))]
 pub async fn inbox(
     State(state): State<AppState>,
@@ -410,7 +407,7 @@ pub struct Released {
 /// Release a streamed message with its outcome (`{"outcome": "fulfilled"}`, `{"outcome":
 /// "rejected", "code": "VALIDATION_ERROR", "note": "..."}` or `{"outcome": "failed", "note":
 /// "..."}`). Only the recipient's owner can release it.
-#[utoipa::path(post, path = "/v1/external-agents/{id}/inbox/{seq}/ack", tag = "external agents", request_body = Release,
+#[utoipa::path(post, path = "/v1/external-agents/{id}/inbox/{seq}/ack", tag = "external agents", operation_id = "release_delivery", request_body = Release,
     responses((status = 200, body = Released), (status = 404, body = ErrorBody)))]
 pub async fn release(
     State(state): State<AppState>,

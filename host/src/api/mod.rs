@@ -141,7 +141,7 @@ pub struct AgentsQuery {
 /// The agents this host can run, and the external agents registered with it. Load errors name
 /// files by path only for operators; other principals see the file name, with the host's paths
 /// taken out of the message.
-#[utoipa::path(get, path = "/v1/agents", tag = "agents", params(AgentsQuery), responses((status = 200, body = AgentList)))]
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", operation_id = "list_agents", params(AgentsQuery), responses((status = 200, body = AgentList)))]
 pub async fn agents(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -172,7 +172,7 @@ pub struct Health {
 }
 
 /// Liveness: `ok`, or `shutting_down` while draining.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "health", operation_id = "healthz", responses((status = 200, body = Health)))]
 pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
     let status = if state.manager.is_shutting_down() { "shutting_down" } else { "ok" };
     Json(Health { status: status.into() })
