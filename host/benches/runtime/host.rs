@@ -33,9 +33,16 @@ max_instances = 12000
 "kv.read" = ["**"]
 "kv.write" = ["**"]
 "agent.delegate" = ["**"]
+"agent.send" = ["**"]
+"topic.publish" = ["**"]
 {net}
 [ceiling.limits]
 deadline_ms = 600000
+
+[messages]
+# The bench measures how fast the consumer side works off what producers send; producers are
+# not to be refused for running ahead of it.
+inbox_capacity = 10000000
 "#
     )
 }

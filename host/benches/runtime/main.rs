@@ -25,6 +25,7 @@ mod latency;
 mod leases;
 mod live;
 mod load;
+mod messages;
 mod park;
 mod report;
 mod rss_growth;
@@ -60,10 +61,11 @@ enum Group {
     LiveInstances,
     Startup,
     Leases,
+    Messages,
 }
 
 impl Group {
-    const ALL: [Group; 7] = [
+    const ALL: [Group; 8] = [
         Group::Throughput,
         Group::Latency,
         Group::Instantiate,
@@ -71,6 +73,7 @@ impl Group {
         Group::LiveInstances,
         Group::Startup,
         Group::Leases,
+        Group::Messages,
     ];
 
     fn name(self) -> &'static str {
@@ -82,6 +85,7 @@ impl Group {
             Group::LiveInstances => "live_instances",
             Group::Startup => "startup",
             Group::Leases => "leases",
+            Group::Messages => "messages",
         }
     }
 }
@@ -256,5 +260,6 @@ fn run_group(group: Group, bench: &Bench, report: &mut Report) {
         Group::LiveInstances => live::run(bench, report),
         Group::Startup => startup::run(bench, report),
         Group::Leases => leases::measure(bench.opts.quick).into_iter().for_each(|f| report.push(f)),
+        Group::Messages => messages::run(bench, report),
     }
 }

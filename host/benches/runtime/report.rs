@@ -52,6 +52,13 @@ impl Figure {
         self
     }
 
+    /// Target: `value ≥ limit`.
+    pub fn at_least(mut self, limit: f64) -> Self {
+        self.target = Some(format!("≥ {}", bound(limit)));
+        self.met = Some(self.value >= limit);
+        self
+    }
+
     /// Target: `value < limit`.
     pub fn below(mut self, limit: f64) -> Self {
         self.target = Some(format!("< {}", bound(limit)));

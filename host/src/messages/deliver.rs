@@ -17,7 +17,7 @@ use super::{MessagePlane, Outgoing, Producer, Recipient};
 use crate::jobs::JobManager;
 use crate::jobs::runner::{self, DeliveryOutcome};
 use crate::lease::{Lease, LeaseRequest};
-use crate::store::{FinishDelivery, MessageRecord, MessageTransition};
+use crate::store::{FinishDelivery, MessageRecord, MessageState, MessageTransition};
 
 impl MessagePlane {
     /// Starts deliveries from a Wasm consumer's inbox while it has free delivery slots
@@ -44,27 +44,49 @@ impl MessagePlane {
     }
 }
 
+/// A delivery slot of an inbox, freed exactly once: before the delivery waits for its
+/// outcome's commit (so the next delivery need not wait for this one's fsync), or on drop.
+struct Slot {
+    plane: Arc<MessagePlane>,
+    inbox: String,
+    held: bool,
+}
+
+impl Slot {
+    fn free(&mut self) {
+        if std::mem::take(&mut self.held) {
+            if let Some(i) = self.plane.lock().inboxes.get_mut(&self.inbox) {
+                i.in_flight = i.in_flight.saturating_sub(1);
+            }
+            self.plane.pump(&self.inbox);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.free();
+    }
+}
+
 /// Runs the delivery of `queued` from `inbox` and settles the inbox afterwards.
 pub(super) async fn run(manager: Arc<JobManager>, inbox: String, queued: Queued) {
     let plane = Arc::clone(manager.messages());
-    match deliver(&manager, &plane, &queued).await {
+    let mut slot = Slot { plane: Arc::clone(&plane), inbox: inbox.clone(), held: true };
+    match deliver(&manager, &plane, &queued, &mut slot).await {
         Ok(Some(retry)) => {
-            // Back in the inbox after its backoff; still pending, no longer in flight.
-            if let Some(i) = plane.lock().inboxes.get_mut(&inbox) {
-                i.in_flight = i.in_flight.saturating_sub(1);
-            }
+            // Back in the inbox after its backoff; still pending.
+            drop(slot);
             plane.enqueue(&inbox, &retry);
-            plane.pump(&inbox);
         }
-        Ok(None) => plane.settled(&inbox, 1),
+        Ok(None) => {
+            drop(slot);
+            plane.settled(&inbox, 0);
+        }
         Err(e) => {
             // The outcome could not be written: the message stays as it is in the store and
             // is delivered again after a restart. Keep it counted as pending.
-            tracing::error!(message = %queued.id, error = %e, "cannot record a delivery; it is retried at the next start");
-            if let Some(i) = plane.lock().inboxes.get_mut(&inbox) {
-                i.in_flight = i.in_flight.saturating_sub(1);
-            }
-            plane.pump(&inbox);
+            tracing::error!(message = %queued.id, error = %e, "cannot record a delivery; it is delivered again at the next start");
         }
     }
 }
@@ -75,9 +97,18 @@ async fn deliver(
     manager: &Arc<JobManager>,
     plane: &Arc<MessagePlane>,
     queued: &Queued,
+    slot: &mut Slot,
 ) -> Result<Option<MessageRecord>, crate::store::StoreError> {
     let store = manager.store();
-    let Some(m) = store.get_message(&queued.id).await? else { return Ok(None) };
+    // A message that came with its queue entry is not read back: every write below is
+    // conditional on this attempt, so a stale copy can only find its outcome refused.
+    let m = match &queued.record {
+        Some(record) => MessageRecord::clone(record),
+        None => match store.get_message(&queued.id).await? {
+            Some(m) => m,
+            None => return Ok(None),
+        },
+    };
     if m.stage != AckStage::Received || m.envelope.message_id != queued.attempt_id {
         return Ok(None);
     }
@@ -131,6 +162,7 @@ async fn deliver(
         }
         DeliveryOutcome::Interrupted => {
             // The host is stopping: leave the message as it is; it is delivered again at start.
+            tracing::debug!(message = %m.id, "delivery interrupted by shutdown");
             return Err(crate::store::StoreError::Closed);
         }
     };
@@ -142,18 +174,21 @@ async fn deliver(
         kv: if commit_kv { held.kv } else { Vec::new() },
         transition,
     };
-    let updated = store.finish_delivery(op).await?;
+    let commit = store.finish_delivery(op);
+    slot.free();
+    let updated = commit.await?;
     if retrying {
-        return Ok(updated);
+        return Ok(updated.map(|s| m.with_state(&s)));
     }
     finish(plane, &m, updated).await;
     Ok(None)
 }
 
 /// After an outcome committed: the ACKNOWLEDGEMENT envelope the producer asked for.
-async fn finish(plane: &Arc<MessagePlane>, original: &MessageRecord, updated: Option<MessageRecord>) {
-    let Some(done) = updated else { return };
+async fn finish(plane: &Arc<MessagePlane>, original: &MessageRecord, updated: Option<MessageState>) {
+    let Some(state) = updated else { return };
     if original.delivery.require_ack {
+        let done = original.clone().with_state(&state);
         send_ack(plane, &done, done.stage).await;
     }
 }

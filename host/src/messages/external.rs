@@ -303,10 +303,11 @@ impl MessagePlane {
         };
         let updated = self.store.transition_message(&flight.queued.id, t).await?;
         self.settled(id, 1);
-        if let Some(done) = &updated
-            && done.delivery.require_ack
+        if let Some(state) = &updated
+            && let Some(m) = flight.queued.record.as_deref().filter(|m| m.delivery.require_ack)
         {
-            deliver::send_ack(self, done, done.stage).await;
+            let done = m.clone().with_state(state);
+            deliver::send_ack(self, &done, done.stage).await;
         }
         Ok(updated.is_some())
     }
@@ -335,7 +336,7 @@ impl MessagePlane {
                 let backoff = m.delivery.backoff_ms(m.timeouts + 1, 0.5);
                 t.retry = Some((new_id(), now.saturating_add(i64::try_from(backoff).unwrap_or(i64::MAX))));
             }
-            match plane.store.transition_message(&m.id, t).await {
+            match plane.store.transition_message(&m.id, t).await.map(|s| s.map(|s| m.clone().with_state(&s))) {
                 Ok(Some(updated)) if updated.stage == AckStage::Received => {
                     if let Some(i) = plane.lock().inboxes.get_mut(&agent) {
                         i.in_flight = i.in_flight.saturating_sub(1);
@@ -396,7 +397,7 @@ impl Stream {
     }
 
     /// Marks a queued message READ and in flight; `None` if it is no longer deliverable.
-    async fn hand_out(&self, queued: Queued) -> Option<StreamItem> {
+    async fn hand_out(&self, mut queued: Queued) -> Option<StreamItem> {
         let plane = &self.plane;
         let current = plane.store.get_message(&queued.id).await.ok().flatten();
         let Some(m) = current.filter(|m| m.envelope.message_id == queued.attempt_id && !m.stage.is_outcome()) else {
@@ -408,6 +409,8 @@ impl Stream {
         let read = MessageTransition::new(&[AckStage::Received, AckStage::Read], AckStage::Read, now).attempt(&queued.attempt_id);
         // Queued now, before any release of this seq can be: the writer keeps the order.
         drop(plane.store.transition_message(&m.id, read));
+        // What a release needs to know (require_ack) without reading the message again.
+        queued.record = Some(Arc::new(m.clone()));
         if let Some(s) = plane.lock().externals.agents.get_mut(&self.agent) {
             s.in_flight.insert(seq, InFlight { queued, stream: self.stream });
         }

@@ -20,12 +20,14 @@ pub const PRIVILEGED_BURST: u32 = 4;
 /// Standard messages served in a row before a waiting bulk message gets one turn.
 pub const BULK_AFTER: u32 = 8;
 
-/// A message waiting in an inbox: which copy and which attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A message waiting in an inbox: which copy and which attempt, and (for a small message just
+/// accepted) the message itself, so its delivery need not read it back from the store.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Queued {
     pub id: String,
     pub attempt_id: String,
     pub class: CommClass,
+    pub record: Option<std::sync::Arc<crate::store::MessageRecord>>,
 }
 
 #[derive(Debug, Default)]
@@ -100,7 +102,7 @@ mod tests {
     use super::*;
 
     fn q(id: &str, class: CommClass) -> Queued {
-        Queued { id: id.to_owned(), attempt_id: id.to_owned(), class }
+        Queued { id: id.to_owned(), attempt_id: id.to_owned(), class, record: None }
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl Default for MessagesConfig {
             max_payload_bytes: 256 * 1024,
             dedupe_window_ms: 3_600_000,
             retention_ms: 24 * 3_600_000,
-            deliveries_per_agent: 16,
+            deliveries_per_agent: 32,
             heartbeat_timeout_ms: 30_000,
             defaults: Defaults::default(),
         }

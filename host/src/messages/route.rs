@@ -383,7 +383,10 @@ impl MessagePlane {
         if let Some(at) = m.expires_at {
             self.arm_ttl(inbox, &m.id, at);
         }
-        let queued = Queued { id: m.id.clone(), attempt_id: m.envelope.message_id.clone(), class: m.delivery.class };
+        // Small messages travel with their queue entry (memory stays bounded by the inbox
+        // capacity times this size); larger ones are read back at delivery.
+        let record = (m.payload.len() <= KEEP_IN_QUEUE_BYTES).then(|| Arc::new(m.clone()));
+        let queued = Queued { id: m.id.clone(), attempt_id: m.envelope.message_id.clone(), class: m.delivery.class, record };
         let wait = m.not_before.map_or(0, |t| t.saturating_sub(crate::now_ms()));
         if wait > 0 {
             let plane = Arc::clone(self);
@@ -462,7 +465,7 @@ impl MessagePlane {
                 .note("the host restarted during the delivery; delivering it again");
             t.retry = Some((new_id(), now));
             match self.store.transition_message(&m.id, t).await {
-                Ok(Some(updated)) => updated,
+                Ok(Some(updated)) => m.with_state(&updated),
                 Ok(None) => m,
                 Err(e) => {
                     tracing::error!(message = %m.id, error = %e, "cannot start a new attempt after restart; it is retried at the next start");
@@ -475,6 +478,9 @@ impl MessagePlane {
         self.enqueue(&inbox, &m);
     }
 }
+
+/// Largest payload kept in memory with a queued message.
+const KEEP_IN_QUEUE_BYTES: usize = 16 * 1024;
 
 /// The inbox a recipient string belongs to: `name@version` → `name`.
 pub(super) fn inbox_of(recipient: &str) -> &str {

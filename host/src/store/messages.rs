@@ -67,6 +67,41 @@ pub struct MessageRecord {
     pub finished_at: Option<i64>,
 }
 
+/// The parts of a message a stage change touches: what transitions return, without reading
+/// (or rewriting) the envelope and payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageState {
+    pub stage: AckStage,
+    /// `message_id` and `retry_count` of the current attempt.
+    pub attempt_id: String,
+    pub retry_count: u32,
+    pub timeouts: u32,
+    pub error_code: Option<ErrorCode>,
+    pub note: Option<String>,
+    pub updated_at: i64,
+    pub not_before: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// Stage rows so far (the next one gets `stages + 1`).
+    stages: u32,
+}
+
+impl MessageRecord {
+    /// This message as it is after a stage change.
+    #[must_use]
+    pub fn with_state(mut self, s: &MessageState) -> MessageRecord {
+        self.stage = s.stage;
+        self.envelope.message_id = s.attempt_id.clone();
+        self.envelope.retry_count = s.retry_count;
+        self.timeouts = s.timeouts;
+        self.error_code = s.error_code;
+        self.note = s.note.clone();
+        self.updated_at = s.updated_at;
+        self.not_before = s.not_before;
+        self.finished_at = s.finished_at;
+        self
+    }
+}
+
 /// One row of `message_stages`.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StageRecord {
@@ -137,53 +172,69 @@ pub struct FinishDelivery {
 }
 
 /// Applies `t` inside a write op (see [`Store::transition_message`]).
-fn transition(tx: &rusqlite::Transaction<'_>, id: &str, t: &MessageTransition) -> Result<Option<MessageRecord>, StoreError> {
-    let Some(mut m) = get(tx, id)? else { return Ok(None) };
-    let attempt_matches = t.attempt_id.as_ref().is_none_or(|a| *a == m.envelope.message_id);
-    if !t.from.contains(&m.stage) || !attempt_matches {
+fn transition(tx: &rusqlite::Transaction<'_>, id: &str, t: &MessageTransition) -> Result<Option<MessageState>, StoreError> {
+    let Some(mut st) = state(tx, id)? else { return Ok(None) };
+    let attempt_matches = t.attempt_id.as_ref().is_none_or(|a| *a == st.attempt_id);
+    if !t.from.contains(&st.stage) || !attempt_matches {
         return Ok(None);
     }
+    apply(tx, id, &mut st, t)?;
+    save(tx, id, &st)?;
+    Ok(Some(st))
+}
+
+/// Appends the stage rows of `t` and changes `st` accordingly (not saved yet).
+fn apply(tx: &rusqlite::Transaction<'_>, id: &str, st: &mut MessageState, t: &MessageTransition) -> Result<(), StoreError> {
     if t.to == AckStage::TimedOut {
-        m.timeouts = m.timeouts.saturating_add(1);
+        st.timeouts = st.timeouts.saturating_add(1);
     }
-    m.error_code = t.code;
-    m.note = t.note.clone();
-    m.updated_at = t.at;
+    st.error_code = t.code;
+    st.note = t.note.clone();
+    st.updated_at = t.at;
     if let Some((attempt_id, not_before)) = &t.retry {
         // A new attempt: its predecessor's end (unless the new attempt is all there is to say,
         // as after a restart), then RECEIVED again, waiting in the inbox.
         if t.to != AckStage::Received {
-            insert_stage(tx, id, t.to, &m.envelope, t.code, t.note.as_deref(), t.at)?;
+            st.stages += 1;
+            insert_stage(tx, id, st.stages, t.to, (&st.attempt_id, st.retry_count), t.code, t.note.as_deref(), t.at)?;
         }
-        m.envelope.message_id = attempt_id.clone();
-        m.envelope.retry_count = m.envelope.retry_count.saturating_add(1);
-        m.stage = AckStage::Received;
-        m.not_before = Some(*not_before);
+        st.attempt_id = attempt_id.clone();
+        st.retry_count = st.retry_count.saturating_add(1);
+        st.stage = AckStage::Received;
+        st.not_before = Some(*not_before);
+        st.stages += 1;
         let note = if t.to == AckStage::Received { t.note.as_deref() } else { Some("retry") };
-        insert_stage(tx, id, AckStage::Received, &m.envelope, None, note, t.at)?;
+        insert_stage(tx, id, st.stages, AckStage::Received, (&st.attempt_id, st.retry_count), None, note, t.at)?;
     } else {
-        insert_stage(tx, id, t.to, &m.envelope, t.code, t.note.as_deref(), t.at)?;
-        m.stage = t.to;
+        st.stages += 1;
+        insert_stage(tx, id, st.stages, t.to, (&st.attempt_id, st.retry_count), t.code, t.note.as_deref(), t.at)?;
+        st.stage = t.to;
         if t.to.is_outcome() {
-            m.finished_at = Some(t.at);
+            st.finished_at = Some(t.at);
         }
     }
+    Ok(())
+}
+
+fn save(tx: &rusqlite::Transaction<'_>, id: &str, st: &MessageState) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "UPDATE messages SET envelope = ?2, stage = ?3, error_code = ?4, note = ?5, updated_at = ?6, \
-         not_before = ?7, finished_at = ?8, timeouts = ?9 WHERE id = ?1",
+        "UPDATE messages SET stage = ?2, attempt_id = ?3, retry_count = ?4, timeouts = ?5, error_code = ?6, \
+         note = ?7, updated_at = ?8, not_before = ?9, finished_at = ?10, stages = ?11 WHERE id = ?1",
     )?
     .execute(params![
         id,
-        to_json(&m.envelope),
-        m.stage.as_str(),
-        m.error_code.map(ErrorCode::as_str),
-        m.note,
-        m.updated_at,
-        m.not_before,
-        m.finished_at,
-        m.timeouts
+        st.stage.as_str(),
+        st.attempt_id,
+        st.retry_count,
+        st.timeouts,
+        st.error_code.map(ErrorCode::as_str),
+        st.note,
+        st.updated_at,
+        st.not_before,
+        st.finished_at,
+        st.stages
     ])?;
-    Ok(Some(m))
+    Ok(())
 }
 
 /// Filter for [`Store::list_messages`]; newest first.
@@ -200,7 +251,7 @@ pub struct MessageFilter {
 }
 
 const COLUMNS: &str = "id, principal, recipient_kind, envelope, payload, delivery, stage, error_code, note, \
-     created_at, updated_at, not_before, expires_at, finished_at, reply_to, timeouts";
+     created_at, updated_at, not_before, expires_at, finished_at, reply_to, timeouts, attempt_id, retry_count";
 
 fn json_err(what: &str, id: &str, e: serde_json::Error) -> StoreError {
     StoreError::json(format!("{what} of message {id}"), e)
@@ -215,7 +266,13 @@ fn from_row(row: &Row<'_>) -> Result<MessageRecord, StoreError> {
     Ok(MessageRecord {
         principal: row.get(1)?,
         kind: RecipientKind::parse(&row.get::<_, String>(2)?),
-        envelope: serde_json::from_str(&envelope).map_err(|e| json_err("envelope", &id, e))?,
+        envelope: {
+            // The stored envelope is the first attempt's; the current attempt is in columns.
+            let mut e: Envelope = serde_json::from_str(&envelope).map_err(|e| json_err("envelope", &id, e))?;
+            e.message_id = row.get(16)?;
+            e.retry_count = row.get(17)?;
+            e
+        },
         payload: row.get(4)?,
         delivery: serde_json::from_str(&delivery).map_err(|e| json_err("delivery", &id, e))?,
         stage: AckStage::parse(&stage)
@@ -252,29 +309,58 @@ fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// Appends stage row number `seq` of message `id`, for the attempt `(attempt_id, retry_count)`.
+#[allow(clippy::too_many_arguments)]
 fn insert_stage(
     tx: &rusqlite::Transaction<'_>,
     id: &str,
+    seq: u32,
     stage: AckStage,
-    envelope: &Envelope,
+    (attempt_id, retry_count): (&str, u32),
     code: Option<ErrorCode>,
     note: Option<&str>,
     at: i64,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO message_stages (message_id, seq, stage, retry_count, attempt_id, error_code, note, at) \
-         VALUES (?1, (SELECT COUNT(*) FROM message_stages WHERE message_id = ?1) + 1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![
-        id,
-        stage.as_str(),
-        envelope.retry_count,
-        envelope.message_id,
-        code.map(ErrorCode::as_str),
-        note,
-        at
-    ])?;
+    .execute(params![id, seq, stage.as_str(), retry_count, attempt_id, code.map(ErrorCode::as_str), note, at])?;
     Ok(())
+}
+
+fn state(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<Option<MessageState>, StoreError> {
+    let row = tx
+        .prepare_cached(
+            "SELECT stage, attempt_id, retry_count, timeouts, error_code, note, updated_at, not_before, finished_at, stages \
+             FROM messages WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                MessageState {
+                    stage: AckStage::Received,
+                    attempt_id: r.get(1)?,
+                    retry_count: r.get(2)?,
+                    timeouts: r.get(3)?,
+                    error_code: r.get::<_, Option<String>>(4)?.as_deref().and_then(ErrorCode::parse),
+                    note: r.get(5)?,
+                    updated_at: r.get(6)?,
+                    not_before: r.get(7)?,
+                    finished_at: r.get(8)?,
+                    stages: r.get(9)?,
+                },
+            ))
+        });
+    match row {
+        Ok((stage, mut st)) => {
+            st.stage = AckStage::parse(&stage)
+                .ok_or_else(|| StoreError::UnknownStatus { job_id: id.to_owned(), status: stage.clone() })?;
+            Ok(Some(st))
+        }
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The existing copy of the same logical message, if the producer sent it before.
@@ -311,8 +397,8 @@ fn insert_one(tx: &rusqlite::Transaction<'_>, m: &MessageRecord) -> Result<(), S
     tx.prepare_cached(
         "INSERT INTO messages (id, principal, producer_id, recipient, recipient_kind, topic, envelope, payload, \
          delivery, idempotency_token, sequence_number, stage, error_code, note, created_at, updated_at, \
-         not_before, expires_at, finished_at, reply_to, timeouts) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+         not_before, expires_at, finished_at, reply_to, timeouts, attempt_id, retry_count, stages) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, 1)",
     )?
     .execute(params![
         m.id,
@@ -336,8 +422,11 @@ fn insert_one(tx: &rusqlite::Transaction<'_>, m: &MessageRecord) -> Result<(), S
         m.finished_at,
         m.reply_to,
         m.timeouts,
+        e.message_id,
+        e.retry_count,
     ])?;
-    insert_stage(tx, &m.id, m.stage, e, m.error_code, m.note.as_deref(), m.created_at)
+    let attempt = (e.message_id.as_str(), e.retry_count);
+    insert_stage(tx, &m.id, 1, m.stage, attempt, m.error_code, m.note.as_deref(), m.created_at)
 }
 
 impl Store {
@@ -368,7 +457,7 @@ impl Store {
         &self,
         id: &str,
         t: MessageTransition,
-    ) -> impl Future<Output = Result<Option<MessageRecord>, StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<MessageState>, StoreError>> + Send + 'static {
         let id = id.to_owned();
         self.write(move |ctx| transition(ctx.tx(), &id, &t))
     }
@@ -380,23 +469,25 @@ impl Store {
     pub fn finish_delivery(
         &self,
         op: FinishDelivery,
-    ) -> impl Future<Output = Result<Option<MessageRecord>, StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<MessageState>, StoreError>> + Send + 'static {
         self.write(move |ctx| {
             let tx = ctx.tx();
             for record in &op.audit {
                 super::audit::insert(tx, record)?;
             }
-            if let Some(at) = op.read_at {
-                let read = MessageTransition { from: vec![AckStage::Received], to: AckStage::Read, at, ..op.transition.clone() };
-                let read = MessageTransition { code: None, note: None, retry: None, ..read };
-                transition(tx, &op.id, &read)?;
-            }
-            let Some(current) = get(tx, &op.id)? else { return Ok(None) };
-            let applies = op.transition.from.contains(&current.stage)
-                && op.transition.attempt_id.as_ref().is_none_or(|a| *a == current.envelope.message_id);
-            if !applies {
+            let Some(mut st) = state(tx, &op.id)? else { return Ok(None) };
+            let t = &op.transition;
+            let from_read = op.read_at.is_some() && st.stage == AckStage::Received;
+            let current_stage = if from_read { AckStage::Read } else { st.stage };
+            let applies = t.from.contains(&current_stage) && t.attempt_id.as_ref().is_none_or(|a| *a == st.attempt_id);
+            if !applies || (op.read_at.is_some() && !from_read && st.stage != AckStage::Read) {
                 return Ok(None);
             }
+            if let (true, Some(at)) = (from_read, op.read_at) {
+                let read = MessageTransition { from: vec![AckStage::Received], to: AckStage::Read, at, code: None, note: None, retry: None, attempt_id: None };
+                apply(tx, &op.id, &mut st, &read)?;
+            }
+            let mut outcome = op.transition.clone();
             if !op.kv.is_empty() {
                 // The kv writes and the outcome commit together or not at all; a write that
                 // cannot apply (e.g. incrementing a non-integer) fails the delivery instead.
@@ -405,18 +496,19 @@ impl Store {
                     Ok(()) => tx.execute_batch("RELEASE delivery_kv")?,
                     Err(e) => {
                         tx.execute_batch("ROLLBACK TO delivery_kv; RELEASE delivery_kv")?;
-                        let failed = MessageTransition {
+                        outcome = MessageTransition {
                             to: AckStage::Failed,
                             code: Some(ErrorCode::InternalError),
                             note: Some(format!("the delivery's kv writes could not be applied: {e}")),
                             retry: None,
-                            ..op.transition.clone()
+                            ..outcome
                         };
-                        return transition(tx, &op.id, &failed);
                     }
                 }
             }
-            transition(tx, &op.id, &op.transition)
+            apply(tx, &op.id, &mut st, &outcome)?;
+            save(tx, &op.id, &st)?;
+            Ok(Some(st))
         })
     }
 
@@ -605,6 +697,9 @@ pub struct ExternalAgentRecord {
 pub(super) const MIGRATION: &str = r#"
     CREATE TABLE messages (
         id                TEXT PRIMARY KEY NOT NULL,
+        attempt_id        TEXT NOT NULL,
+        retry_count       INTEGER NOT NULL,
+        stages            INTEGER NOT NULL,
         principal         TEXT NOT NULL,
         producer_id       TEXT NOT NULL,
         recipient         TEXT NOT NULL,

@@ -49,7 +49,7 @@ pub use events::{EventRecord, NewEvent};
 pub use jobs::{InsertOutcome, JobFilter, JobRecord, JobStatus, Transition};
 pub use kv::KvOp;
 pub use messages::{
-    ExternalAgentRecord, FinishDelivery, Inserted, MessageFilter, MessageRecord, MessageTransition, RecipientKind,
+    ExternalAgentRecord, FinishDelivery, Inserted, MessageFilter, MessageRecord, MessageState, MessageTransition, RecipientKind,
     StageRecord,
 };
 pub use writer::MAX_BATCH;
