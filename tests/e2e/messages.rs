@@ -321,13 +321,11 @@ impl Inbox {
     async fn open(host: &Host, agent: &str, token: &str) -> Inbox {
         use eventsource_stream::Eventsource;
         use futures::StreamExt;
-        let resp = host
-            .client
-            .get(format!("{}/v1/external-agents/{agent}/inbox", host.url))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let mut request = host.client.get(format!("{}/v1/external-agents/{agent}/inbox", host.url));
+        if !token.is_empty() {
+            request = request.bearer_auth(token);
+        }
+        let resp = request.send().await.unwrap();
         assert_eq!(resp.status(), 200, "inbox of {agent}");
         let events = resp.bytes_stream().eventsource().filter_map(|e| async move {
             let e = e.ok()?;
@@ -520,4 +518,24 @@ async fn a_message_storm_survives_repeated_kill_9_and_each_token_takes_effect_ex
     }
     let greeted: usize = host.kv("greeter", "greeted").await.unwrap().parse().unwrap();
     assert_eq!(greeted, expected_tokens.len(), "one greeting per logical message");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_refused_as_buffer_full_is_accepted_when_resent_with_its_token_later() {
+    let host = Host::start_with_policy(&[], Some("[messages]\ninbox_capacity = 1\n"));
+    let register = host.request(Method::POST, "/v1/external-agents", None, Some(&json!({"agent_id": "narrow"}))).await;
+    assert_eq!(register.status, 201);
+    let first = host.send_ok(to_agent("narrow", json!("first"))).await;
+    let body = json!({"recipient": {"agent": "narrow"}, "payload": "second", "idempotency_token": "second"});
+    let full = host.send_message(body.clone()).await;
+    assert_eq!(full.status, 429, "{:?}", full.body);
+    let mut inbox = Inbox::open(&host, "narrow", "").await;
+    let (seq, m) = inbox.next().await;
+    assert_eq!(m["id"], first.as_str());
+    let released = host.request(Method::POST, &format!("/v1/external-agents/narrow/inbox/{seq}/ack"), None, Some(&json!({"outcome": "fulfilled"}))).await;
+    assert_eq!(released.body["recorded"], true);
+    let again = host.send_message(body).await;
+    assert_eq!(again.status, 202, "a refused try is not a duplicate: {:?}", again.body);
+    let (_, second) = inbox.next().await;
+    assert_eq!(second["payload"], "second");
 }

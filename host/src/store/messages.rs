@@ -363,6 +363,10 @@ fn state(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<Option<MessageState
     }
 }
 
+/// Copies recorded only to say they were refused (BUFFER_FULL, AGENT_UNAVAILABLE): a resend
+/// of the same logical message is a new try, not a duplicate.
+const REFUSED_AT_ACCEPT: &str = "(stage = 'REJECTED' AND error_code IN ('BUFFER_FULL', 'AGENT_UNAVAILABLE'))";
+
 /// The existing copy of the same logical message, if the producer sent it before.
 fn find_duplicate(
     tx: &rusqlite::Transaction<'_>,
@@ -373,7 +377,7 @@ fn find_duplicate(
     if !e.idempotency_token.is_empty() {
         let sql = format!(
             "SELECT {COLUMNS} FROM messages WHERE principal = ?1 AND producer_id = ?2 AND idempotency_token = ?3 \
-             AND recipient = ?4 AND created_at >= ?5 LIMIT 1"
+             AND recipient = ?4 AND created_at >= ?5 AND NOT {REFUSED_AT_ACCEPT} LIMIT 1"
         );
         return Ok(query(tx, &sql, params![record.principal, e.producer_id, e.idempotency_token, e.recipient, since])?
             .into_iter()
@@ -382,7 +386,7 @@ fn find_duplicate(
     if e.sequence_number > 0 {
         let sql = format!(
             "SELECT {COLUMNS} FROM messages WHERE principal = ?1 AND producer_id = ?2 AND idempotency_token IS NULL \
-             AND sequence_number = ?3 AND recipient = ?4 AND created_at >= ?5 LIMIT 1"
+             AND sequence_number = ?3 AND recipient = ?4 AND created_at >= ?5 AND NOT {REFUSED_AT_ACCEPT} LIMIT 1"
         );
         let seq = i64::try_from(e.sequence_number).unwrap_or(i64::MAX);
         return Ok(query(tx, &sql, params![record.principal, e.producer_id, seq, e.recipient, since])?
