@@ -155,3 +155,31 @@ async fn token_is_required_by_a_host_with_principals() {
     let printed: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"));
     assert_eq!(printed, json!({"echo": 1}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_message_messages_and_inbox_show_a_message_and_its_stages() {
+    let host = Host::start(&["greeter"]);
+    let out = host.cli(&["send", "greeter", "--payload", r#"{"name": "cli"}"#, "--idempotency-token", "cli-1"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = out.stdout.split_whitespace().next().unwrap().to_owned();
+    assert!(out.stdout.contains("RECEIVED → greeter"), "{out:?}");
+    let m = host.message_done(&id).await;
+    assert_eq!(m["stage"], "FULFILLED");
+
+    let out = host.cli(&["message", &id]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let shown: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(crate::messages::stages(&shown), ["RECEIVED", "READ", "FULFILLED"]);
+
+    let out = host.cli(&["messages", "--recipient", "greeter", "--stage", "FULFILLED"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&id) && out.stdout.contains("FULFILLED"), "{out:?}");
+
+    let out = host.cli(&["inbox", "greeter"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&id) && out.stdout.contains(r#"{"name":"cli"}"#), "{out:?}");
+
+    let out = host.cli(&["send", "nobody", "--payload", "1"]).await;
+    assert_eq!(out.code, 2, "a refused send exits 2: {out:?}");
+    assert!(out.stderr.contains("NO_ROUTE"), "{out:?}");
+}
