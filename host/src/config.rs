@@ -82,6 +82,11 @@ pub struct ServerConfig {
     pub max_concurrent_jobs: usize,
     /// On SIGTERM, how long running jobs may take to finish.
     pub shutdown_grace_ms: u64,
+    /// Serve SW4RM over gRPC on this address (off when absent; `--grpc-listen` overrides).
+    pub grpc_listen: Option<SocketAddr>,
+    /// PEM certificate chain and private key for gRPC over TLS (both, or neither).
+    pub grpc_tls_cert: Option<std::path::PathBuf>,
+    pub grpc_tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +96,9 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             max_concurrent_jobs: 64,
             shutdown_grace_ms: 10_000,
+            grpc_listen: None,
+            grpc_tls_cert: None,
+            grpc_tls_key: None,
         }
     }
 }
@@ -174,6 +182,19 @@ impl Policy {
     /// Whether API requests must carry a bearer token.
     pub fn requires_tokens(&self) -> bool {
         !self.principals.is_empty()
+    }
+
+    /// The principal an `Authorization` header value stands for, as every front door decides it:
+    /// with principals configured, `Bearer <token>` must name one; without, everyone is
+    /// [`LOCAL_PRINCIPAL`]. `Err` says what is wrong, for the caller's 401.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<String, &'static str> {
+        if !self.requires_tokens() {
+            return Ok(LOCAL_PRINCIPAL.to_owned());
+        }
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .ok_or("missing bearer token: send `Authorization: Bearer <token>`")?;
+        self.principal_for_token(token.trim()).map(|p| p.name.clone()).ok_or("invalid bearer token")
     }
 
     /// The principal a bearer token belongs to.

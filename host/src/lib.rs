@@ -12,7 +12,8 @@
 //! - [`engine`] — the wasmtime engine, compiled-code cache, agent registry, folder watch;
 //! - [`capabilities`] — one module per scope family: the host side of each WIT interface,
 //!   each call authorized against the lease before any effect;
-//! - [`store`] — SQLite (WAL) behind one group-committing writer thread.
+//! - [`store`] — SQLite (WAL) behind one group-committing writer thread;
+//! - [`sw4rm`] — the SW4RM gRPC front door (router, registry, health): a codec over `messages`.
 //!
 //! [`server`] wires them together for `corral serve`; [`build`] is `corral build` (agent
 //! crates → components); [`cli`] is the client half of the `corral` command.
@@ -29,6 +30,7 @@ pub mod lease;
 pub mod messages;
 pub mod server;
 pub mod store;
+pub mod sw4rm;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

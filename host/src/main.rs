@@ -39,6 +39,10 @@ struct ServeArgs {
     /// Address to listen on (default from the policy, else 127.0.0.1:7070).
     #[arg(long, env = "CORRAL_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Also serve SW4RM over gRPC (router, registry, health) on this address; without a value,
+    /// 127.0.0.1:50051. Off unless given here or as `server.grpc_listen` in the policy.
+    #[arg(long, env = "CORRAL_GRPC_LISTEN", num_args = 0..=1, default_missing_value = "127.0.0.1:50051", value_name = "ADDR")]
+    grpc_listen: Option<SocketAddr>,
     /// Folder of agent components (`*.wasm`), watched for changes.
     #[arg(long, default_value = "agents", env = "CORRAL_AGENTS")]
     agents: PathBuf,
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
             init_logging(args.log_json);
             let opts = corral::server::ServeOptions {
                 listen: args.listen,
+                grpc_listen: args.grpc_listen,
                 agents_dir: args.agents,
                 data_dir: args.data,
                 cache_dir: args.cache,

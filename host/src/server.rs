@@ -23,6 +23,8 @@ use crate::store::{Store, StoreError};
 pub struct ServeOptions {
     /// Overrides the policy's `server.listen`.
     pub listen: Option<SocketAddr>,
+    /// Overrides the policy's `server.grpc_listen` (SW4RM over gRPC; off when neither is set).
+    pub grpc_listen: Option<SocketAddr>,
     pub agents_dir: PathBuf,
     pub data_dir: PathBuf,
     /// Compiled-code cache; `<data_dir>/compiled` when absent. Must be a folder only this
@@ -49,6 +51,8 @@ pub enum ServeError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Jobs(#[from] JobError),
+    #[error(transparent)]
+    Grpc(#[from] crate::sw4rm::GrpcError),
 }
 
 /// Everything a host runs jobs with, minus the HTTP server: the store, the engine with the
@@ -106,9 +110,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         None => Policy::builtin()?,
     };
     let listen = opts.listen.unwrap_or(policy.server.listen);
-    if !listen.ip().is_loopback() && !policy.requires_tokens() {
-        return Err(ServeError::TokensRequired(listen));
+    let grpc_listen = opts.grpc_listen.or(policy.server.grpc_listen);
+    for addr in std::iter::once(listen).chain(grpc_listen) {
+        if !addr.ip().is_loopback() && !policy.requires_tokens() {
+            return Err(ServeError::TokensRequired(addr));
+        }
     }
+    let grpc_tls = grpc_tls(&policy)?;
     let policy = Arc::new(policy);
     let Runtime { manager, registry, failures, _watch } =
         Runtime::open(Arc::clone(&policy), &opts.agents_dir, &opts.data_dir, opts.cache_dir.as_deref()).await?;
@@ -137,6 +145,23 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         println!("corral listening on http://{local}");
     }
 
+    let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc = match grpc_listen {
+        Some(addr) => {
+            let listener = crate::sw4rm::bind(&manager, addr).await?;
+            tracing::info!(local = %listener.local, tls = grpc_tls.is_some(), "SW4RM gRPC ready");
+            #[allow(clippy::print_stdout)]
+            {
+                println!("corral gRPC listening on {}", listener.local);
+            }
+            let shutdown = async {
+                let _ = grpc_stopped.await;
+            };
+            Some(tokio::spawn(crate::sw4rm::serve(Arc::clone(&manager), listener, grpc_tls, shutdown)))
+        }
+        None => None,
+    };
+
     let app = crate::api::router(Arc::clone(&manager));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -162,14 +187,30 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         tracing::warn!(left, "jobs still running after the grace period; they will be recovered at the next start");
     }
     let _ = stop_tx.send(());
+    let _ = grpc_stop.send(());
     // Open event streams would hold graceful shutdown forever; give them a moment.
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    if let Some(grpc) = grpc {
+        let _ = tokio::time::timeout(Duration::from_secs(1), grpc).await;
+    }
     drop(manager);
     if let Err(e) = store.close().await {
         tracing::error!(error = %e, "closing the store failed");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The gRPC listener's TLS identity from the policy's PEM files, if configured.
+fn grpc_tls(policy: &Policy) -> Result<Option<crate::sw4rm::Tls>, ServeError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| ServeError::Setup(format!("cannot read {}: {e}", path.display())))
+    };
+    match (&policy.server.grpc_tls_cert, &policy.server.grpc_tls_key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(crate::sw4rm::Tls { cert_pem: read(cert)?, key_pem: read(key)? })),
+        _ => Err(ServeError::Setup("give both server.grpc_tls_cert and server.grpc_tls_key, or neither".into())),
+    }
 }
 
 async fn shutdown_signal() {

@@ -36,6 +36,8 @@ pub struct Host {
     pub policy: Option<String>,
     pub client: reqwest::Client,
     pub token: Option<String>,
+    /// `host:port` of the SW4RM gRPC listener, for hosts started with [`Host::start_grpc`].
+    pub grpc: Option<String>,
 }
 
 impl Host {
@@ -53,6 +55,15 @@ impl Host {
     }
 
     pub fn start_with_policy(agents: &[&str], policy: Option<&str>) -> Host {
+        Self::start_serving(agents, policy, false)
+    }
+
+    /// [`Host::start_with_policy`], also serving SW4RM over gRPC on a free port.
+    pub fn start_grpc(agents: &[&str], policy: Option<&str>) -> Host {
+        Self::start_serving(agents, policy, true)
+    }
+
+    fn start_serving(agents: &[&str], policy: Option<&str>, grpc: bool) -> Host {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("agents")).unwrap();
         for name in agents {
@@ -65,6 +76,7 @@ impl Host {
             policy: policy.map(str::to_string),
             client: reqwest::Client::new(),
             token: None,
+            grpc: grpc.then(String::new),
         };
         host.spawn();
         host
@@ -83,6 +95,9 @@ impl Host {
             .env("RUST_LOG", "info,corral=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if self.grpc.is_some() {
+            cmd.arg("--grpc-listen").arg("127.0.0.1:0");
+        }
         if let Some(policy) = &self.policy {
             let path = self.dir.path().join("policy.toml");
             std::fs::write(&path, policy).unwrap();
@@ -102,16 +117,28 @@ impl Host {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("corral gRPC listening on ") {
+                    let _ = tx.send((true, addr.trim().to_string()));
+                }
                 if let Some(url) = line.strip_prefix("corral listening on ") {
-                    let _ = tx.send(url.trim().to_string());
+                    let _ = tx.send((false, url.trim().to_string()));
                 }
             }
         });
         self.child = Some(child);
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => self.url = url,
-            Err(_) => panic!("corral did not start; its log:\n{}", self.logs()),
+        // Both lines when gRPC was asked for, in whatever order they come.
+        let (mut http, mut grpc) = (None, self.grpc.is_none());
+        while http.is_none() || !grpc {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok((true, addr)) => {
+                    self.grpc = Some(addr);
+                    grpc = true;
+                }
+                Ok((false, url)) => http = Some(url),
+                Err(_) => panic!("corral did not start; its log:\n{}", self.logs()),
+            }
         }
+        self.url = http.unwrap_or_default();
     }
 
     /// Everything the host wrote to stderr so far.

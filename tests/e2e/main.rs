@@ -23,5 +23,6 @@ mod lease_escapes;
 mod leases;
 mod messages;
 mod openapi;
+mod sw4rm;
 mod limits;
 mod waited_jobs;

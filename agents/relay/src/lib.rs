@@ -19,6 +19,24 @@ use corral_guest::{Agent, Error, Value, json, kv};
 
 struct Relay;
 
+/// An ACK's stage as SW4RM's name: corral's ACKs carry names, SW4RM's SDK sends numbers (its
+/// 0.6.0 constants say 10 for FAILED).
+fn stage_name(stage: Option<&Value>) -> &str {
+    match stage {
+        Some(Value::String(name)) => name,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(1) => "RECEIVED",
+            Some(2) => "READ",
+            Some(3) => "FULFILLED",
+            Some(4) => "REJECTED",
+            Some(5 | 10) => "FAILED",
+            Some(6) => "TIMED_OUT",
+            _ => "",
+        },
+        _ => "",
+    }
+}
+
 fn send(spec: &Value) -> Result<Value, Error> {
     let to = spec.get("to").and_then(Value::as_str).ok_or_else(|| Error::invalid("send needs \"to\""))?;
     let payload = spec.get("payload").cloned().unwrap_or(Value::Null);
@@ -70,8 +88,9 @@ impl Consumer for Relay {
     fn on_message(msg: Envelope) -> Ack {
         if msg.message_type == MessageType::Acknowledgement {
             let Ok(ack) = msg.json::<Value>() else { return Ack::Failed("unreadable acknowledgement".into()) };
-            let id = ack.get("message").and_then(Value::as_str).unwrap_or_default();
-            let stage = ack.get("ack_stage").and_then(Value::as_str).unwrap_or_default();
+            // corral's ACKs name the message (`message`); SW4RM's SDK names the attempt.
+            let id = ack.get("message").or_else(|| ack.get("ack_for_message_id")).and_then(Value::as_str).unwrap_or_default();
+            let stage = stage_name(ack.get("ack_stage"));
             return match kv::set("relay", &format!("ack/{id}"), stage.as_bytes()) {
                 Ok(()) => Ack::Fulfilled,
                 Err(e) => Ack::Failed(e.to_string()),

@@ -22,7 +22,6 @@ use axum::routing::{get, post};
 use axum::{Extension, Json};
 use utoipa::OpenApi;
 
-use crate::config::LOCAL_PRINCIPAL;
 use crate::engine::registry::{AgentSummary, AgentVersionSummary, LoadFailure};
 use crate::jobs::JobManager;
 use error::ApiError;
@@ -100,19 +99,8 @@ pub fn router(manager: Arc<JobManager>) -> Router {
 }
 
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Result<Response, ApiError> {
-    let policy = state.manager.policy();
-    let principal = if policy.requires_tokens() {
-        let header = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let token = header
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .ok_or_else(|| ApiError::unauthorized("missing bearer token: send `Authorization: Bearer <token>`"))?;
-        policy
-            .principal_for_token(token.trim())
-            .map(|p| p.name.clone())
-            .ok_or_else(|| ApiError::unauthorized("invalid bearer token"))?
-    } else {
-        LOCAL_PRINCIPAL.to_string()
-    };
+    let header = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let principal = state.manager.policy().authenticate(header).map_err(ApiError::unauthorized)?;
     request.extensions_mut().insert(Principal(principal));
     Ok(next.run(request).await)
 }

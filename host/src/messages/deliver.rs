@@ -211,7 +211,7 @@ pub(super) async fn send_ack(plane: &Arc<MessagePlane>, m: &MessageRecord, stage
     let mut out = Outgoing::new(Recipient::Agent(reply_to), MessageType::Acknowledgement, "application/json", payload.to_string().into_bytes());
     out.correlation_id = Some(m.envelope.correlation_id.clone());
     let producer = Producer { principal: m.principal.clone(), id: inbox_of(&m.envelope.recipient).to_owned(), reply_to: None };
-    if let Err(e) = plane.send(&producer, out).await {
+    if let Err(e) = plane.route(&producer, out).await {
         tracing::debug!(message = %m.id, error = %e, "acknowledgement not delivered to the producer");
     }
 }

@@ -312,6 +312,26 @@ impl MessagePlane {
         Ok(updated.is_some())
     }
 
+    /// A terminal ACK envelope ended message `id`: forget its delivery (no redelivery) and
+    /// free its place in the inbox.
+    pub(super) fn release_acknowledged(self: &Arc<Self>, agent: &str, id: &str) {
+        let (in_flight, queued) = {
+            let mut state = self.lock();
+            let in_flight = state.externals.agents.get_mut(agent).is_some_and(|s| {
+                let seqs: Vec<i64> = s.in_flight.iter().filter(|(_, f)| f.queued.id == id).map(|(seq, _)| *seq).collect();
+                seqs.iter().for_each(|seq| drop(s.in_flight.remove(seq)));
+                !seqs.is_empty()
+            });
+            let queued = !in_flight && state.inboxes.get_mut(agent).is_some_and(|i| i.remove(id));
+            (in_flight, queued)
+        };
+        if in_flight {
+            self.settled(agent, 1);
+        } else if queued {
+            self.settled(agent, 0);
+        }
+    }
+
     /// The delivery lease of `seq` lapsed: TIMED_OUT, and a new attempt after the backoff while
     /// retries are left.
     fn lease_lapsed(self: &Arc<Self>, agent: &str, seq: i64) {

@@ -30,6 +30,7 @@
 //! `route` (accepting and routing), `deliver` (Wasm consumers, through the job runner),
 //! `external` (registered external agents, their streams and releases).
 
+pub mod ack;
 pub mod envelope;
 pub mod external;
 pub mod idempotency;

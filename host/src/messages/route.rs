@@ -102,7 +102,19 @@ struct Target {
 impl MessagePlane {
     /// Accepts a message: resolves where it goes and commits one RECEIVED copy per recipient,
     /// or refuses it with a SW4RM error code. See the module docs of `messages` for the contract.
+    /// An ACKNOWLEDGEMENT envelope that names a message is applied to it first (see `ack`).
     pub async fn send(self: &Arc<Self>, producer: &Producer, out: Outgoing) -> Result<Accepted, SendError> {
+        if out.message_type == MessageType::Acknowledgement
+            && let Some(ack) = super::ack::AckPayload::parse(&out.payload)
+        {
+            let ack = ack.map_err(|reason| refuse(ErrorCode::ValidationError, reason))?;
+            return self.acknowledge(producer, out, ack).await;
+        }
+        self.route(producer, out).await
+    }
+
+    /// [`Self::send`] without the ACK interception: routes the message as it is.
+    pub(super) async fn route(self: &Arc<Self>, producer: &Producer, out: Outgoing) -> Result<Accepted, SendError> {
         let now = crate::now_ms();
         self.validate(producer, &out)?;
         let delivery =

@@ -536,6 +536,17 @@ impl Store {
         })
     }
 
+    /// The message whose id, or whose current attempt's `message_id`, is `id` (what an
+    /// ACKNOWLEDGEMENT envelope names).
+    pub async fn find_message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let sql = format!("SELECT {COLUMNS} FROM messages WHERE id = ?1 OR attempt_id = ?1 LIMIT 1");
+            Ok(query(conn, &sql, [&id])?.into_iter().next())
+        })
+        .await
+    }
+
     pub async fn get_message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
         let id = id.to_owned();
         self.read(move |conn| get(conn, &id)).await
@@ -732,6 +743,7 @@ pub(super) const MIGRATION: &str = r#"
     CREATE INDEX messages_by_sequence ON messages(principal, producer_id, sequence_number)
         WHERE idempotency_token IS NULL AND sequence_number > 0;
     CREATE INDEX messages_finished ON messages(finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX messages_by_attempt ON messages(attempt_id);
 
     CREATE TABLE message_stages (
         message_id  TEXT NOT NULL,
