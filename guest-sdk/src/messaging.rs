@@ -59,7 +59,8 @@ impl Message {
 
     /// A DATA message whose payload is `value` as JSON (`application/json`).
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Message, Error> {
-        let payload = serde_json::to_vec(value).map_err(|e| Error::invalid(format!("cannot serialize payload: {e}")))?;
+        let payload =
+            serde_json::to_vec(value).map_err(|e| Error::invalid(format!("cannot serialize payload: {e}")))?;
         Ok(Message::bytes("application/json", payload))
     }
 
@@ -141,7 +142,8 @@ impl Message {
 impl Envelope {
     /// The payload parsed as JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_slice(&self.payload).map_err(|e| Error::invalid(format!("payload is not the expected JSON: {e}")))
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| Error::invalid(format!("payload is not the expected JSON: {e}")))
     }
 
     /// The payload as text (invalid UTF-8 replaced).

@@ -139,11 +139,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         data = %opts.data_dir.display(),
         "corral ready"
     );
-    // A machine-readable line for scripts and tests that listen on port 0.
-    #[allow(clippy::print_stdout)]
-    {
-        println!("corral listening on http://{local}");
-    }
 
     let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = match grpc_listen {
@@ -161,6 +156,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         }
         None => None,
     };
+
+    // A machine-readable line for scripts and tests that listen on port 0 — the last thing
+    // printed at start (after the gRPC line, if any): once it is out, everything is bound.
+    #[allow(clippy::print_stdout)]
+    {
+        println!("corral listening on http://{local}");
+    }
 
     let app = crate::api::router(Arc::clone(&manager));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

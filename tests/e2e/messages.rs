@@ -43,9 +43,11 @@ impl Host {
 
     pub async fn kv(&self, namespace: &str, key: &str) -> Option<String> {
         let db = self.db();
-        db.query_row("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2", [namespace, key], |r| r.get::<_, Vec<u8>>(0))
-            .ok()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
+        db.query_row("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2", [namespace, key], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .ok()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
     }
 }
 
@@ -121,10 +123,10 @@ async fn a_trapping_consumer_fails_the_message_and_a_rejecting_one_rejects_it() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_past_its_ack_timeout_is_timed_out_and_retried_with_backoff_until_retry_attempts() {
     let host = Host::start_with_policy(&["moody"], Some(&crate::harness::spin_policy("")));
-    let delivery = json!({"ack_timeout_ms": 200, "retry_attempts": 2, "retry_delay_ms": 300, "retry_backoff_factor": 2.0});
-    let id = host
-        .send_ok(json!({"recipient": {"agent": "moody"}, "payload": {"spin": true}, "delivery": delivery}))
-        .await;
+    let delivery =
+        json!({"ack_timeout_ms": 200, "retry_attempts": 2, "retry_delay_ms": 300, "retry_backoff_factor": 2.0});
+    let id =
+        host.send_ok(json!({"recipient": {"agent": "moody"}, "payload": {"spin": true}, "delivery": delivery})).await;
     let m = host.message_done(&id).await;
     assert_eq!(
         stages(&m),
@@ -143,7 +145,10 @@ async fn a_consumer_past_its_ack_timeout_is_timed_out_and_retried_with_backoff_u
     assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), [0, 1, 2]);
     assert_ne!(attempts[0].1, attempts[1].1);
     // Backoff: the second retry waited about twice as long as the first (±20 % jitter).
-    let at = |i: usize| time::OffsetDateTime::parse(history[i]["at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let at = |i: usize| {
+        time::OffsetDateTime::parse(history[i]["at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
     let first_wait = at(4) - at(2);
     let second_wait = at(7) - at(5);
     assert!(first_wait >= time::Duration::milliseconds(230), "{first_wait}");
@@ -154,15 +159,13 @@ async fn a_consumer_past_its_ack_timeout_is_timed_out_and_retried_with_backoff_u
 async fn ttl_expiry_buffer_full_no_route_oversize_and_bad_lengths_are_reported_exactly() {
     let policy = "[messages]\ninbox_capacity = 2\nmax_payload_bytes = 1024\n";
     let host = Host::start_with_policy(&["greeter"], Some(policy));
-    let answer = host
-        .request(Method::POST, "/v1/external-agents", None, Some(&json!({"agent_id": "slow-reader"})))
-        .await;
+    let answer =
+        host.request(Method::POST, "/v1/external-agents", None, Some(&json!({"agent_id": "slow-reader"}))).await;
     assert_eq!(answer.status, 201, "{:?}", answer.body);
 
     // TTL: nobody streams, so the message expires in the inbox.
-    let expiring = host
-        .send_ok(json!({"recipient": {"agent": "slow-reader"}, "payload": 1, "delivery": {"ttl_ms": 150}}))
-        .await;
+    let expiring =
+        host.send_ok(json!({"recipient": {"agent": "slow-reader"}, "payload": 1, "delivery": {"ttl_ms": 150}})).await;
     let m = host.message_done(&expiring).await;
     assert_eq!((m["stage"].as_str(), m["error_code"].as_str()), (Some("FAILED"), Some("TTL_EXPIRED")), "{m}");
 
@@ -174,7 +177,9 @@ async fn ttl_expiry_buffer_full_no_route_oversize_and_bad_lengths_are_reported_e
     assert_eq!(full.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     let rejected: i64 = host
         .db()
-        .query_row("SELECT count(*) FROM messages WHERE stage = 'REJECTED' AND error_code = 'BUFFER_FULL'", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM messages WHERE stage = 'REJECTED' AND error_code = 'BUFFER_FULL'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(rejected, 1, "the refusal is recorded, not dropped");
 
@@ -186,7 +191,9 @@ async fn ttl_expiry_buffer_full_no_route_oversize_and_bad_lengths_are_reported_e
     let big = host.send_message(to_agent("greeter", json!("x".repeat(2000)))).await;
     assert_eq!((big.status, big.code()), (413, "oversize_payload"), "{:?}", big.body);
 
-    let lying = host.send_message(json!({"recipient": {"agent": "greeter"}, "payload": {"name": "x"}, "content_length": 3})).await;
+    let lying = host
+        .send_message(json!({"recipient": {"agent": "greeter"}, "payload": {"name": "x"}, "content_length": 3}))
+        .await;
     assert_eq!((lying.status, lying.code()), (400, "validation_error"), "{:?}", lying.body);
     let total: i64 = host.db().query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
     assert_eq!(total, 4, "no-route, oversize and invalid messages are not stored");
@@ -223,7 +230,9 @@ async fn every_message_sent_ends_in_a_terminal_stage_or_is_still_pending_none_mi
     assert_eq!(buffer_full as usize, refused);
     let greeted: i64 = host.kv("greeter", "greeted").await.map_or(0, |v| v.parse().unwrap());
     let fulfilled: i64 = db
-        .query_row("SELECT count(*) FROM messages WHERE recipient = 'greeter' AND stage = 'FULFILLED'", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM messages WHERE recipient = 'greeter' AND stage = 'FULFILLED'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(greeted, fulfilled);
 }
@@ -273,7 +282,8 @@ token = "reader-token"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_by_token_return_the_recorded_outcome_and_enqueue_nothing() {
     let host = Host::start(&["greeter"]);
-    let body = json!({"recipient": {"agent": "greeter"}, "payload": {"name": "once"}, "idempotency_token": "greet:once"});
+    let body =
+        json!({"recipient": {"agent": "greeter"}, "payload": {"name": "once"}, "idempotency_token": "greet:once"});
     let id = host.send_ok(body.clone()).await;
     host.message_done(&id).await;
     let again = host.send_message(body.clone()).await;
@@ -282,7 +292,8 @@ async fn duplicates_by_token_return_the_recorded_outcome_and_enqueue_nothing() {
     assert_eq!(again.body["messages"][0]["id"], id.as_str());
     assert_eq!(again.body["messages"][0]["stage"], "FULFILLED");
     // Sequence numbers dedupe when there is no token.
-    let numbered = json!({"recipient": {"agent": "greeter"}, "payload": {"name": "n"}, "producer_id": "p", "sequence_number": 7});
+    let numbered =
+        json!({"recipient": {"agent": "greeter"}, "payload": {"name": "n"}, "producer_id": "p", "sequence_number": 7});
     let first = host.send_ok(numbered.clone()).await;
     let second = host.send_message(numbered).await;
     assert!(second.body["duplicate"].is_string(), "{:?}", second.body);
@@ -300,12 +311,23 @@ async fn request_waits_for_the_correlated_reply_and_topics_fan_out_to_subscriber
     assert_eq!(job["output"]["reply"], json!({"greeting": "hello, grace"}));
     assert_eq!(job["output"]["from"], "greeter");
 
-    let answer = host.request(Method::POST, "/v1/external-agents", None, Some(&json!({"agent_id": "listener", "topics": ["greetings"]}))).await;
+    let answer = host
+        .request(
+            Method::POST,
+            "/v1/external-agents",
+            None,
+            Some(&json!({"agent_id": "listener", "topics": ["greetings"]})),
+        )
+        .await;
     assert_eq!(answer.status, 201);
     let sent = host.send_message(json!({"recipient": {"topic": "greetings"}, "payload": {"name": "all"}})).await;
     assert_eq!(sent.status, 202, "{:?}", sent.body);
-    let recipients: Vec<&str> =
-        sent.body["messages"].as_array().unwrap().iter().map(|m| m["envelope"]["recipient"].as_str().unwrap()).collect();
+    let recipients: Vec<&str> = sent.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["envelope"]["recipient"].as_str().unwrap())
+        .collect();
     assert_eq!(recipients, ["greeter", "listener"]);
     let (_, agents) = host.get("/v1/agents?capability=greeting").await;
     let names: Vec<&str> = agents["agents"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
@@ -337,7 +359,10 @@ impl Inbox {
     /// The next delivery (bounded wait).
     async fn next(&mut self) -> (i64, Value) {
         use futures::StreamExt;
-        tokio::time::timeout(Duration::from_secs(20), self.events.next()).await.expect("a delivery within 20 s").expect("stream open")
+        tokio::time::timeout(Duration::from_secs(20), self.events.next())
+            .await
+            .expect("a delivery within 20 s")
+            .expect("stream open")
     }
 }
 
@@ -355,7 +380,8 @@ token = "bob-token"
 "#;
 
 async fn release(host: &Host, agent: &str, seq: i64, token: &str, outcome: Value) -> Answer {
-    host.request(Method::POST, &format!("/v1/external-agents/{agent}/inbox/{seq}/ack"), Some(token), Some(&outcome)).await
+    host.request(Method::POST, &format!("/v1/external-agents/{agent}/inbox/{seq}/ack"), Some(token), Some(&outcome))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,11 +390,17 @@ async fn an_external_agent_streams_and_releases_and_unreleased_messages_come_bac
     host.token = Some("alice-token".into());
     for agent in ["worker", "other"] {
         let answer = host
-            .request(Method::POST, "/v1/external-agents", Some("alice-token"), Some(&json!({"agent_id": agent, "capabilities": ["work"]})))
+            .request(
+                Method::POST,
+                "/v1/external-agents",
+                Some("alice-token"),
+                Some(&json!({"agent_id": agent, "capabilities": ["work"]})),
+            )
             .await;
         assert_eq!(answer.status, 201, "{:?}", answer.body);
     }
-    let ids: Vec<String> = futures::future::join_all((0..3).map(|i| host.send_ok(to_agent("worker", json!({"n": i}))))).await;
+    let ids: Vec<String> =
+        futures::future::join_all((0..3).map(|i| host.send_ok(to_agent("worker", json!({"n": i}))))).await;
 
     let mut inbox = Inbox::open(&host, "worker", "alice-token").await;
     let mut got = Vec::new();
@@ -408,9 +440,20 @@ async fn an_external_agent_streams_and_releases_and_unreleased_messages_come_bac
     let mut unreleased: Vec<&str> = got[1..].iter().map(|(_, m)| m["id"].as_str().unwrap()).collect();
     unreleased.sort();
     assert_eq!(back, unreleased);
-    assert_eq!(release(&host, "worker", *seq1, "alice-token", json!({"outcome": "fulfilled"})).await.body["recorded"], false, "old seqs are void");
+    assert_eq!(
+        release(&host, "worker", *seq1, "alice-token", json!({"outcome": "fulfilled"})).await.body["recorded"],
+        false,
+        "old seqs are void"
+    );
     for (seq, _) in &again {
-        let r = release(&host, "worker", *seq, "alice-token", json!({"outcome": "rejected", "code": "VALIDATION_ERROR", "note": "bad n"})).await;
+        let r = release(
+            &host,
+            "worker",
+            *seq,
+            "alice-token",
+            json!({"outcome": "rejected", "code": "VALIDATION_ERROR", "note": "bad n"}),
+        )
+        .await;
         assert_eq!(r.body["recorded"], true);
     }
 
@@ -418,12 +461,18 @@ async fn an_external_agent_streams_and_releases_and_unreleased_messages_come_bac
     let delivery = json!({"ack_timeout_ms": 300, "retry_attempts": 1, "retry_delay_ms": 50});
     let lapsing = host.send_ok(json!({"recipient": {"agent": "worker"}, "payload": 9, "delivery": delivery})).await;
     let (_, first_try) = inbox.next().await;
-    assert_eq!((first_try["id"].as_str(), first_try["envelope"]["retry_count"].as_u64()), (Some(lapsing.as_str()), Some(0)));
+    assert_eq!(
+        (first_try["id"].as_str(), first_try["envelope"]["retry_count"].as_u64()),
+        (Some(lapsing.as_str()), Some(0))
+    );
     let (seq, second_try) = inbox.next().await;
     assert_eq!(second_try["id"], lapsing.as_str());
     assert_eq!(second_try["envelope"]["retry_count"], 1);
     assert_ne!(second_try["envelope"]["message_id"], first_try["envelope"]["message_id"]);
-    assert_eq!(release(&host, "worker", seq, "alice-token", json!({"outcome": "fulfilled"})).await.body["recorded"], true);
+    assert_eq!(
+        release(&host, "worker", seq, "alice-token", json!({"outcome": "fulfilled"})).await.body["recorded"],
+        true
+    );
     let m = host.message_done(&lapsing).await;
     assert_eq!(stages(&m), ["RECEIVED", "READ", "TIMED_OUT", "RECEIVED", "READ", "FULFILLED"], "{m}");
     // Discovery and visibility: alice sees worker's messages, bob does not.
@@ -463,7 +512,8 @@ async fn a_message_storm_survives_repeated_kill_9_and_each_token_takes_effect_ex
     // cut short by a kill runs again and resends; dedupe turns the resends into no-ops.
     let mut relay_jobs = Vec::new();
     for j in 0..8 {
-        let input = json!({"send": {"to": "greeter", "payload": {"name": j}, "count": 20, "token": format!("relay-{j}")}});
+        let input =
+            json!({"send": {"to": "greeter", "payload": {"name": j}, "count": 20, "token": format!("relay-{j}")}});
         relay_jobs.push(host.submit("relay", input, None).await);
     }
 
@@ -503,7 +553,8 @@ async fn a_message_storm_survives_repeated_kill_9_and_each_token_takes_effect_ex
         expected_tokens.extend((0..20).map(|i| format!("relay-{j}-{i}")));
     }
     eventually("every message has its outcome", || async {
-        let open: i64 = host.db().query_row("SELECT count(*) FROM messages WHERE finished_at IS NULL", [], |r| r.get(0)).unwrap();
+        let open: i64 =
+            host.db().query_row("SELECT count(*) FROM messages WHERE finished_at IS NULL", [], |r| r.get(0)).unwrap();
         (open == 0).then_some(())
     })
     .await;
@@ -511,10 +562,16 @@ async fn a_message_storm_survives_repeated_kill_9_and_each_token_takes_effect_ex
     let db = host.db();
     for token in &expected_tokens {
         let (copies, stage): (i64, String) = db
-            .query_row("SELECT count(*), max(stage) FROM messages WHERE idempotency_token = ?1", [token], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row("SELECT count(*), max(stage) FROM messages WHERE idempotency_token = ?1", [token], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .unwrap();
         assert_eq!((copies, stage.as_str()), (1, "FULFILLED"), "{token}");
-        assert_eq!(host.kv("greeter", &format!("seen/{token}")).await.as_deref(), Some("1"), "{token} took effect exactly once");
+        assert_eq!(
+            host.kv("greeter", &format!("seen/{token}")).await.as_deref(),
+            Some("1"),
+            "{token} took effect exactly once"
+        );
     }
     let greeted: usize = host.kv("greeter", "greeted").await.unwrap().parse().unwrap();
     assert_eq!(greeted, expected_tokens.len(), "one greeting per logical message");
@@ -532,7 +589,14 @@ async fn a_message_refused_as_buffer_full_is_accepted_when_resent_with_its_token
     let mut inbox = Inbox::open(&host, "narrow", "").await;
     let (seq, m) = inbox.next().await;
     assert_eq!(m["id"], first.as_str());
-    let released = host.request(Method::POST, &format!("/v1/external-agents/narrow/inbox/{seq}/ack"), None, Some(&json!({"outcome": "fulfilled"}))).await;
+    let released = host
+        .request(
+            Method::POST,
+            &format!("/v1/external-agents/narrow/inbox/{seq}/ack"),
+            None,
+            Some(&json!({"outcome": "fulfilled"})),
+        )
+        .await;
     assert_eq!(released.body["recorded"], true);
     let again = host.send_message(body).await;
     assert_eq!(again.status, 202, "a refused try is not a duplicate: {:?}", again.body);

@@ -7,7 +7,11 @@ use crate::harness::{Host, repo};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_validates_and_a_client_built_from_it_drives_the_host() {
     let python = repo().join("target/py/bin/python");
-    assert!(python.is_file(), "{} is missing — `./dev test` installs tests/openapi/requirements.txt there", python.display());
+    assert!(
+        python.is_file(),
+        "{} is missing — `./dev test` installs tests/openapi/requirements.txt there",
+        python.display()
+    );
     let host = Host::start(&["echo", "greeter"]);
     let script = repo().join("tests/openapi/exercise.py");
     let url = host.url.clone();

@@ -95,12 +95,16 @@ async fn a_wasm_agent_gets_replies_and_acks_from_an_sdk_agent() {
     // The SDK agent's FULFILLED ACKs were forwarded to the Wasm producer's on-message.
     let db = host.db();
     let asked: Vec<String> = {
-        let mut stmt = db.prepare("SELECT id FROM messages WHERE recipient = 'py-echo' AND producer_id = 'relay'").unwrap();
+        let mut stmt =
+            db.prepare("SELECT id FROM messages WHERE recipient = 'py-echo' AND producer_id = 'relay'").unwrap();
         stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
     };
     assert_eq!(asked.len(), 2);
     for id in asked {
-        let stage = eventually("relay records the SDK agent's ack", || async { host.kv("relay", &format!("ack/{id}")).await.filter(|s| s == "FULFILLED") }).await;
+        let stage = eventually("relay records the SDK agent's ack", || async {
+            host.kv("relay", &format!("ack/{id}")).await.filter(|s| s == "FULFILLED")
+        })
+        .await;
         assert_eq!(stage, "FULFILLED");
         assert_eq!(crate::messages::stages(&host.message(&id).await), ["RECEIVED", "READ", "FULFILLED"]);
     }
@@ -147,8 +151,10 @@ fn envelope(to: &str, text: &str, token: &str) -> Envelope {
 }
 
 async fn send(channel: &Channel, env: Envelope, token: &str) -> (bool, String, Option<String>) {
-    let response =
-        RouterServiceClient::new(channel.clone()).send_message(with_token(SendMessageRequest { msg: Some(env) }, token)).await.unwrap();
+    let response = RouterServiceClient::new(channel.clone())
+        .send_message(with_token(SendMessageRequest { msg: Some(env) }, token))
+        .await
+        .unwrap();
     let code = response.metadata().get("x-sw4rm-error-code").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = response.into_inner();
     (body.accepted, body.reason, code)
@@ -165,7 +171,11 @@ impl Incoming {
     }
 
     async fn next(&mut self) -> StreamItem {
-        tokio::time::timeout(Duration::from_secs(20), self.0.next()).await.expect("an item in 20 s").expect("open").unwrap()
+        tokio::time::timeout(Duration::from_secs(20), self.0.next())
+            .await
+            .expect("an item in 20 s")
+            .expect("open")
+            .unwrap()
     }
 }
 
@@ -193,7 +203,9 @@ async fn sw4rm_router_scenarios_release_once_redeliver_unreleased_and_suppress_d
     register(&ch, "other", "alice-token").await;
 
     // Unauthenticated calls are refused, whatever they ask.
-    let anonymous = RouterServiceClient::new(ch.clone()).send_message(SendMessageRequest { msg: Some(envelope("worker", "x", "")) }).await;
+    let anonymous = RouterServiceClient::new(ch.clone())
+        .send_message(SendMessageRequest { msg: Some(envelope("worker", "x", "")) })
+        .await;
     assert_eq!(anonymous.unwrap_err().code(), tonic::Code::Unauthenticated);
 
     let (accepted, reason, _) = send(&ch, envelope("worker", "one", "tok-1"), "alice-token").await;
@@ -230,17 +242,51 @@ async fn sw4rm_router_scenarios_release_once_redeliver_unreleased_and_suppress_d
     host.kill_9();
     host.spawn();
     let ch = channel(&host).await;
-    let mut incoming = eventually("the stream reopens", || async { Incoming::open(&ch, "worker", "alice-token").await.ok() }).await;
+    let mut incoming =
+        eventually("the stream reopens", || async { Incoming::open(&ch, "worker", "alice-token").await.ok() }).await;
     let after = incoming.next().await;
     let m = after.msg.unwrap();
     assert_eq!(m.retry_count, 1, "a new attempt after the restart");
     assert!(release(&ch, "worker", after.seq, "alice-token").await.unwrap());
     let done = host.message_done(&second_id).await;
     assert_eq!(done["stage"], "FULFILLED");
-    assert!(done["history"].as_array().unwrap().iter().any(|h| h["note"].as_str().is_some_and(|n| n.contains("restarted"))), "{done}");
+    assert!(
+        done["history"].as_array().unwrap().iter().any(|h| h["note"].as_str().is_some_and(|n| n.contains("restarted"))),
+        "{done}"
+    );
 
     // The health service answers.
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-    let serving = health.check(tonic_health::pb::HealthCheckRequest { service: "sw4rm.router.RouterService".into() }).await.unwrap();
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "sw4rm.router.RouterService".into() })
+        .await
+        .unwrap();
     assert_eq!(serving.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_agent_answers_a_wasm_agent() {
+    let host = Host::start_grpc(&["relay"], None);
+    let mut child = Command::new(python())
+        .arg(repo().join("examples/sw4rm-python/agent.py"))
+        .arg("--grpc")
+        .arg(host.grpc.as_deref().unwrap())
+        .arg("--once")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::task::spawn_blocking(move || (lines.next(), lines)).await.unwrap();
+    let (registered, mut lines) = first;
+    assert!(registered.unwrap().unwrap().contains("registered"));
+    let job = host.run("relay", json!({"ask": {"to": "py-greeter", "name": "ada"}}), None).await;
+    assert_eq!(job["status"], "completed", "{job}\n{}", host.logs());
+    assert_eq!(job["output"]["reply"]["greeting"], "hello, ada", "{job}");
+    let status = tokio::task::spawn_blocking(move || {
+        let rest: Vec<String> = lines.by_ref().map_while(Result::ok).collect();
+        (child.wait(), rest)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.unwrap().success(), "{:?}", status.1);
 }

@@ -94,6 +94,8 @@ pub struct Corral {
     pub spawned: Instant,
     /// From spawn to the `corral listening on` line.
     pub listening_after: Duration,
+    /// The SW4RM gRPC listener, when the policy turns it on (`server.grpc_listen`).
+    pub grpc: Option<SocketAddr>,
     log: PathBuf,
 }
 
@@ -133,6 +135,9 @@ impl Corral {
         std::thread::spawn(move || {
             // Keeps draining stdout after the line, so the pipe never fills.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("corral gRPC listening on ") {
+                    let _ = tx.send((format!("grpc {}", addr.trim()), Instant::now()));
+                }
                 if let Some(url) = line.strip_prefix("corral listening on http://") {
                     let _ = tx.send((url.trim().to_string(), Instant::now()));
                 }
@@ -143,9 +148,18 @@ impl Corral {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             spawned,
             listening_after: Duration::ZERO,
+            grpc: None,
             log,
         };
-        match rx.recv_timeout(START_TIMEOUT) {
+        // The gRPC line (if any) comes first.
+        let mut first = rx.recv_timeout(START_TIMEOUT);
+        if let Ok((line, _)) = &first
+            && let Some(grpc) = line.strip_prefix("grpc ")
+        {
+            host.grpc = grpc.parse().ok();
+            first = rx.recv_timeout(START_TIMEOUT);
+        }
+        match first {
             Ok((addr, at)) => {
                 host.addr = addr.parse().unwrap_or_else(|e| panic!("listening address '{addr}': {e}"));
                 host.listening_after = at - spawned;

@@ -124,7 +124,8 @@ impl From<StageRecord> for StageView {
 
 impl MessageView {
     fn new(m: MessageRecord, history: Option<Vec<StageRecord>>) -> Self {
-        let json = m.envelope.content_type.starts_with("application/json") || m.envelope.content_type.ends_with("+json");
+        let json =
+            m.envelope.content_type.starts_with("application/json") || m.envelope.content_type.ends_with("+json");
         let payload = json.then(|| serde_json::from_slice(&m.payload).ok()).flatten();
         MessageView {
             id: m.id,
@@ -167,7 +168,11 @@ fn refused(e: SendError) -> ApiError {
                 ErrorCode::ValidationError => (StatusCode::BAD_REQUEST, "validation_error"),
                 _ => (StatusCode::BAD_REQUEST, "message_refused"),
             };
-            let suffix = if recorded.is_empty() { String::new() } else { format!(" (recorded as REJECTED: {})", recorded.join(", ")) };
+            let suffix = if recorded.is_empty() {
+                String::new()
+            } else {
+                format!(" (recorded as REJECTED: {})", recorded.join(", "))
+            };
             ApiError::new(status, name, format!("{code}: {reason}{suffix}"))
         }
         SendError::Store(e) => ApiError::from(crate::jobs::JobError::from(e)),
@@ -301,7 +306,10 @@ pub async fn list(
     let stage = match q.stage.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(AckStage::parse(s).ok_or_else(|| {
-            ApiError::bad_request("invalid_query", format!("unknown stage '{s}' (RECEIVED, READ, FULFILLED, REJECTED, FAILED, TIMED_OUT)"))
+            ApiError::bad_request(
+                "invalid_query",
+                format!("unknown stage '{s}' (RECEIVED, READ, FULFILLED, REJECTED, FAILED, TIMED_OUT)"),
+            )
         })?),
     };
     let filter = MessageFilter {
@@ -313,8 +321,12 @@ pub async fn list(
         limit: q.limit.unwrap_or(50),
         cursor: q.cursor.filter(|c| !c.is_empty()),
     };
-    let (messages, next_cursor) =
-        state.manager.store().list_messages(filter).await.map_err(|e| ApiError::from(crate::jobs::JobError::from(e)))?;
+    let (messages, next_cursor) = state
+        .manager
+        .store()
+        .list_messages(filter)
+        .await
+        .map_err(|e| ApiError::from(crate::jobs::JobError::from(e)))?;
     Ok(Json(MessageList { messages: messages.into_iter().map(|m| MessageView::new(m, None)).collect(), next_cursor }))
 }
 

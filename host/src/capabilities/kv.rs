@@ -206,7 +206,8 @@ impl wit::Host for JobState {
                 Err(e) => return Ok(Err(e)),
             };
             let new = match integer(&namespace, &key, current.as_deref()).and_then(|n| {
-                n.checked_add(delta).ok_or_else(|| HostError::Failed(format!("kv increment of {namespace}/{key} overflows")))
+                n.checked_add(delta)
+                    .ok_or_else(|| HostError::Failed(format!("kv increment of {namespace}/{key} overflows")))
             }) {
                 Ok(n) => n,
                 Err(e) => return Ok(Err(e)),

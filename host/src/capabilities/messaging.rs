@@ -17,7 +17,8 @@ use wasmtime::component::{HasSelf, Linker};
 use super::JobState;
 use crate::bindings::HostError;
 use crate::bindings::corral::agent::messaging::{
-    self as wit, CommunicationClass, Envelope, ErrorCode as WitCode, Message, MessageType as WitType, Refusal, SendError,
+    self as wit, CommunicationClass, Envelope, ErrorCode as WitCode, Message, MessageType as WitType, Refusal,
+    SendError,
 };
 use crate::lease::Scope;
 use crate::messages::{self, CommClass, DeliveryOptions, ErrorCode, MessageType, Outgoing, Producer, Recipient};
@@ -40,7 +41,9 @@ fn from_host_error(e: HostError) -> SendError {
 
 fn from_plane_error(e: messages::SendError) -> SendError {
     match e {
-        messages::SendError::Refused { code, reason, .. } => SendError::Refused(Refusal { code: to_wit_code(code), reason }),
+        messages::SendError::Refused { code, reason, .. } => {
+            SendError::Refused(Refusal { code: to_wit_code(code), reason })
+        }
         messages::SendError::Store(e) => SendError::Failed(format!("the message could not be stored: {e}")),
     }
 }
@@ -180,15 +183,47 @@ macro_rules! map_enum {
     };
 }
 
-map_enum!(to_wit_type, from_wit_type, MessageType, WitType {
-    Control, Data, Heartbeat, Notification, Acknowledgement, HitlInvocation, WorktreeControl, Negotiation,
-    ToolCall, ToolResult, ToolError,
-});
+map_enum!(
+    to_wit_type,
+    from_wit_type,
+    MessageType,
+    WitType {
+        Control,
+        Data,
+        Heartbeat,
+        Notification,
+        Acknowledgement,
+        HitlInvocation,
+        WorktreeControl,
+        Negotiation,
+        ToolCall,
+        ToolResult,
+        ToolError,
+    }
+);
 
 map_enum!(to_wit_class, from_wit_class, CommClass, CommunicationClass { Privileged, Standard, Bulk });
 
-map_enum!(to_wit_code, from_wit_code, ErrorCode, WitCode {
-    BufferFull, NoRoute, AckTimeout, AgentUnavailable, AgentShutdown, ValidationError, PermissionDenied,
-    UnsupportedMessageType, OversizePayload, ToolTimeout, ForcedPreemption, TtlExpired, DuplicateDetected,
-    AlreadyInProgress, Overloaded, InternalError,
-});
+map_enum!(
+    to_wit_code,
+    from_wit_code,
+    ErrorCode,
+    WitCode {
+        BufferFull,
+        NoRoute,
+        AckTimeout,
+        AgentUnavailable,
+        AgentShutdown,
+        ValidationError,
+        PermissionDenied,
+        UnsupportedMessageType,
+        OversizePayload,
+        ToolTimeout,
+        ForcedPreemption,
+        TtlExpired,
+        DuplicateDetected,
+        AlreadyInProgress,
+        Overloaded,
+        InternalError,
+    }
+);

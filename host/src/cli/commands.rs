@@ -126,7 +126,15 @@ async fn execute(client: &Client, cmd: ClientCommand, json: bool) -> Result<Done
         }
         ClientCommand::Send { recipient, topic, payload, message_type, idempotency_token, ack_timeout_ms, ttl_ms } => {
             let payload = json_arg("--payload", payload)?;
-            let send = super::messages::Send { recipient, topic, payload, message_type, idempotency_token, ack_timeout_ms, ttl_ms };
+            let send = super::messages::Send {
+                recipient,
+                topic,
+                payload,
+                message_type,
+                idempotency_token,
+                ack_timeout_ms,
+                ttl_ms,
+            };
             super::messages::send(client, send, json).await
         }
         ClientCommand::Message { id } => super::messages::show(client, &id).await,

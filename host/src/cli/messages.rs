@@ -72,7 +72,12 @@ pub(super) struct Query {
 impl Query {
     fn pairs(&self) -> Vec<(&'static str, String)> {
         let mut pairs = Vec::new();
-        let fields = [("producer", &self.producer), ("recipient", &self.recipient), ("stage", &self.stage), ("cursor", &self.cursor)];
+        let fields = [
+            ("producer", &self.producer),
+            ("recipient", &self.recipient),
+            ("stage", &self.stage),
+            ("cursor", &self.cursor),
+        ];
         for (name, value) in fields {
             if let Some(v) = value {
                 pairs.push((name, v.clone()));
@@ -106,7 +111,8 @@ pub(super) async fn list(client: &Client, query: &Query, json: bool) -> Result<D
 /// The messages routed to `agent`; with `follow`, polls every second and prints each new
 /// message and each stage change once.
 pub(super) async fn inbox(client: &Client, agent: &str, follow: bool, json: bool) -> Result<Done, Failure> {
-    let query = Query { producer: None, recipient: Some(agent.to_owned()), stage: None, limit: Some(1000), cursor: None };
+    let query =
+        Query { producer: None, recipient: Some(agent.to_owned()), stage: None, limit: Some(1000), cursor: None };
     let mut seen: HashMap<String, String> = HashMap::new();
     loop {
         let page = client.messages(&query.pairs()).await?;

@@ -17,10 +17,10 @@ use super::{JobError, JobManager, error_json};
 use crate::bindings::consumer::exports::corral::agent::consumer::AckOutcome;
 use crate::bindings::corral::agent::messaging::Envelope;
 use crate::bindings::{Agent, HostError};
-use crate::messages::ErrorCode;
 use crate::capabilities::{JobContext, JobState, LimitExceeded};
 use crate::engine::registry::LoadedAgent;
 use crate::lease::Lease;
+use crate::messages::ErrorCode;
 use crate::store::{JobRecord, JobStatus, StoreError, Transition};
 
 /// Longest deadline honoured (a year): larger values, e.g. `u64::MAX` for "none", are clamped.
@@ -71,7 +71,8 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
     }
     let deadline = Instant::now() + Duration::from_millis(lease.limits.deadline_ms.min(MAX_DEADLINE_MS));
     let lease = Arc::new(lease);
-    let identity = crate::capabilities::RunIdentity { id: job.id.clone(), principal: job.principal.clone(), depth: job.depth };
+    let identity =
+        crate::capabilities::RunIdentity { id: job.id.clone(), principal: job.principal.clone(), depth: job.depth };
     let ctx = JobContext::for_run(
         identity,
         agent.reference(),
@@ -223,20 +224,33 @@ pub(crate) async fn run_delivery(
     message: &crate::store::MessageRecord,
 ) -> DeliveryRun {
     let Some(indices) = agent.consumer.as_ref() else {
-        return DeliveryRun { outcome: DeliveryOutcome::Rejected(ErrorCode::NoRoute, "not a consumer".into()), held: HeldWrites::default() };
+        return DeliveryRun {
+            outcome: DeliveryOutcome::Rejected(ErrorCode::NoRoute, "not a consumer".into()),
+            held: HeldWrites::default(),
+        };
     };
     let _running = manager.running_guard();
     let deadline = Instant::now() + Duration::from_millis(lease.limits.deadline_ms.min(MAX_DEADLINE_MS));
     let journal = Journal::delivery(manager.store().clone(), &message.id, &message.envelope.message_id);
     let lease = Arc::new(lease);
-    let identity = crate::capabilities::RunIdentity { id: message.id.clone(), principal: message.principal.clone(), depth: 0 };
-    let ctx = JobContext::for_run(identity, agent.reference(), Arc::clone(&lease), deadline, Arc::clone(manager), Arc::clone(&journal));
+    let identity =
+        crate::capabilities::RunIdentity { id: message.id.clone(), principal: message.principal.clone(), depth: 0 };
+    let ctx = JobContext::for_run(
+        identity,
+        agent.reference(),
+        Arc::clone(&lease),
+        deadline,
+        Arc::clone(manager),
+        Arc::clone(&journal),
+    );
     let (_never, mut cancelled) = watch::channel(false);
     let (outcome, kv) = match sandbox(&manager.engine, ctx, &lease) {
         Ok(mut store) => {
             store.data_mut().kv.hold_writes();
             let envelope = Box::new(crate::capabilities::messaging::to_wit_envelope(message));
-            let ended = execute(&mut store, agent, Call::OnMessage(indices, envelope), deadline, &mut cancelled, &journal).await;
+            let ended =
+                execute(&mut store, agent, Call::OnMessage(indices, envelope), deadline, &mut cancelled, &journal)
+                    .await;
             let outcome = match ended {
                 Ok(Ok(Returned::Acked(AckOutcome::Fulfilled))) => DeliveryOutcome::Fulfilled,
                 Ok(Ok(Returned::Acked(AckOutcome::Rejected(r)))) => {

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::MessagePlane;
 use super::envelope::{AckStage, ErrorCode, MessageType, Recipient};
 use super::route::{Accepted, Outgoing, Producer, SendError};
-use super::MessagePlane;
 use crate::store::{MessageTransition, RecipientKind};
 
 /// A parsed ACKNOWLEDGEMENT payload.
@@ -78,9 +78,11 @@ impl MessagePlane {
         }
         let now = crate::now_ms();
         let attempt = message.envelope.message_id.clone();
-        let named_current = ack.ack_for_message_id == attempt || (ack.ack_for_message_id == message.id && message.envelope.retry_count == 0);
+        let named_current = ack.ack_for_message_id == attempt
+            || (ack.ack_for_message_id == message.id && message.envelope.retry_count == 0);
         if named_current && ack.stage != AckStage::Received {
-            let from: &[AckStage] = if ack.stage == AckStage::Read { &[AckStage::Received] } else { &[AckStage::Received, AckStage::Read] };
+            let from: &[AckStage] =
+                if ack.stage == AckStage::Read { &[AckStage::Received] } else { &[AckStage::Received, AckStage::Read] };
             let mut t = MessageTransition::new(from, ack.stage, now).attempt(&attempt);
             if let Some(code) = ack.error_code {
                 t = t.code(code);
@@ -93,7 +95,9 @@ impl MessagePlane {
             }
         }
         // Forwarded as the ACK it is, to whoever can receive it for the producer.
-        let Some(reply_to) = message.reply_to.clone() else { return Ok(Accepted { messages: Vec::new(), duplicate: None }) };
+        let Some(reply_to) = message.reply_to.clone() else {
+            return Ok(Accepted { messages: Vec::new(), duplicate: None });
+        };
         let mut forward = out;
         forward.recipient = Recipient::Agent(reply_to);
         forward.message_type = MessageType::Acknowledgement;
@@ -120,9 +124,13 @@ mod tests {
         let sdk = br#"{"ack_for_message_id": "m1", "ack_stage": 3, "error_code": 0, "note": ""}"#;
         let ack = AckPayload::parse(sdk).unwrap().unwrap();
         assert_eq!((ack.ack_for_message_id.as_str(), ack.stage, ack.error_code), ("m1", AckStage::Fulfilled, None));
-        let named = br#"{"ack_for_message_id": "m1", "ack_stage": "REJECTED", "error_code": "VALIDATION_ERROR", "note": "no"}"#;
+        let named =
+            br#"{"ack_for_message_id": "m1", "ack_stage": "REJECTED", "error_code": "VALIDATION_ERROR", "note": "no"}"#;
         let ack = AckPayload::parse(named).unwrap().unwrap();
-        assert_eq!((ack.stage, ack.error_code, ack.note.as_str()), (AckStage::Rejected, Some(ErrorCode::ValidationError), "no"));
+        assert_eq!(
+            (ack.stage, ack.error_code, ack.note.as_str()),
+            (AckStage::Rejected, Some(ErrorCode::ValidationError), "no")
+        );
         let quirk = br#"{"ack_for_message_id": "m1", "ack_stage": 10}"#;
         assert_eq!(AckPayload::parse(quirk).unwrap().unwrap().stage, AckStage::Failed);
         assert!(AckPayload::parse(br#"{"ack_for_message_id": "m1", "ack_stage": 42}"#).unwrap().is_err());

@@ -114,10 +114,14 @@ async fn deliver(
     }
     let now = crate::now_ms();
     let end = |to: AckStage, code: ErrorCode, note: String| {
-        MessageTransition::new(&[AckStage::Received, AckStage::Read], to, now).attempt(&m.envelope.message_id).code(code).note(note)
+        MessageTransition::new(&[AckStage::Received, AckStage::Read], to, now)
+            .attempt(&m.envelope.message_id)
+            .code(code)
+            .note(note)
     };
     if m.expires_at.is_some_and(|at| at <= now) {
-        let t = end(AckStage::Failed, ErrorCode::TtlExpired, "the message's ttl_ms passed before it was delivered".into());
+        let t =
+            end(AckStage::Failed, ErrorCode::TtlExpired, "the message's ttl_ms passed before it was delivered".into());
         finish(plane, &m, store.transition_message(&m.id, t).await?).await;
         return Ok(None);
     }
@@ -125,13 +129,24 @@ async fn deliver(
         Ok(agent) if agent.consumer.is_some() => agent,
         Ok(_) | Err(_) => {
             let note = format!("agent '{}' is not loaded as a consumer any more", m.envelope.recipient);
-            finish(plane, &m, store.transition_message(&m.id, end(AckStage::Rejected, ErrorCode::NoRoute, note)).await?).await;
+            finish(
+                plane,
+                &m,
+                store.transition_message(&m.id, end(AckStage::Rejected, ErrorCode::NoRoute, note)).await?,
+            )
+            .await;
             return Ok(None);
         }
     };
     // The producer's principal bounds what the delivery may do: its policy ceiling, now.
     let ceiling = manager.policy().ceiling_for(&m.principal);
-    let lease = match Lease::effective(&agent.declared, ceiling, &LeaseRequest::default(), None, time::OffsetDateTime::now_utc()) {
+    let lease = match Lease::effective(
+        &agent.declared,
+        ceiling,
+        &LeaseRequest::default(),
+        None,
+        time::OffsetDateTime::now_utc(),
+    ) {
         Ok(mut lease) => {
             lease.limits.deadline_ms = lease.limits.deadline_ms.min(m.delivery.ack_timeout_ms);
             lease
@@ -146,7 +161,9 @@ async fn deliver(
     let run = runner::run_delivery(manager, &agent, lease, &m).await;
     let (outcome, held) = (run.outcome, run.held);
     let finished_at = crate::now_ms();
-    let t = |to: AckStage| MessageTransition::new(&[AckStage::Received, AckStage::Read], to, finished_at).attempt(&m.envelope.message_id);
+    let t = |to: AckStage| {
+        MessageTransition::new(&[AckStage::Received, AckStage::Read], to, finished_at).attempt(&m.envelope.message_id)
+    };
     let (transition, commit_kv) = match outcome {
         DeliveryOutcome::Fulfilled => (t(AckStage::Fulfilled), true),
         DeliveryOutcome::Rejected(code, note) => (t(AckStage::Rejected).code(code).note(note), false),
@@ -156,7 +173,8 @@ async fn deliver(
             let mut timed_out = t(AckStage::TimedOut).code(ErrorCode::AckTimeout).note(note);
             if m.timeouts < m.delivery.retry_attempts {
                 let backoff = m.delivery.backoff_ms(m.timeouts + 1, jitter());
-                timed_out.retry = Some((new_id(), finished_at.saturating_add(i64::try_from(backoff).unwrap_or(i64::MAX))));
+                timed_out.retry =
+                    Some((new_id(), finished_at.saturating_add(i64::try_from(backoff).unwrap_or(i64::MAX))));
             }
             (timed_out, false)
         }
@@ -208,9 +226,15 @@ pub(super) async fn send_ack(plane: &Arc<MessagePlane>, m: &MessageRecord, stage
         "note": m.note,
         "message": m.id,
     });
-    let mut out = Outgoing::new(Recipient::Agent(reply_to), MessageType::Acknowledgement, "application/json", payload.to_string().into_bytes());
+    let mut out = Outgoing::new(
+        Recipient::Agent(reply_to),
+        MessageType::Acknowledgement,
+        "application/json",
+        payload.to_string().into_bytes(),
+    );
     out.correlation_id = Some(m.envelope.correlation_id.clone());
-    let producer = Producer { principal: m.principal.clone(), id: inbox_of(&m.envelope.recipient).to_owned(), reply_to: None };
+    let producer =
+        Producer { principal: m.principal.clone(), id: inbox_of(&m.envelope.recipient).to_owned(), reply_to: None };
     if let Err(e) = plane.route(&producer, out).await {
         tracing::debug!(message = %m.id, error = %e, "acknowledgement not delivered to the producer");
     }

@@ -162,7 +162,6 @@ impl AckStage {
     }
 }
 
-
 /// Where a message goes. Exactly one recipient per message row; a topic fans out to one row
 /// per subscriber. Nothing is broadcast.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

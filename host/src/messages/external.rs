@@ -132,13 +132,22 @@ impl Externals {
     }
 
     pub(super) fn subscribers(&self, topic: &str) -> Vec<String> {
-        let mut ids: Vec<String> =
-            self.agents.iter().filter(|(_, s)| s.agent.topics.iter().any(|t| t == topic)).map(|(id, _)| id.clone()).collect();
+        let mut ids: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, s)| s.agent.topics.iter().any(|t| t == topic))
+            .map(|(id, _)| id.clone())
+            .collect();
         ids.sort();
         ids
     }
 
-    pub(super) fn with_capability(&self, capability: Option<&str>, now: i64, timeout_ms: u64) -> Vec<(ExternalAgent, bool)> {
+    pub(super) fn with_capability(
+        &self,
+        capability: Option<&str>,
+        now: i64,
+        timeout_ms: u64,
+    ) -> Vec<(ExternalAgent, bool)> {
         let mut out: Vec<(ExternalAgent, bool)> = self
             .agents
             .iter()
@@ -159,17 +168,22 @@ impl Externals {
     pub(super) fn restore(&mut self, record: ExternalAgentRecord) {
         match serde_json::from_value::<ExternalAgent>(record.descriptor) {
             Ok(agent) => {
-                self.agents.insert(record.id, State {
-                    agent,
-                    principal: record.principal,
-                    registered_at: record.registered_at,
-                    last_heartbeat: None,
-                    streams: 0,
-                    notify: Arc::new(Notify::new()),
-                    in_flight: HashMap::new(),
-                });
+                self.agents.insert(
+                    record.id,
+                    State {
+                        agent,
+                        principal: record.principal,
+                        registered_at: record.registered_at,
+                        last_heartbeat: None,
+                        streams: 0,
+                        notify: Arc::new(Notify::new()),
+                        in_flight: HashMap::new(),
+                    },
+                );
             }
-            Err(e) => tracing::warn!(agent = %record.id, error = %e, "stored external agent registration unreadable; ignored"),
+            Err(e) => {
+                tracing::warn!(agent = %record.id, error = %e, "stored external agent registration unreadable; ignored")
+            }
         }
     }
 }
@@ -184,7 +198,9 @@ impl MessagePlane {
         if !valid_id(&agent.agent_id) {
             return Err(RegistryError::Invalid(format!(
                 "agent_id '{}' must be 1-128 characters of [A-Za-z0-9._:-]",
-                super::envelope::check_field("agent_id", &agent.agent_id).err().unwrap_or_else(|| agent.agent_id.clone())
+                super::envelope::check_field("agent_id", &agent.agent_id)
+                    .err()
+                    .unwrap_or_else(|| agent.agent_id.clone())
             )));
         }
         for (what, list) in [("capabilities", &agent.capabilities), ("topics", &agent.topics)] {
@@ -268,7 +284,8 @@ impl MessagePlane {
                 // What earlier streams left unreleased and is not covered by an open stream's
                 // lease is handed out again first.
                 let orphans: Vec<i64> = s.in_flight.keys().copied().collect();
-                let items: Vec<Queued> = orphans.iter().filter_map(|seq| s.in_flight.remove(seq)).map(|f| f.queued).collect();
+                let items: Vec<Queued> =
+                    orphans.iter().filter_map(|seq| s.in_flight.remove(seq)).map(|f| f.queued).collect();
                 (Arc::clone(&s.notify), items)
             }
             _ => return Err(RegistryError::NotFound(id.to_owned())),
@@ -285,7 +302,13 @@ impl MessagePlane {
     /// Releases a streamed message with its outcome. `Ok(false)`: no such delivery in flight
     /// for this agent (already released, its lease lapsed, or never streamed) — a late release
     /// never changes a finished attempt.
-    pub async fn release(self: &Arc<Self>, principal: &str, id: &str, seq: i64, outcome: Release) -> Result<bool, RegistryError> {
+    pub async fn release(
+        self: &Arc<Self>,
+        principal: &str,
+        id: &str,
+        seq: i64,
+        outcome: Release,
+    ) -> Result<bool, RegistryError> {
         let taken = {
             let mut state = self.lock();
             match state.externals.agents.get_mut(id) {
@@ -299,7 +322,9 @@ impl MessagePlane {
         let t = match outcome {
             Release::Fulfilled => t,
             Release::Rejected { code, note } => MessageTransition { to: AckStage::Rejected, ..t }.code(code).note(note),
-            Release::Failed { note } => MessageTransition { to: AckStage::Failed, ..t }.code(ErrorCode::InternalError).note(note),
+            Release::Failed { note } => {
+                MessageTransition { to: AckStage::Failed, ..t }.code(ErrorCode::InternalError).note(note)
+            }
         };
         let updated = self.store.transition_message(&flight.queued.id, t).await?;
         self.settled(id, 1);
@@ -318,7 +343,8 @@ impl MessagePlane {
         let (in_flight, queued) = {
             let mut state = self.lock();
             let in_flight = state.externals.agents.get_mut(agent).is_some_and(|s| {
-                let seqs: Vec<i64> = s.in_flight.iter().filter(|(_, f)| f.queued.id == id).map(|(seq, _)| *seq).collect();
+                let seqs: Vec<i64> =
+                    s.in_flight.iter().filter(|(_, f)| f.queued.id == id).map(|(seq, _)| *seq).collect();
                 seqs.iter().for_each(|seq| drop(s.in_flight.remove(seq)));
                 !seqs.is_empty()
             });
@@ -370,7 +396,9 @@ impl MessagePlane {
                     }
                 }
                 Ok(None) => plane.settled(&agent, 1),
-                Err(e) => tracing::error!(message = %m.id, error = %e, "cannot time out a delivery; it is retried at the next start"),
+                Err(e) => {
+                    tracing::error!(message = %m.id, error = %e, "cannot time out a delivery; it is retried at the next start")
+                }
             }
         });
     }
@@ -426,7 +454,8 @@ impl Stream {
         };
         let seq = i64::try_from(plane.next_counter()).unwrap_or(i64::MAX);
         let now = crate::now_ms();
-        let read = MessageTransition::new(&[AckStage::Received, AckStage::Read], AckStage::Read, now).attempt(&queued.attempt_id);
+        let read = MessageTransition::new(&[AckStage::Received, AckStage::Read], AckStage::Read, now)
+            .attempt(&queued.attempt_id);
         // Queued now, before any release of this seq can be: the writer keeps the order.
         drop(plane.store.transition_message(&m.id, read));
         // What a release needs to know (require_ack) without reading the message again.
@@ -452,7 +481,8 @@ impl Drop for Stream {
         let returned: Vec<Queued> = match state.externals.agents.get_mut(&self.agent) {
             Some(s) => {
                 s.streams = s.streams.saturating_sub(1);
-                let mine: Vec<i64> = s.in_flight.iter().filter(|(_, f)| f.stream == self.stream).map(|(seq, _)| *seq).collect();
+                let mine: Vec<i64> =
+                    s.in_flight.iter().filter(|(_, f)| f.stream == self.stream).map(|(seq, _)| *seq).collect();
                 mine.iter().filter_map(|seq| s.in_flight.remove(seq)).map(|f| f.queued).collect()
             }
             None => Vec::new(),

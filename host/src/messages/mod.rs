@@ -50,7 +50,9 @@ use crate::config::Policy;
 use crate::engine::registry::Registry;
 use crate::jobs::JobManager;
 use crate::store::{MessageRecord, Store, StoreError};
-pub use envelope::{AckStage, CommClass, Defaults, Delivery, DeliveryOptions, Envelope, ErrorCode, MessageType, Recipient};
+pub use envelope::{
+    AckStage, CommClass, Defaults, Delivery, DeliveryOptions, Envelope, ErrorCode, MessageType, Recipient,
+};
 pub use external::{ExternalAgent, Release, StreamItem};
 pub use route::{Accepted, Outgoing, Producer, SendError};
 

@@ -125,8 +125,8 @@ impl MessagePlane {
             None => self.resolve(&out.recipient)?,
         };
         let correlation_id = out.correlation_id.clone().unwrap_or_else(new_id);
-        let expires_at = (delivery.ttl_ms > 0)
-            .then(|| now.saturating_add(i64::try_from(delivery.ttl_ms).unwrap_or(i64::MAX)));
+        let expires_at =
+            (delivery.ttl_ms > 0).then(|| now.saturating_add(i64::try_from(delivery.ttl_ms).unwrap_or(i64::MAX)));
         let topic = match &out.recipient {
             Recipient::Topic(t) => Some(t.clone()),
             Recipient::Agent(_) => None,
@@ -158,15 +158,26 @@ impl MessagePlane {
                     recipient: target.recipient.clone(),
                     topic: topic.clone(),
                 };
-                let refusal = if target.kind == RecipientKind::External && !state.externals.is_available(&target.inbox, now, self.config().heartbeat_timeout_ms) {
-                    Some((ErrorCode::AgentUnavailable, format!("external agent '{}' is not available (no heartbeat or stream); its queued messages are kept", target.inbox)))
+                let refusal = if target.kind == RecipientKind::External
+                    && !state.externals.is_available(&target.inbox, now, self.config().heartbeat_timeout_ms)
+                {
+                    Some((
+                        ErrorCode::AgentUnavailable,
+                        format!(
+                            "external agent '{}' is not available (no heartbeat or stream); its queued messages are kept",
+                            target.inbox
+                        ),
+                    ))
                 } else {
                     let inbox = state.inboxes.entry(target.inbox.clone()).or_default();
                     if inbox.pending >= self.config().inbox_capacity {
-                        Some((ErrorCode::BufferFull, format!(
-                            "the inbox of '{}' holds {} messages without an outcome (messages.inbox_capacity); retry later",
-                            target.inbox, inbox.pending
-                        )))
+                        Some((
+                            ErrorCode::BufferFull,
+                            format!(
+                                "the inbox of '{}' holds {} messages without an outcome (messages.inbox_capacity); retry later",
+                                target.inbox, inbox.pending
+                            ),
+                        ))
                     } else {
                         inbox.pending += 1;
                         reserved.push(target.inbox.clone());
@@ -230,9 +241,12 @@ impl MessagePlane {
                 }
             }
         }
-        let refused: Vec<&MessageRecord> = accepted.iter().filter(|m| m.stage == AckStage::Rejected && duplicate.is_none()).collect();
+        let refused: Vec<&MessageRecord> =
+            accepted.iter().filter(|m| m.stage == AckStage::Rejected && duplicate.is_none()).collect();
         if !refused.is_empty() && refused.len() == accepted.len() {
-            let first = refused.first().map(|m| (m.error_code.unwrap_or(ErrorCode::InternalError), m.note.clone().unwrap_or_default()));
+            let first = refused
+                .first()
+                .map(|m| (m.error_code.unwrap_or(ErrorCode::InternalError), m.note.clone().unwrap_or_default()));
             let (code, reason) = first.unwrap_or((ErrorCode::InternalError, String::new()));
             return Err(SendError::Refused { code, reason, recorded: refused.iter().map(|m| m.id.clone()).collect() });
         }
@@ -325,7 +339,10 @@ impl MessagePlane {
                     }]),
                     Ok(agent) => Err(refuse(
                         ErrorCode::NoRoute,
-                        format!("agent '{}' does not consume messages (it exports no on-message handler)", agent.reference()),
+                        format!(
+                            "agent '{}' does not consume messages (it exports no on-message handler)",
+                            agent.reference()
+                        ),
                     )),
                     Err(e) => Err(refuse(ErrorCode::NoRoute, format!("no agent or external agent '{reference}': {e}"))),
                 }
@@ -362,7 +379,9 @@ impl MessagePlane {
         let waiter = {
             let mut state = self.lock();
             match state.waiters.get(&m.envelope.correlation_id) {
-                Some(w) if w.requester == inbox_of(&m.envelope.recipient) => state.waiters.remove(&m.envelope.correlation_id),
+                Some(w) if w.requester == inbox_of(&m.envelope.recipient) => {
+                    state.waiters.remove(&m.envelope.correlation_id)
+                }
                 _ => None,
             }
         };
@@ -373,11 +392,16 @@ impl MessagePlane {
         let (id, attempt) = (m.id.clone(), m.envelope.message_id.clone());
         tokio::spawn(async move {
             let now = crate::now_ms();
-            let read = MessageTransition::new(&[AckStage::Received], AckStage::Read, now).attempt(&attempt).note("handed to the waiting request");
+            let read = MessageTransition::new(&[AckStage::Received], AckStage::Read, now)
+                .attempt(&attempt)
+                .note("handed to the waiting request");
             let end = if delivered {
                 MessageTransition::new(&[AckStage::Read], AckStage::Fulfilled, now).attempt(&attempt)
             } else {
-                MessageTransition::new(&[AckStage::Read], AckStage::Failed, now).attempt(&attempt).code(ErrorCode::AckTimeout).note("the request stopped waiting")
+                MessageTransition::new(&[AckStage::Read], AckStage::Failed, now)
+                    .attempt(&attempt)
+                    .code(ErrorCode::AckTimeout)
+                    .note("the request stopped waiting")
             };
             let first = plane.store.transition_message(&id, read);
             let second = plane.store.transition_message(&id, end);
@@ -398,7 +422,8 @@ impl MessagePlane {
         // Small messages travel with their queue entry (memory stays bounded by the inbox
         // capacity times this size); larger ones are read back at delivery.
         let record = (m.payload.len() <= KEEP_IN_QUEUE_BYTES).then(|| Arc::new(m.clone()));
-        let queued = Queued { id: m.id.clone(), attempt_id: m.envelope.message_id.clone(), class: m.delivery.class, record };
+        let queued =
+            Queued { id: m.id.clone(), attempt_id: m.envelope.message_id.clone(), class: m.delivery.class, record };
         let wait = m.not_before.map_or(0, |t| t.saturating_sub(crate::now_ms()));
         if wait > 0 {
             let plane = Arc::clone(self);
@@ -447,9 +472,10 @@ impl MessagePlane {
         tokio::spawn(async move {
             let wait = at.saturating_sub(crate::now_ms());
             tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
-            let expire = MessageTransition::new(&[AckStage::Received, AckStage::Read], AckStage::Failed, crate::now_ms())
-                .code(ErrorCode::TtlExpired)
-                .note("the message's ttl_ms passed before it had an outcome");
+            let expire =
+                MessageTransition::new(&[AckStage::Received, AckStage::Read], AckStage::Failed, crate::now_ms())
+                    .code(ErrorCode::TtlExpired)
+                    .note("the message's ttl_ms passed before it had an outcome");
             match plane.store.transition_message(&id, expire).await {
                 Ok(Some(_)) => {
                     // Still queued: take it out. In delivery: the delivery's outcome no longer

@@ -108,9 +108,11 @@ fn increment(tx: &rusqlite::Transaction<'_>, ns: &str, key: &str, delta: i64, at
             .and_then(|s| s.parse::<i64>().ok())
             .ok_or_else(|| StoreError::KvNotInteger { namespace: ns.to_owned(), key: key.to_owned() })?,
     };
-    let new = current
-        .checked_add(delta)
-        .ok_or_else(|| StoreError::KvOverflow { namespace: ns.to_owned(), key: key.to_owned(), delta })?;
+    let new = current.checked_add(delta).ok_or_else(|| StoreError::KvOverflow {
+        namespace: ns.to_owned(),
+        key: key.to_owned(),
+        delta,
+    })?;
     put(tx, ns, key, new.to_string().as_bytes(), at)?;
     Ok(new)
 }

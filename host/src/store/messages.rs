@@ -172,7 +172,11 @@ pub struct FinishDelivery {
 }
 
 /// Applies `t` inside a write op (see [`Store::transition_message`]).
-fn transition(tx: &rusqlite::Transaction<'_>, id: &str, t: &MessageTransition) -> Result<Option<MessageState>, StoreError> {
+fn transition(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    t: &MessageTransition,
+) -> Result<Option<MessageState>, StoreError> {
     let Some(mut st) = state(tx, id)? else { return Ok(None) };
     let attempt_matches = t.attempt_id.as_ref().is_none_or(|a| *a == st.attempt_id);
     if !t.from.contains(&st.stage) || !attempt_matches {
@@ -184,7 +188,12 @@ fn transition(tx: &rusqlite::Transaction<'_>, id: &str, t: &MessageTransition) -
 }
 
 /// Appends the stage rows of `t` and changes `st` accordingly (not saved yet).
-fn apply(tx: &rusqlite::Transaction<'_>, id: &str, st: &mut MessageState, t: &MessageTransition) -> Result<(), StoreError> {
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    st: &mut MessageState,
+    t: &MessageTransition,
+) -> Result<(), StoreError> {
     if t.to == AckStage::TimedOut {
         st.timeouts = st.timeouts.saturating_add(1);
     }
@@ -488,7 +497,15 @@ impl Store {
                 return Ok(None);
             }
             if let (true, Some(at)) = (from_read, op.read_at) {
-                let read = MessageTransition { from: vec![AckStage::Received], to: AckStage::Read, at, code: None, note: None, retry: None, attempt_id: None };
+                let read = MessageTransition {
+                    from: vec![AckStage::Received],
+                    to: AckStage::Read,
+                    at,
+                    code: None,
+                    note: None,
+                    retry: None,
+                    attempt_id: None,
+                };
                 apply(tx, &op.id, &mut st, &read)?;
             }
             let mut outcome = op.transition.clone();
@@ -676,21 +693,22 @@ impl Store {
     /// Forgets an external agent; `true` if it was registered. Its queued messages stay.
     pub fn remove_external_agent(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
         let id = id.to_owned();
-        self.write(move |ctx| Ok(ctx.tx().prepare_cached("DELETE FROM external_agents WHERE id = ?1")?.execute([&id])? > 0))
+        self.write(move |ctx| {
+            Ok(ctx.tx().prepare_cached("DELETE FROM external_agents WHERE id = ?1")?.execute([&id])? > 0)
+        })
     }
 
     pub async fn external_agents(&self) -> Result<Vec<ExternalAgentRecord>, StoreError> {
         self.read(move |conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT id, principal, descriptor, registered_at FROM external_agents ORDER BY id")?;
+            let mut stmt = conn
+                .prepare_cached("SELECT id, principal, descriptor, registered_at FROM external_agents ORDER BY id")?;
             let rows = stmt.query_map([], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
             })?;
             let mut out = Vec::new();
             for row in rows {
                 let (id, principal, descriptor, registered_at) = row?;
-                let descriptor =
-                    serde_json::from_str(&descriptor).map_err(|e| json_err("descriptor", &id, e))?;
+                let descriptor = serde_json::from_str(&descriptor).map_err(|e| json_err("descriptor", &id, e))?;
                 out.push(ExternalAgentRecord { id, principal, descriptor, registered_at });
             }
             Ok(out)

@@ -49,8 +49,8 @@ pub use events::{EventRecord, NewEvent};
 pub use jobs::{InsertOutcome, JobFilter, JobRecord, JobStatus, Transition};
 pub use kv::KvOp;
 pub use messages::{
-    ExternalAgentRecord, FinishDelivery, Inserted, MessageFilter, MessageRecord, MessageState, MessageTransition, RecipientKind,
-    StageRecord,
+    ExternalAgentRecord, FinishDelivery, Inserted, MessageFilter, MessageRecord, MessageState, MessageTransition,
+    RecipientKind, StageRecord,
 };
 pub use writer::MAX_BATCH;
 pub(crate) use writer::WriteCtx;

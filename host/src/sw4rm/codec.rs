@@ -53,7 +53,8 @@ pub fn outgoing(envelope: WireEnvelope, metadata: &MetadataMap) -> Result<(Outgo
         }
     };
     let producer_id = envelope.producer_id.clone();
-    let content_type = if envelope.content_type.is_empty() { "application/octet-stream".to_owned() } else { envelope.content_type };
+    let content_type =
+        if envelope.content_type.is_empty() { "application/octet-stream".to_owned() } else { envelope.content_type };
     let mut out = Outgoing::new(recipient, message_type, &content_type, envelope.payload);
     // proto3 cannot tell "0" from "unset": 0 with a payload means the client did not say.
     out.content_length = (envelope.content_length != 0 || out.payload.is_empty()).then_some(envelope.content_length);
@@ -66,8 +67,10 @@ pub fn outgoing(envelope: WireEnvelope, metadata: &MetadataMap) -> Result<(Outgo
     // sw4rm-sdk 0.6.0 sends `sequence_number or 1`: 0 and 1 mean "not numbered" (else every
     // second message of such a client would be a duplicate of its first).
     out.sequence_number = (envelope.sequence_number > 1).then_some(envelope.sequence_number);
-    out.timestamp_ms = envelope.timestamp.map(|t| t.seconds.saturating_mul(1000).saturating_add(i64::from(t.nanos / 1_000_000)));
-    out.delivery = DeliveryOptions { ttl_ms: (envelope.ttl_ms > 0).then_some(envelope.ttl_ms), ..DeliveryOptions::default() };
+    out.timestamp_ms =
+        envelope.timestamp.map(|t| t.seconds.saturating_mul(1000).saturating_add(i64::from(t.nanos / 1_000_000)));
+    out.delivery =
+        DeliveryOptions { ttl_ms: (envelope.ttl_ms > 0).then_some(envelope.ttl_ms), ..DeliveryOptions::default() };
     Ok((out, producer_id))
 }
 
@@ -137,7 +140,10 @@ mod tests {
     fn the_recipient_comes_from_the_field_then_metadata_then_the_payload() {
         let mut metadata = MetadataMap::new();
         assert_eq!(recipient(&envelope(r#"{"to": "b"}"#), &metadata), Some(Recipient::Agent("b".into())));
-        assert_eq!(recipient(&envelope(r#"{"recipient": "topic:news"}"#), &metadata), Some(Recipient::Topic("news".into())));
+        assert_eq!(
+            recipient(&envelope(r#"{"recipient": "topic:news"}"#), &metadata),
+            Some(Recipient::Topic("news".into()))
+        );
         metadata.insert(RECIPIENT_METADATA, "c".parse().unwrap());
         assert_eq!(recipient(&envelope(r#"{"to": "b"}"#), &metadata), Some(Recipient::Agent("c".into())));
         let mut named = envelope(r#"{"to": "b"}"#);

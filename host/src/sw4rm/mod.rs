@@ -90,14 +90,17 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<proto::router::router_service_server::RouterServiceServer<router::Router>>().await;
     health.set_serving::<proto::registry::registry_service_server::RegistryServiceServer<registry::Registry>>().await;
-    let router = proto::router::router_service_server::RouterServiceServer::new(router::Router { manager: Arc::clone(&manager) })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let router = proto::router::router_service_server::RouterServiceServer::new(router::Router {
+        manager: Arc::clone(&manager),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let registry = proto::registry::registry_service_server::RegistryServiceServer::new(registry::Registry { manager })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut builder = Server::builder();
     if let Some(tls) = tls {
         let identity = Identity::from_pem(tls.cert_pem, tls.key_pem);
-        builder = builder.tls_config(ServerTlsConfig::new().identity(identity)).map_err(|e| GrpcError::Tls(e.to_string()))?;
+        builder =
+            builder.tls_config(ServerTlsConfig::new().identity(identity)).map_err(|e| GrpcError::Tls(e.to_string()))?;
     }
     let incoming = tokio_stream_from(listener.listener);
     let result = builder

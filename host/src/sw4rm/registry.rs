@@ -24,9 +24,15 @@ pub struct Registry {
 impl RegistryService for Registry {
     /// Registers the agent for the caller's principal. A refusal (an invalid or taken id) is
     /// `accepted = false` with the reason, as SW4RM's registry answers.
-    async fn register_agent(&self, request: Request<RegisterAgentRequest>) -> Result<Response<RegisterAgentResponse>, Status> {
+    async fn register_agent(
+        &self,
+        request: Request<RegisterAgentRequest>,
+    ) -> Result<Response<RegisterAgentResponse>, Status> {
         let principal = principal(&self.manager, request.metadata())?;
-        let descriptor = request.into_inner().agent.ok_or_else(|| Status::invalid_argument("RegisterAgentRequest.agent is missing"))?;
+        let descriptor = request
+            .into_inner()
+            .agent
+            .ok_or_else(|| Status::invalid_argument("RegisterAgentRequest.agent is missing"))?;
         let agent = ExternalAgent {
             agent_id: descriptor.agent_id,
             name: descriptor.name,
@@ -51,7 +57,10 @@ impl RegistryService for Registry {
         Ok(Response::new(HeartbeatResponse { ok }))
     }
 
-    async fn deregister_agent(&self, request: Request<DeregisterAgentRequest>) -> Result<Response<DeregisterAgentResponse>, Status> {
+    async fn deregister_agent(
+        &self,
+        request: Request<DeregisterAgentRequest>,
+    ) -> Result<Response<DeregisterAgentResponse>, Status> {
         let principal = principal(&self.manager, request.metadata())?;
         let agent = request.into_inner().agent_id;
         let ok = match self.manager.messages().deregister(&principal, &agent).await {

@@ -51,7 +51,10 @@ type Items = Pin<Box<dyn futures::Stream<Item = Result<StreamItem, Status>> + Se
 
 #[tonic::async_trait]
 impl RouterService for Router {
-    async fn send_message(&self, request: Request<SendMessageRequest>) -> Result<Response<SendMessageResponse>, Status> {
+    async fn send_message(
+        &self,
+        request: Request<SendMessageRequest>,
+    ) -> Result<Response<SendMessageResponse>, Status> {
         let principal = principal(&self.manager, request.metadata())?;
         let (metadata, _, body) = request.into_parts();
         let envelope = body.msg.ok_or_else(|| Status::invalid_argument("SendMessageRequest.msg is missing"))?;
@@ -90,7 +93,10 @@ impl RouterService for Router {
 
     type StreamIncomingStream = Items;
 
-    async fn stream_incoming(&self, request: Request<StreamRequest>) -> Result<Response<Self::StreamIncomingStream>, Status> {
+    async fn stream_incoming(
+        &self,
+        request: Request<StreamRequest>,
+    ) -> Result<Response<Self::StreamIncomingStream>, Status> {
         let principal = principal(&self.manager, request.metadata())?;
         let agent = request.into_inner().agent_id;
         let stream = self.manager.messages().stream(&principal, &agent).map_err(registry_status)?;
@@ -102,12 +108,17 @@ impl RouterService for Router {
         Ok(Response::new(Box::pin(items)))
     }
 
-    async fn ack_delivery(&self, request: Request<DeliveryAckRequest>) -> Result<Response<DeliveryAckResponse>, Status> {
+    async fn ack_delivery(
+        &self,
+        request: Request<DeliveryAckRequest>,
+    ) -> Result<Response<DeliveryAckResponse>, Status> {
         let principal = principal(&self.manager, request.metadata())?;
         let ack = request.into_inner();
         let outcome = match DeliveryAckOutcome::try_from(ack.outcome) {
             Ok(DeliveryAckOutcome::Delivered) => Release::Fulfilled,
-            Ok(DeliveryAckOutcome::PermanentFailure) => Release::Failed { note: "permanent failure (AckDelivery)".into() },
+            Ok(DeliveryAckOutcome::PermanentFailure) => {
+                Release::Failed { note: "permanent failure (AckDelivery)".into() }
+            }
             Err(_) => return Err(Status::invalid_argument(format!("unknown DeliveryAckOutcome {}", ack.outcome))),
         };
         let plane = Arc::clone(self.manager.messages());
