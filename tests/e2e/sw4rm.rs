@@ -255,6 +255,16 @@ async fn sw4rm_router_scenarios_release_once_redeliver_unreleased_and_suppress_d
         "{done}"
     );
 
+    // A delivery whose lease lapses comes back on the stream as a new attempt.
+    let lapsing = host
+        .send_ok(json!({"recipient": {"agent": "worker"}, "payload": "lapse", "delivery": {"ack_timeout_ms": 300, "retry_attempts": 1, "retry_delay_ms": 50}}))
+        .await;
+    let first_try = incoming.next().await.msg.unwrap();
+    assert_eq!((first_try.message_id.as_str(), first_try.retry_count), (lapsing.as_str(), 0));
+    let second_try = incoming.next().await;
+    assert_eq!(second_try.msg.as_ref().unwrap().retry_count, 1, "redelivered after the lease lapsed");
+    assert!(release(&ch, "worker", second_try.seq, "alice-token").await.unwrap());
+
     // The health service answers.
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     let serving = health
@@ -289,4 +299,40 @@ async fn the_python_example_agent_answers_a_wasm_agent() {
     .await
     .unwrap();
     assert!(status.0.unwrap().success(), "{:?}", status.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_serves_with_the_configured_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (key.cert.pem(), key.signing_key.serialize_pem());
+    let (cert_path, key_path) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert_path, &cert_pem).unwrap();
+    std::fs::write(&key_path, &key_pem).unwrap();
+    let policy = format!(
+        "[server]\ngrpc_tls_cert = {:?}\ngrpc_tls_key = {:?}\n",
+        cert_path.display().to_string(),
+        key_path.display().to_string()
+    );
+    let host = Host::start_grpc(&[], Some(&policy));
+    let port = host.grpc.as_deref().unwrap().rsplit(':').next().unwrap().to_owned();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&cert_pem))
+        .domain_name("localhost");
+    let secure = Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(secure);
+    let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(status.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    // Plaintext gets no answer from a TLS listener.
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await;
+    if let Ok(plain) = plain {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(plain);
+        assert!(health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_err());
+    }
 }
