@@ -106,7 +106,12 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
     if let Some(reply) = reply {
         let _ = reply.send(finished.map_err(JobError::from));
     }
-    // Children die with their parent: a finished parent can no longer use their results.
+    cancel_children(manager, children).await;
+}
+
+/// Children die with their parent (a job or a delivery): a finished parent can no longer use
+/// their results.
+async fn cancel_children(manager: &Arc<JobManager>, children: Vec<String>) {
     let cancels = children.iter().map(|child| async move {
         if let Err(e) = manager.cancel_by_id(child).await {
             tracing::debug!(child, error = %e, "child already gone");
@@ -266,13 +271,7 @@ pub(crate) async fn run_delivery(
         }
         Err(e) => (DeliveryOutcome::Failed(format!("cannot set up the sandbox: {e}")), Vec::new()),
     };
-    let children = manager.close_family(&message.id);
-    for child in children {
-        if let Err(e) = manager.cancel_by_id(&child).await {
-            tracing::debug!(child, error = %e, "child already gone");
-        }
-        manager.take_usage(&child);
-    }
+    cancel_children(manager, manager.close_family(&message.id)).await;
     let record = journal.take_delivery();
     DeliveryRun {
         outcome,
