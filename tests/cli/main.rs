@@ -339,7 +339,7 @@ async fn events_of_a_finished_job_after_its_last_seq_end_without_waiting() {
     let run = corral(&url, &["events", "job-echo", "--after", "8"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout, "");
-    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread")]

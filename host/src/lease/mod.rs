@@ -235,8 +235,8 @@ mod tests {
     }
 
     #[test]
-    fn glob_check_allocates_nothing_and_is_fast() {
-        // A smoke bound, not a benchmark: debug builds are ~10x slower than release.
+    fn glob_check_matches_deep_targets_against_several_patterns() {
+        // Its speed is measured by the lease benchmark (docs/benchmarks.md), not asserted here.
         let lease = Lease {
             grants: serde_json::from_str(r#"{"kv.read": ["tenants/*/counters/**", "config/*.json", "**/shared/*"]}"#)
                 .unwrap(),
@@ -244,13 +244,11 @@ mod tests {
             expires_at: None,
             limits: Limits::UNLIMITED,
         };
-        let target = "tenants/acme-corporation/counters/daily/2026/11/21/x";
-        let n = 20_000u32;
-        let start = std::time::Instant::now();
-        for _ in 0..n {
-            assert!(lease.check(Scope::KvRead, std::hint::black_box(target), BEFORE).is_ok());
+        for allowed in ["tenants/acme-corporation/counters/daily/2026/11/21/x", "config/app.json", "a/b/shared/c"] {
+            assert!(lease.check(Scope::KvRead, allowed, BEFORE).is_ok(), "{allowed}");
         }
-        let per_check = start.elapsed() / n;
-        assert!(per_check < std::time::Duration::from_micros(50), "{per_check:?}");
+        for denied in ["tenants/acme/other/x", "config/sub/app.json", "config/app.toml", "a/shared/b/c"] {
+            assert!(lease.check(Scope::KvRead, denied, BEFORE).is_err(), "{denied}");
+        }
     }
 }
