@@ -1,6 +1,7 @@
 //! Outbound HTTP, performed by the host. Scope `net.fetch`; the target of the check is the URL
 //! (and the host also checks the address it resolves to). Redirects are returned, not
 //! followed; request and response bytes count against the job's network budget.
+//! [`fetch_with_secrets`] has the host add operator-managed credentials the agent cannot read.
 
 use serde::de::DeserializeOwned;
 
@@ -69,6 +70,19 @@ impl Response {
 /// Performs a request (`net.fetch`, target: the URL).
 pub fn fetch(request: &Request) -> Result<Response, Error> {
     wit::fetch(request).map_err(Error::from)
+}
+
+/// Performs a request with the named secrets injected by the host (`net.fetch` on the URL,
+/// `secret.use` on each name). The agent names a secret; it never holds its value: the host
+/// adds the header the operator configured for it, only if the URL is one of the secret's
+/// destinations, and replaces the value with `[redacted]` anywhere in the response.
+///
+/// ```ignore
+/// let response = http::fetch_with_secrets(&Request::get("https://api.example.com/v1/me"), &["example-api"])?;
+/// ```
+pub fn fetch_with_secrets(request: &Request, secrets: &[&str]) -> Result<Response, Error> {
+    let names: Vec<String> = secrets.iter().map(|s| (*s).to_owned()).collect();
+    wit::fetch_with_secrets(request, &names).map_err(Error::from)
 }
 
 /// Performs a `GET` request (`net.fetch`, target: the URL).

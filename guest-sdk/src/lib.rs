@@ -16,7 +16,7 @@
 //! |------------|----------------------------------------------|-------------------------|
 //! | [`log`]    | `trace`, `debug`, `info`, `warn`, `error`    | `log`                   |
 //! | [`kv`]     | `get`, `set`, `delete`, `increment`, JSON    | `kv.read`, `kv.write`   |
-//! | [`http`]   | `fetch`, `get`                               | `net.fetch`             |
+//! | [`http`]   | `fetch`, `get`, `fetch_with_secrets`         | `net.fetch`, `secret.use` |
 //! | [`jobs`]   | `delegate`                                   | `agent.delegate`        |
 //! | [`events`] | `progress`, `chunk`                          | `events`                |
 //! | [`messaging`] | `send`, `publish`, `request`, `reply`     | `agent.send`, `topic.publish` |

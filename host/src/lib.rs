@@ -28,6 +28,7 @@ pub mod engine;
 pub mod jobs;
 pub mod lease;
 pub mod messages;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod sw4rm;

@@ -58,6 +58,10 @@ struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// File holding the key the secrets file is sealed with (64 hex characters). Or set
+    /// CORRAL_SECRETS_KEY to the hex key. Without a key the host has no secrets.
+    #[arg(long, env = "CORRAL_SECRETS_KEY_FILE", value_name = "FILE")]
+    secrets_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +99,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
             init_logging(args.log_json);
+            let secrets_key = match secrets_key(args.secrets_key_file.as_deref()) {
+                Ok(key) => key,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let opts = corral::server::ServeOptions {
                 listen: args.listen,
                 grpc_listen: args.grpc_listen,
@@ -102,6 +113,7 @@ fn main() -> ExitCode {
                 data_dir: args.data,
                 cache_dir: args.cache,
                 policy: args.policy,
+                secrets_key,
             };
             match runtime.block_on(corral::server::serve(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -127,5 +139,18 @@ fn main() -> ExitCode {
             }
         }
         Command::Client(cmd) => runtime.block_on(corral::cli::run(cli.client, cmd)),
+    }
+}
+
+/// The secrets key: from `--secrets-key-file`, else the `CORRAL_SECRETS_KEY` variable (read from
+/// the environment only, so it never appears on a command line), else none.
+fn secrets_key(file: Option<&std::path::Path>) -> Result<Option<corral::secrets::Key>, String> {
+    if let Some(path) = file {
+        let text = std::fs::read(path).map_err(|e| format!("cannot read the secrets key file {}: {e}", path.display()))?;
+        return corral::secrets::parse_key(&text).map(Some).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    match std::env::var("CORRAL_SECRETS_KEY") {
+        Ok(hex) => corral::secrets::parse_key(hex.as_bytes()).map(Some).map_err(|e| format!("CORRAL_SECRETS_KEY: {e}")),
+        Err(_) => Ok(None),
     }
 }

@@ -31,6 +31,8 @@ pub struct ServeOptions {
     /// host (or hosts of the same operator) write to: its contents are trusted.
     pub cache_dir: Option<PathBuf>,
     pub policy: Option<PathBuf>,
+    /// The key the secrets file is sealed with; without one the host has no secrets.
+    pub secrets_key: Option<crate::secrets::Key>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,8 @@ pub enum ServeError {
     Jobs(#[from] JobError),
     #[error(transparent)]
     Grpc(#[from] crate::sw4rm::GrpcError),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretError),
 }
 
 /// Everything a host runs jobs with, minus the HTTP server: the store, the engine with the
@@ -75,8 +79,10 @@ impl Runtime {
         agents_dir: &std::path::Path,
         data_dir: &std::path::Path,
         cache_dir: Option<&std::path::Path>,
+        secrets_key: Option<crate::secrets::Key>,
     ) -> Result<Runtime, ServeError> {
         let store = Store::open(data_dir)?;
+        let secrets = crate::secrets::SecretStore::open(data_dir, secrets_key)?;
         let engine = engine::new_engine(&policy.engine)?;
         engine::start_epoch_ticker(&engine, policy.engine.epoch_tick())
             .map_err(|e| ServeError::Setup(format!("cannot start the epoch thread: {e}")))?;
@@ -98,7 +104,7 @@ impl Runtime {
             .map_err(|e| ServeError::Setup(format!("agent loading panicked: {e}")))?;
         let _watch = engine::watcher::watch(agents_dir, Arc::clone(&registry))
             .map_err(|e| ServeError::Setup(format!("cannot watch {}: {e}", agents_dir.display())))?;
-        let manager = JobManager::new(store, Arc::clone(&registry), policy).map_err(ServeError::Setup)?;
+        let manager = JobManager::new(store, Arc::clone(&registry), policy, secrets).map_err(ServeError::Setup)?;
         Ok(Runtime { manager, registry, failures, _watch })
     }
 }
@@ -119,7 +125,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let grpc_tls = grpc_tls(&policy)?;
     let policy = Arc::new(policy);
     let Runtime { manager, registry, failures, _watch } =
-        Runtime::open(Arc::clone(&policy), &opts.agents_dir, &opts.data_dir, opts.cache_dir.as_deref()).await?;
+        Runtime::open(Arc::clone(&policy), &opts.agents_dir, &opts.data_dir, opts.cache_dir.as_deref(), opts.secrets_key)
+            .await?;
     let store = manager.store().clone();
     let recovered = manager.recover().await?;
     let redelivered = manager.messages().recover().await?;

@@ -38,7 +38,12 @@ pub struct Host {
     pub token: Option<String>,
     /// `host:port` of the SW4RM gRPC listener, for hosts started with [`Host::start_grpc`].
     pub grpc: Option<String>,
+    /// `CORRAL_SECRETS_KEY` of the process ([`TEST_SECRETS_KEY`] unless a test changes it).
+    pub secrets_key: Option<String>,
 }
+
+/// The secrets key every test host gets (64 hex characters).
+pub const TEST_SECRETS_KEY: &str = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2";
 
 impl Host {
     pub fn agents_dir(&self) -> PathBuf {
@@ -77,6 +82,7 @@ impl Host {
             client: reqwest::Client::new(),
             token: None,
             grpc: grpc.then(String::new),
+            secrets_key: Some(TEST_SECRETS_KEY.to_owned()),
         };
         host.spawn();
         host
@@ -98,6 +104,11 @@ impl Host {
         if self.grpc.is_some() {
             cmd.arg("--grpc-listen").arg("127.0.0.1:0");
         }
+        cmd.env_remove("CORRAL_SECRETS_KEY_FILE");
+        match &self.secrets_key {
+            Some(key) => cmd.env("CORRAL_SECRETS_KEY", key),
+            None => cmd.env_remove("CORRAL_SECRETS_KEY"),
+        };
         if let Some(policy) = &self.policy {
             let path = self.dir.path().join("policy.toml");
             std::fs::write(&path, policy).unwrap();

@@ -24,5 +24,6 @@ mod leases;
 mod limits;
 mod messages;
 mod openapi;
+mod secrets;
 mod sw4rm;
 mod waited_jobs;

@@ -22,5 +22,5 @@ async fn the_openapi_document_validates_and_a_client_built_from_it_drives_the_ho
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exercise.py failed:\n{stdout}\n{stderr}\n{}", host.logs());
-    assert!(stdout.contains("14/14 checks passed"), "{stdout}");
+    assert!(stdout.contains("18/18 checks passed"), "{stdout}");
 }

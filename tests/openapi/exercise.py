@@ -121,6 +121,15 @@ def main():
     check("deregister_external_agent", status, 200)
     status, err = c.call("heartbeat_external_agent", path={"id": "openapi-agent"})
     check("heartbeat after deregister", (status, err["error"]["code"]), (404, "external_agent_not_found"))
+    secret = {"value": "openapi-value", "allow": ["https://api.example.com/**"], "inject": {"header": "X-Api-Key"}}
+    status, view = c.call("set_secret", path={"name": "openapi"}, body=secret)
+    check("set_secret", (status, view["name"], "value" in view), (200, "openapi", False))
+    status, listed = c.call("list_secrets")
+    check("list_secrets", (status, [s["name"] for s in listed["secrets"]]), (200, ["openapi"]))
+    status, _ = c.call("remove_secret", path={"name": "openapi"})
+    check("remove_secret", status, 200)
+    status, err = c.call("remove_secret", path={"name": "openapi"})
+    check("remove_secret (gone)", (status, err["error"]["code"]), (404, "secret_not_found"))
 
     failed = [c for c in checks if not c[1]]
     for name, ok, got, want in checks:

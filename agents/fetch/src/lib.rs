@@ -5,6 +5,12 @@
 //! `{"status": 200, "headers": {...}, "body": "...", "truncated": false}`: the body is decoded
 //! as UTF-8 (invalid bytes replaced) and cut at 64 KiB; repeated headers are joined with
 //! `", "`. Scopes: `log`, `net.fetch` (target: the URL).
+//!
+//! With `"secrets": ["github"]` the host injects those operator-managed secrets into the
+//! request (scope `secret.use`, target: each name); the agent names them and never sees their
+//! values — a response that echoes one shows `[redacted]`. This is how an agent calls an
+//! authenticated API: `corral secret set github --allow 'https://api.github.com/**' --bearer`,
+//! then `{"url": "https://api.github.com/user", "secrets": ["github"]}`.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +31,9 @@ struct Input {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     body: Option<String>,
+    /// Secrets for the host to inject (by name).
+    #[serde(default)]
+    secrets: Vec<String>,
 }
 
 fn get() -> String {
@@ -44,7 +53,12 @@ impl Agent for Fetch {
             request = request.with_body(body);
         }
         let _ = log::info(&format!("fetch: {} {}", request.method, request.url));
-        let response = http::fetch(&request)?;
+        let response = if input.secrets.is_empty() {
+            http::fetch(&request)?
+        } else {
+            let names: Vec<&str> = input.secrets.iter().map(String::as_str).collect();
+            http::fetch_with_secrets(&request, &names)?
+        };
 
         let mut headers = BTreeMap::<String, String>::new();
         for (name, value) in &response.headers {
@@ -67,4 +81,4 @@ impl Agent for Fetch {
     }
 }
 
-corral_guest::export_agent!(Fetch, scopes = ["log", "net.fetch"]);
+corral_guest::export_agent!(Fetch, scopes = ["log", "net.fetch", "secret.use"]);

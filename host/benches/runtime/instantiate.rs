@@ -25,7 +25,7 @@ pub fn measure(quick: bool) -> Vec<Figure> {
         std::fs::create_dir_all(&agents).expect("agents dir");
         std::fs::copy(repo.join("agents/echo.wasm"), agents.join("echo.wasm")).expect("copy echo.wasm (build the agents)");
         let policy = Arc::new(Policy::builtin().expect("built-in policy"));
-        let rt = Runtime::open(policy, &agents, &work.path().join("data"), None).await.expect("open the runtime");
+        let rt = Runtime::open(policy, &agents, &work.path().join("data"), None, None).await.expect("open the runtime");
         let probe = Probe::new(&rt.manager, "echo").expect("resolve echo");
         let input = r#"{"n":1}"#;
 

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod jobs;
 pub mod messages;
+pub mod secrets;
 
 use std::sync::Arc;
 
@@ -42,7 +43,8 @@ pub struct Principal(pub String);
     paths(
         jobs::submit, jobs::get, jobs::list, jobs::cancel, events::stream, agents, healthz,
         messages::send, messages::get, messages::list,
-        messages::register, messages::heartbeat, messages::deregister, messages::inbox, messages::release
+        messages::register, messages::heartbeat, messages::deregister, messages::inbox, messages::release,
+        secrets::list, secrets::set, secrets::remove
     ),
     components(schemas(
         jobs::SubmitBody, jobs::JobView, jobs::JobList, error::ErrorBody, error::ErrorDetail,
@@ -52,7 +54,8 @@ pub struct Principal(pub String);
         crate::messages::Recipient, crate::messages::Envelope, crate::messages::DeliveryOptions,
         crate::messages::ExternalAgent, crate::messages::Release, crate::messages::MessageType,
         crate::messages::AckStage, crate::messages::ErrorCode, crate::messages::CommClass,
-        crate::store::RecipientKind
+        crate::store::RecipientKind,
+        secrets::SetSecretBody, secrets::SecretList, crate::secrets::SecretView, crate::secrets::Injection
     )),
     modifiers(&BearerAuth)
 )]
@@ -88,6 +91,8 @@ pub fn router(manager: Arc<JobManager>) -> Router {
         .route("/v1/external-agents/{id}/heartbeat", post(messages::heartbeat))
         .route("/v1/external-agents/{id}/inbox", get(messages::inbox))
         .route("/v1/external-agents/{id}/inbox/{seq}/ack", post(messages::release))
+        .route("/v1/secrets", get(secrets::list))
+        .route("/v1/secrets/{name}", axum::routing::put(secrets::set).delete(secrets::remove))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(v1)

@@ -160,22 +160,102 @@ impl wit::Host for JobState {
             Ok(url) => url,
             Err(denied) => return Ok(Err(denied)),
         };
-        let method = match reqwest::Method::from_bytes(req.method.as_bytes()) {
+        let method = match validate(&req, &[]) {
             Ok(m) => m,
-            Err(_) => return Ok(Err(invalid(format!("invalid HTTP method '{}'", super::clip(&req.method, 32))))),
+            Err(e) => return Ok(Err(e)),
         };
-        if let Some((name, _)) = req.headers.iter().find(|(name, _)| !header_allowed(name)) {
-            return Ok(Err(invalid(format!(
-                "header '{}' is set by the host, not the agent (the lease was checked for the URL as given)",
-                super::clip(name, 64)
-            ))));
-        }
         let addr = match self.resolve_checked(&url).await? {
             Ok(addr) => addr,
             Err(e) => return Ok(Err(e)),
         };
         self.ctx.before_effect().await?;
         Ok(self.perform(url, method, addr, req).await)
+    }
+
+    async fn fetch_with_secrets(
+        &mut self,
+        mut req: Request,
+        secrets: Vec<String>,
+    ) -> wasmtime::Result<Result<Response, HostError>> {
+        let url = match self.ctx.authorize_fetch(&req.url)? {
+            Ok(url) => url,
+            Err(denied) => return Ok(Err(denied)),
+        };
+        if secrets.is_empty() || secrets.len() > MAX_SECRETS_PER_REQUEST {
+            return Ok(Err(invalid(format!("name 1 to {MAX_SECRETS_PER_REQUEST} secrets"))));
+        }
+        for name in &secrets {
+            if let Err(denied) = self.ctx.check(Scope::SecretUse, name)? {
+                return Ok(Err(denied));
+            }
+        }
+        let injected =
+            match self.ctx.manager.secrets().injections(&secrets, &url, &self.ctx.agent, &self.ctx.principal) {
+                Ok(injected) => injected,
+                Err((name, reason)) => return Ok(Err(self.ctx.deny(Scope::SecretUse, &name, reason)?)),
+            };
+        let reserved: Vec<&str> =
+            injected.headers.iter().map(|(h, _)| h.as_str()).chain(SECRET_REQUEST_HEADERS.iter().copied()).collect();
+        let method = match validate(&req, &reserved) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        let addr = match self.resolve_checked(&url).await? {
+            Ok(addr) => addr,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.ctx.before_effect().await?;
+        // Identity encoding: a compressed echo of the request would carry the value past the
+        // redaction below.
+        req.headers.push(("accept-encoding".to_owned(), "identity".to_owned()));
+        req.headers.extend(injected.headers.iter().cloned());
+        let response = self.perform(url, method, addr, req).await;
+        Ok(response.map(|r| Response {
+            status: r.status,
+            headers: r
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name, redact_text(&value, &injected.redact)))
+                .collect(),
+            body: crate::secrets::redact(&r.body, &injected.redact),
+        })
+        .map_err(|e| redact_error(e, &injected.redact)))
+    }
+}
+
+/// Most secrets one request may name.
+const MAX_SECRETS_PER_REQUEST: usize = 8;
+
+/// Headers a request with secrets may not set: the host asks for an uncompressed response (so
+/// an echo can be redacted), and a byte range of an echo could return a value in pieces.
+const SECRET_REQUEST_HEADERS: &[&str] = &["accept-encoding", "range", "if-range"];
+
+/// Checks the parts of a request the lease does not: the method, and that no header is one the
+/// host sets (framing, routing, or one of `reserved`, lower-case). Returns the method.
+fn validate(req: &Request, reserved: &[&str]) -> Result<reqwest::Method, HostError> {
+    let method = reqwest::Method::from_bytes(req.method.as_bytes())
+        .map_err(|_| invalid(format!("invalid HTTP method '{}'", super::clip(&req.method, 32))))?;
+    let refused =
+        |name: &str| !header_allowed(name) || reserved.iter().any(|r| name.eq_ignore_ascii_case(r));
+    if let Some((name, _)) = req.headers.iter().find(|(name, _)| refused(name)) {
+        return Err(invalid(format!(
+            "header '{}' is set by the host, not the agent (the lease was checked for the request as given)",
+            super::clip(name, 64)
+        )));
+    }
+    Ok(method)
+}
+
+fn redact_text(text: &str, needles: &[Vec<u8>]) -> String {
+    String::from_utf8_lossy(&crate::secrets::redact(text.as_bytes(), needles)).into_owned()
+}
+
+/// An error's message goes to the guest too.
+fn redact_error(e: HostError, needles: &[Vec<u8>]) -> HostError {
+    match e {
+        HostError::Failed(m) => HostError::Failed(redact_text(&m, needles)),
+        HostError::Invalid(m) => HostError::Invalid(redact_text(&m, needles)),
+        other => other,
     }
 }
 

@@ -461,6 +461,33 @@ impl Client {
         self.send_json(self.request(reqwest::Method::GET, url), "message list").await
     }
 
+    /// `GET /v1/secrets`; the raw answer.
+    pub async fn secrets(&self) -> Result<Value, ClientError> {
+        let url = self.url("v1/secrets")?;
+        self.send_json(self.request(reqwest::Method::GET, url), "secret list").await
+    }
+
+    /// `PUT /v1/secrets/{name}` with this body; the secret as listed.
+    pub async fn set_secret(&self, name: &str, body: &Value) -> Result<Value, ClientError> {
+        let url = self.secret_url(name)?;
+        self.send_json(self.request(reqwest::Method::PUT, url).json(body), "secret").await
+    }
+
+    /// `DELETE /v1/secrets/{name}`.
+    pub async fn remove_secret(&self, name: &str) -> Result<(), ClientError> {
+        let url = self.secret_url(name)?;
+        self.send_json(self.request(reqwest::Method::DELETE, url), "secret removal").await.map(|_| ())
+    }
+
+    fn secret_url(&self, name: &str) -> Result<Url, ClientError> {
+        let mut url = self.url("v1/secrets/")?;
+        url.path_segments_mut()
+            .map_err(|()| ClientError::InvalidServerUrl { url: self.server().to_owned(), reason: "no path".into() })?
+            .pop_if_empty()
+            .push(name);
+        Ok(url)
+    }
+
     /// Follows `GET /v1/jobs/{id}/events`, starting after `after` (or from the beginning).
     pub fn events(&self, job: &str, after: Option<u64>) -> EventFollower {
         EventFollower {

@@ -142,6 +142,7 @@ async fn execute(client: &Client, cmd: ClientCommand, json: bool) -> Result<Done
             let query = super::messages::Query { producer, recipient, stage, limit, cursor };
             super::messages::list(client, &query, json).await
         }
+        ClientCommand::Secret { action } => super::secrets::run(client, action, json).await,
         ClientCommand::Inbox { agent, follow } => super::messages::inbox(client, &agent, follow, json).await,
         ClientCommand::Cancel { job } => {
             let job = client.cancel(&job).await?;
@@ -313,6 +314,6 @@ pub(super) fn stdout_text(text: &str) -> io::Result<()> {
 }
 
 /// Messages for the person, not the pipe; a failure to write them is not worth failing over.
-fn stderr_line(line: &str) {
+pub(super) fn stderr_line(line: &str) {
     let _ = writeln!(io::stderr().lock(), "{line}");
 }

@@ -37,6 +37,7 @@ pub mod client;
 mod commands;
 mod messages;
 mod render;
+mod secrets;
 
 use std::process::ExitCode;
 
@@ -198,6 +199,59 @@ pub enum ClientCommand {
         agent: String,
         #[arg(long, short)]
         follow: bool,
+    },
+
+    /// Manage secrets agents can have injected into requests (operators only).
+    Secret {
+        #[command(subcommand)]
+        action: SecretCommand,
+    },
+}
+
+/// `corral secret ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SecretCommand {
+    /// Set or rotate a secret. The value is read from stdin (or --value-file), never taken as
+    /// an argument, so it stays out of shell history and process listings.
+    Set {
+        /// The secret's name, as agents name it (`[A-Za-z0-9._-]`, at most 64).
+        name: String,
+
+        /// A destination it may be sent to (a `net.fetch` URL pattern); repeat for more.
+        #[arg(long, required = true, value_name = "URL_PATTERN")]
+        allow: Vec<String>,
+
+        /// Inject as `Authorization: Bearer <value>` (the default).
+        #[arg(long, conflicts_with_all = ["basic", "header"])]
+        bearer: bool,
+
+        /// Inject as `Authorization: Basic base64(<value>)`; the value is `user:password`.
+        #[arg(long, conflicts_with = "header")]
+        basic: bool,
+
+        /// Inject as this header, e.g. `X-Api-Key`.
+        #[arg(long, value_name = "HEADER")]
+        header: Option<String>,
+
+        /// Only this agent may use it; repeat for more (default: any agent granted `secret.use`).
+        #[arg(long = "agent", value_name = "AGENT")]
+        agents: Vec<String>,
+
+        /// Only jobs of this principal may use it; repeat for more.
+        #[arg(long = "principal", value_name = "PRINCIPAL")]
+        principals: Vec<String>,
+
+        /// Read the value from this file instead of stdin (one trailing newline is dropped).
+        #[arg(long, value_name = "FILE")]
+        value_file: Option<std::path::PathBuf>,
+    },
+
+    /// List secrets: names, destinations, injection, who may use them, when last set. No values.
+    List,
+
+    /// Remove a secret.
+    Rm {
+        name: String,
     },
 }
 

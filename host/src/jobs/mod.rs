@@ -83,6 +83,8 @@ pub struct JobManager {
     running: Arc<AtomicUsize>,
     /// Outbound HTTP clients shared by every job's `net.fetch`.
     http_clients: crate::capabilities::http::Clients,
+    /// Operator-managed secrets, injected into fetches by `secret.use`.
+    secrets: crate::secrets::SecretStore,
     /// The children of each running parent, registered *before* they are written: a parent
     /// that ends cancels all of them, including one whose insert is still in flight (which
     /// then finds its parent gone and cancels itself instead of running orphaned).
@@ -102,7 +104,12 @@ impl std::fmt::Debug for JobManager {
 }
 
 impl JobManager {
-    pub fn new(store: Store, registry: Arc<Registry>, policy: Arc<Policy>) -> Result<Arc<Self>, String> {
+    pub fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        policy: Arc<Policy>,
+        secrets: crate::secrets::SecretStore,
+    ) -> Result<Arc<Self>, String> {
         let engine = registry.engine().clone();
         let http_clients = crate::capabilities::http::Clients::new()?;
         let permits = Arc::new(Semaphore::new(policy.server.max_concurrent_jobs.max(1)));
@@ -120,6 +127,7 @@ impl JobManager {
             usage: Mutex::new(HashMap::new()),
             families: Mutex::new(HashMap::new()),
             http_clients,
+            secrets,
             own_addresses: std::sync::RwLock::new(OwnAddresses::new(interface_addresses())),
             messages: Arc::new(crate::messages::MessagePlane::new(
                 store_for_plane,
@@ -133,6 +141,11 @@ impl JobManager {
 
     pub(crate) fn http_clients(&self) -> &crate::capabilities::http::Clients {
         &self.http_clients
+    }
+
+    /// The host's secrets (values never leave it except as injected headers).
+    pub fn secrets(&self) -> &crate::secrets::SecretStore {
+        &self.secrets
     }
 
     /// Registers an address this host listens on (after binding, with its real port): no

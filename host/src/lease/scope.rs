@@ -33,11 +33,14 @@ pub enum Scope {
     /// `topic.publish` — publish a routed message to a topic's subscribers; the target is the
     /// topic.
     TopicPublish,
+    /// `secret.use` — have the host inject a named secret into an outbound request; the target
+    /// is the secret's name. The value never reaches the guest (see `crate::secrets`).
+    SecretUse,
 }
 
 impl Scope {
     /// Every scope, in a stable order (also the order of error messages and serialization).
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 9] = [
         Scope::Log,
         Scope::KvRead,
         Scope::KvWrite,
@@ -46,6 +49,7 @@ impl Scope {
         Scope::Events,
         Scope::AgentSend,
         Scope::TopicPublish,
+        Scope::SecretUse,
     ];
 
     /// The wire name, e.g. `"kv.read"`.
@@ -59,6 +63,7 @@ impl Scope {
             Scope::Events => "events",
             Scope::AgentSend => "agent.send",
             Scope::TopicPublish => "topic.publish",
+            Scope::SecretUse => "secret.use",
         }
     }
 
@@ -119,7 +124,7 @@ mod tests {
         let err = "kv.wrte".parse::<Scope>().unwrap_err().to_string();
         assert!(err.contains("unknown scope 'kv.wrte'"), "{err}");
         assert!(
-            err.contains("log, kv.read, kv.write, net.fetch, agent.delegate, events, agent.send, topic.publish"),
+            err.contains("log, kv.read, kv.write, net.fetch, agent.delegate, events, agent.send, topic.publish, secret.use"),
             "{err}"
         );
     }
