@@ -327,3 +327,51 @@ async fn only_operators_manage_secrets_and_a_host_without_a_key_has_none() {
     assert_eq!((answer.status, answer.code()), (409, "secrets_disabled"), "{}", answer.body);
     assert!(host.logs().contains("no key is configured"), "the operator is told");
 }
+
+/// The README's tour of secrets, as written: examples/secrets/policy.toml, the demo API, the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_secrets_tour_calls_the_demo_api_with_a_key_the_agent_never_sees() {
+    use std::io::BufRead as _;
+    let mut api = KillOnDrop(
+        Command::new("python3")
+            .arg(crate::harness::repo().join("examples/secrets/demo_api.py"))
+            .arg("0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the demo API"),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(api.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let policy = std::fs::read_to_string(crate::harness::repo().join("examples/secrets/policy.toml")).unwrap();
+    let host = Host::start_with_policy(&["fetch"], Some(&policy.replace("8080", &port.to_string())));
+
+    let allow = format!("http://127.0.0.1:{port}/allowed/**");
+    let set = cli_with_stdin(&host, &["secret", "set", "demo-api", "--allow", &allow, "--bearer"], "demo-token-123");
+    assert_eq!(set.code, 0, "{set:?}");
+    let me = format!(r#"{{"url": "http://127.0.0.1:{port}/allowed/me", "secrets": ["demo-api"]}}"#);
+    let called = host.cli(&["invoke", "fetch", "--input", &me]).await;
+    assert_eq!(called.code, 0, "{called:?}");
+    let output: Value = serde_json::from_str(&called.stdout).unwrap();
+    assert_eq!(output["status"], 200, "{output}");
+    let body: Value = serde_json::from_str(output["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body, json!({"user": "demo", "you_sent": "Bearer [redacted]"}));
+
+    let anonymous = format!(r#"{{"url": "http://127.0.0.1:{port}/allowed/me"}}"#);
+    let refused = host.cli(&["invoke", "fetch", "--input", &anonymous]).await;
+    assert_eq!(serde_json::from_str::<Value>(&refused.stdout).unwrap()["status"], 401, "{refused:?}");
+    let elsewhere = format!(r#"{{"url": "http://127.0.0.1:{port}/other", "secrets": ["demo-api"]}}"#);
+    let denied = host.cli(&["invoke", "fetch", "--input", &elsewhere]).await;
+    assert_eq!(denied.code, 1, "{denied:?}");
+    assert!(denied.stderr.contains("secret.use"), "{}", denied.stderr);
+}
+
+/// A child process that ends with the test, passing or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
