@@ -16,6 +16,12 @@
 //! routing-override headers such as `X-Original-URL`, `X-Forwarded-*`, `Forwarded`).
 //!
 //! Redirects are returned to the agent, not followed: following one would skip the check.
+//!
+//! `fetch-with-secrets` adds scope `secret.use` (target: each secret's name): after the checks
+//! above pass for the URL, the secret's own destinations, agents and principals are checked
+//! (`crate::secrets::SecretStore::injections`), the host adds the headers, and the value (and
+//! its base64 forms) is redacted from everything the guest gets back. The agent may not set an
+//! injected header, `Accept-Encoding` or `Range` on such a request (see `docs/secrets.md`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
