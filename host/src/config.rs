@@ -70,6 +70,8 @@ pub struct Policy {
     pub egress: EgressConfig,
     #[serde(default)]
     pub messages: crate::messages::MessagesConfig,
+    #[serde(default)]
+    pub arcp: crate::arcp::ArcpConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -19,6 +19,7 @@
 //! crates → components); [`cli`] is the client half of the `corral` command.
 
 pub mod api;
+pub mod arcp;
 pub mod bindings;
 pub mod build;
 pub mod capabilities;

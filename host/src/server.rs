@@ -171,7 +171,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         println!("corral listening on http://{local}");
     }
 
-    let app = crate::api::router(Arc::clone(&manager));
+    let app = crate::api::router(Arc::clone(&manager)).merge(crate::arcp::router(Arc::clone(&manager)));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         // TCP_NODELAY: a response is written as one small segment; Nagle would hold it for the

@@ -17,6 +17,7 @@ mod harness;
 
 mod agents_folder;
 mod api_errors;
+mod arcp;
 mod cli;
 mod durability;
 mod lease_escapes;

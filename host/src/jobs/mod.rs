@@ -6,6 +6,7 @@
 //! The store is the source of truth: every state change is a conditional transition, so a
 //! cancel racing a completion resolves to exactly one terminal state.
 
+pub mod follow;
 pub mod journal;
 pub mod probe;
 mod recovery;
@@ -471,8 +472,26 @@ impl JobManager {
         self.get(principal, id).await
     }
 
+    /// [`Self::cancel`] without waiting for the outcome: the job is cancelled (queued) or told
+    /// to stop (running) when this returns; its terminal state follows in its events.
+    pub async fn request_cancel(&self, principal: &str, id: &str) -> Result<(), JobError> {
+        let job = self.get(principal, id).await?;
+        if job.status.is_terminal() {
+            return Err(JobError::AlreadyFinished { id: job.id, status: job.status });
+        }
+        self.signal_cancel(&job.id).await
+    }
+
     /// Cancels without an ownership check (used for the children of a finished parent).
     pub(crate) async fn cancel_by_id(&self, id: &str) -> Result<(), JobError> {
+        self.signal_cancel(id).await?;
+        // Wait for the runner to record the outcome, so the caller sees the final state.
+        self.wait_finished(id, Duration::from_secs(5)).await?;
+        Ok(())
+    }
+
+    /// Cancels a queued job, or signals a running one's runner (which records the outcome).
+    async fn signal_cancel(&self, id: &str) -> Result<(), JobError> {
         let now = crate::now_ms();
         let t = Transition::new(&[JobStatus::Queued], JobStatus::Cancelled, now)
             .finished_at(now)
@@ -485,8 +504,6 @@ impl JobManager {
                 let _ = h.cancel.send(true);
             }
         }
-        // Wait for the runner to record the outcome, so the caller sees the final state.
-        self.wait_finished(id, Duration::from_secs(5)).await?;
         Ok(())
     }
 

@@ -1,0 +1,299 @@
+//! `tool.invoke` → a corral job, and that job's stored events → `job.*` envelopes.
+//!
+//! Validation comes first and answers with a single `job.failed` (correlated, no `job_id`): a
+//! bad agent reference (`INVALID_ARGUMENT`), an unknown agent (`NOT_FOUND`) or version
+//! (`AGENT_VERSION_NOT_AVAILABLE`), a lease request corral cannot honour, an expired lease
+//! (`LEASE_EXPIRED`), a reused idempotency key with a different request (`FAILED_PRECONDITION`).
+//! Only a submitted job gets `job.accepted`. A resent invoke with the same idempotency key gets
+//! the original job, and its events replayed from the store.
+//!
+//! Event mapping (corral event → ARCP): `state running` → `job.started`; `log` → `log`;
+//! `progress` → `job.progress`; `chunk` → `job.result_chunk` (when `streaming` was negotiated);
+//! `capability`, `delegated` → `event.emit` (`corral.capability`, `corral.delegated`); the
+//! terminal `state` → a `metric` (`job.duration`), the terminal result chunk (if any), then
+//! exactly one of `job.completed`, `job.failed`, `job.cancelled`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arcp_core::ErrorCode;
+use arcp_core::ids::MessageId;
+use arcp_core::messages::{
+    AgentRef, EventEmitPayload, JobAcceptedPayload, JobCancelledPayload, JobCompletedPayload, JobFailedPayload,
+    JobProgressPayload, JobResultChunkPayload, JobStartedPayload, LeaseRequest, LogLevel, LogPayload, MessageType,
+    MetricPayload, ResultChunkEncoding, ToolInvokePayload,
+};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::wire::{invoke_failed, job_event, submit_error_code};
+use crate::jobs::follow::EventFollower;
+use crate::jobs::{JobManager, SubmitRequest};
+use crate::store::EventRecord;
+
+/// What a session hands to the jobs it starts.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    pub manager: Arc<JobManager>,
+    pub principal: String,
+    pub outbound: mpsc::Sender<arcp_core::Envelope>,
+    /// `streaming` was negotiated: result chunks are sent.
+    pub streaming: bool,
+    /// Jobs this session is following now.
+    pub following: Arc<AtomicUsize>,
+    pub max_following: usize,
+}
+
+/// Handles one `tool.invoke` (envelope `id`, optional `idempotency_key`). Returns the task that
+/// follows the job, if one was started.
+pub async fn invoke(
+    session: &SessionContext,
+    id: &MessageId,
+    idempotency_key: Option<String>,
+    invoke: ToolInvokePayload,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let refuse = |code, message: String| invoke_failed(code, message, id);
+    if let Err(e) = AgentRef::parse(&invoke.tool) {
+        let _ = session.outbound.send(refuse(ErrorCode::InvalidArgument, format!("tool: {e}"))).await;
+        return None;
+    }
+    let lease = match lease_request(invoke.lease_request, invoke.cost_budget.is_some()) {
+        Ok(lease) => lease,
+        Err((code, message)) => {
+            let _ = session.outbound.send(refuse(code, message)).await;
+            return None;
+        }
+    };
+    if session.following.load(Ordering::SeqCst) >= session.max_following {
+        let message = format!(
+            "this session already follows {} jobs (arcp.max_jobs_per_session); wait for one to end",
+            session.max_following
+        );
+        let _ = session.outbound.send(refuse(ErrorCode::ResourceExhausted, message)).await;
+        return None;
+    }
+    let request = SubmitRequest { agent: invoke.tool, input: invoke.arguments, lease, idempotency_key };
+    let job = match session.manager.submit(&session.principal, request).await {
+        Ok((job, _created)) => job,
+        Err(e) => {
+            let _ = session.outbound.send(refuse(submit_error_code(&e), e.to_string())).await;
+            return None;
+        }
+    };
+    let accepted = MessageType::JobAccepted(JobAcceptedPayload {
+        job_id: super::wire::job_id(&job.id),
+        credentials: Vec::new(),
+        lease: None,
+    });
+    if session.outbound.send(job_event(accepted, &job.id, id)).await.is_err() {
+        return None;
+    }
+    session.following.fetch_add(1, Ordering::SeqCst);
+    let follower = Follower::new(session, &job.id, id.clone(), format!("{}@{}", job.agent_name, job.agent_version));
+    Some(tokio::spawn(follower.run()))
+}
+
+/// corral's lease request from ARCP's: the extra keys are corral's own (`grants`, `limits`,
+/// `ttl_ms`), `expires_at` is honoured (an expired one is `LEASE_EXPIRED`). `cost_budget` and
+/// `model_use` are refused rather than ignored: corral has no model calls or costs to meter.
+fn lease_request(request: Option<LeaseRequest>, top_level_budget: bool) -> Result<Option<Value>, (ErrorCode, String)> {
+    let unsupported = |what: &str| {
+        (ErrorCode::Unimplemented, format!("{what} is not supported by corral: it has no metered model calls or costs"))
+    };
+    if top_level_budget {
+        return Err(unsupported("cost_budget"));
+    }
+    let Some(request) = request else { return Ok(None) };
+    if request.cost_budget.is_some() {
+        return Err(unsupported("lease_request.cost_budget"));
+    }
+    if request.model_use.is_some() {
+        return Err(unsupported("lease_request.model_use"));
+    }
+    let mut lease = serde_json::Map::new();
+    for (key, value) in request.extra {
+        lease.insert(key, value);
+    }
+    if let Some(at) = request.expires_at {
+        if at <= chrono::Utc::now() {
+            return Err((ErrorCode::LeaseExpired, format!("lease_request.expires_at {at} has passed")));
+        }
+        lease.insert("expires_at".into(), Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+    }
+    Ok(if lease.is_empty() { None } else { Some(Value::Object(lease)) })
+}
+
+/// Follows one job's events and sends them as envelopes.
+struct Follower {
+    session: SessionContext,
+    job: String,
+    invoke: MessageId,
+    agent: String,
+    events: EventFollower,
+    /// Chunks sent so far (the next `chunk_seq`) and their bytes.
+    chunks: u64,
+    chunk_bytes: u64,
+    started_at: Option<i64>,
+}
+
+impl Follower {
+    fn new(session: &SessionContext, job: &str, invoke: MessageId, agent: String) -> Follower {
+        Follower {
+            events: EventFollower::new(session.manager.store(), job, 0),
+            session: session.clone(),
+            job: job.to_owned(),
+            invoke,
+            agent,
+            chunks: 0,
+            chunk_bytes: 0,
+            started_at: None,
+        }
+    }
+
+    async fn run(mut self) {
+        while let Some(next) = self.events.next().await {
+            let record = match next {
+                Ok(record) => record,
+                Err(e) => {
+                    let failed = JobFailedPayload {
+                        code: ErrorCode::Unavailable,
+                        retryable: Some(true),
+                        message: format!("cannot read the job's events: {e}; subscribe again to resume"),
+                        details: None,
+                    };
+                    let _ = self.send(MessageType::JobFailed(failed)).await;
+                    break;
+                }
+            };
+            let mut ok = true;
+            for payload in self.map(&record) {
+                ok &= self.send(payload).await;
+            }
+            if !ok {
+                break; // the connection is gone; the job runs on
+            }
+        }
+        self.session.following.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    async fn send(&self, payload: MessageType) -> bool {
+        self.session.outbound.send(job_event(payload, &self.job, &self.invoke)).await.is_ok()
+    }
+
+    fn map(&mut self, record: &EventRecord) -> Vec<MessageType> {
+        let data = &record.data;
+        let text = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_owned);
+        match record.kind.as_str() {
+            "state" => self.state(record),
+            "log" => vec![MessageType::Log(LogPayload {
+                level: level(text("level").as_deref()),
+                message: text("message").unwrap_or_default(),
+                attributes: None,
+            })],
+            "progress" => {
+                let done = data.get("done").and_then(Value::as_u64).unwrap_or(0);
+                let total = data.get("total").and_then(Value::as_u64).unwrap_or(0);
+                #[allow(clippy::cast_precision_loss)]
+                let percent = (total > 0).then(|| (done.min(total) as f64) * 100.0 / total as f64);
+                vec![MessageType::JobProgress(JobProgressPayload {
+                    percent,
+                    message: text("message").filter(|m| !m.is_empty()),
+                })]
+            }
+            "chunk" if self.session.streaming => {
+                let data = text("data").unwrap_or_default();
+                self.chunk_bytes += data.len() as u64;
+                let chunk = self.chunk(data, true);
+                vec![chunk]
+            }
+            "capability" | "delegated" => vec![MessageType::EventEmit(EventEmitPayload {
+                name: format!("corral.{}", record.kind),
+                data: Some(data.clone()),
+            })],
+            _ => Vec::new(),
+        }
+    }
+
+    fn chunk(&mut self, data: String, more: bool) -> MessageType {
+        let chunk_seq = self.chunks;
+        self.chunks += 1;
+        MessageType::JobResultChunk(JobResultChunkPayload {
+            result_id: self.result_id(),
+            chunk_seq,
+            data,
+            encoding: ResultChunkEncoding::Utf8,
+            more,
+        })
+    }
+
+    fn result_id(&self) -> String {
+        format!("res_{}", self.job)
+    }
+
+    fn state(&mut self, record: &EventRecord) -> Vec<MessageType> {
+        let status = record.data.get("status").and_then(Value::as_str).unwrap_or_default();
+        let error = record.data.get("error");
+        let error_text = |key: &str| error.and_then(|e| e.get(key)).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let mut out = Vec::new();
+        if status == "running" {
+            self.started_at = Some(record.at);
+            out.push(MessageType::JobStarted(JobStartedPayload { description: Some(format!("running {}", self.agent)) }));
+            return out;
+        }
+        if !matches!(status, "completed" | "failed" | "cancelled" | "timed_out") {
+            return out;
+        }
+        if let Some(started) = self.started_at {
+            #[allow(clippy::cast_precision_loss)]
+            let ms = (record.at - started).max(0) as f64;
+            out.push(MessageType::Metric(MetricPayload {
+                name: "job.duration".into(),
+                value: ms,
+                unit: "ms".into(),
+                dims: Some(serde_json::json!({ "agent": self.agent, "status": status })),
+            }));
+        }
+        let streamed = self.chunks > 0;
+        match status {
+            "completed" => {
+                if streamed {
+                    out.push(self.chunk(String::new(), false));
+                }
+                out.push(MessageType::JobCompleted(JobCompletedPayload {
+                    value: record.data.get("output").cloned(),
+                    result_ref: None,
+                    result_id: streamed.then(|| self.result_id()),
+                    result_size: streamed.then_some(self.chunk_bytes),
+                    summary: None,
+                }));
+            }
+            "cancelled" => out.push(MessageType::JobCancelled(JobCancelledPayload {
+                reason: Some(error_text("message")).filter(|m| !m.is_empty()),
+            })),
+            _ => {
+                let code = if status == "timed_out" {
+                    ErrorCode::DeadlineExceeded
+                } else {
+                    super::wire::job_error_code(&error_text("code"))
+                };
+                out.push(MessageType::JobFailed(JobFailedPayload {
+                    code,
+                    retryable: Some(code.retryable()),
+                    message: error_text("message"),
+                    details: error.cloned(),
+                }));
+            }
+        }
+        out
+    }
+}
+
+fn level(name: Option<&str>) -> LogLevel {
+    match name {
+        Some("trace") => LogLevel::Trace,
+        Some("debug") => LogLevel::Debug,
+        Some("warn") => LogLevel::Warn,
+        Some("error") => LogLevel::Error,
+        _ => LogLevel::Info,
+    }
+}

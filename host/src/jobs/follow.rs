@@ -1,0 +1,107 @@
+//! Following a job's events: everything after a seq, from the store (the source of truth),
+//! then each new event as the store commits it, until the job's terminal `state` event.
+//!
+//! Every front door that streams a job (SSE on HTTP, ARCP over WebSocket) follows it through
+//! this one type, so they share its guarantees: gapless (seqs are assigned in the store's writer
+//! and read back in order), resumable from any seq, and bounded (one page of events buffered).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use super::JobError;
+use crate::store::{EventRecord, JobStatus, Store};
+
+/// Events read per store query: with chunks of up to 256 KiB, this bounds a follower's buffer.
+const PAGE: u32 = 32;
+
+/// A job's events after a seq, then as they are committed.
+#[derive(Debug)]
+pub struct EventFollower {
+    store: Store,
+    job_id: String,
+    after: u64,
+    pending: VecDeque<EventRecord>,
+    notifications: broadcast::Receiver<String>,
+    finished: bool,
+}
+
+impl EventFollower {
+    /// Follows `job_id` from the event after `after`. Subscribes to commits first, so no commit
+    /// can slip between the subscription and the first read. The caller checks the job exists
+    /// and may be seen by whoever asks.
+    pub fn new(store: &Store, job_id: &str, after: u64) -> EventFollower {
+        EventFollower {
+            notifications: store.subscribe(),
+            store: store.clone(),
+            job_id: job_id.to_owned(),
+            after,
+            pending: VecDeque::new(),
+            finished: false,
+        }
+    }
+
+    /// The seq of the last event returned (or the starting point).
+    pub fn last_seq(&self) -> u64 {
+        self.after
+    }
+
+    /// The next event; `None` after the terminal `state` event. `Err` if the store cannot be
+    /// read (the follower is then finished).
+    pub async fn next(&mut self) -> Option<Result<EventRecord, JobError>> {
+        loop {
+            if let Some(record) = self.pending.pop_front() {
+                self.after = record.seq;
+                if is_terminal_state(&record) {
+                    self.finished = true;
+                }
+                return Some(Ok(record));
+            }
+            if self.finished {
+                return None;
+            }
+            match self.store.events_after(&self.job_id, self.after, PAGE).await {
+                Ok(batch) if !batch.is_empty() => {
+                    self.pending.extend(batch);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.finished = true;
+                    return Some(Err(JobError::from(e)));
+                }
+            }
+            self.wait_for_commit().await;
+        }
+    }
+
+    /// Sleeps until the store commits an event of this job (or a safety re-check is due).
+    async fn wait_for_commit(&mut self) {
+        let wait = async {
+            loop {
+                match self.notifications.recv().await {
+                    Ok(id) if id == self.job_id => return,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+    }
+}
+
+/// Whether `record` is the `state` event that ends its job.
+pub fn is_terminal_state(record: &EventRecord) -> bool {
+    record.kind == "state"
+        && record
+            .data
+            .get("status")
+            .and_then(|s| s.as_str())
+            .and_then(JobStatus::parse)
+            .is_some_and(JobStatus::is_terminal)
+}
