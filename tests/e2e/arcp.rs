@@ -146,11 +146,12 @@ async fn the_handshake_ignores_earlier_traffic_negotiates_by_intersection_and_re
     let mut raw = Raw::connect(&host).await;
     raw.send("tool.invoke", json!({"tool": "echo", "arguments": 1}), json!({})).await;
     raw.send("session.ping", json!({"nonce": "early", "sent_at": "2026-12-01T00:00:00Z"}), json!({})).await;
-    let accepted = raw.open(Some("a-token"), json!({"streaming": true, "subscriptions": true})).await;
+    let accepted = raw.open(Some("a-token"), json!({"streaming": true, "artifacts": true})).await;
     assert_eq!(accepted["type"], "session.accepted", "the first answer is the handshake: {accepted}");
     let caps = &accepted["payload"]["capabilities"];
     assert_eq!(caps["streaming"], true, "{caps}");
-    assert_eq!(caps["subscriptions"], false, "corral does not offer it: {caps}");
+    assert_eq!(caps["artifacts"], false, "corral does not offer it: {caps}");
+    assert_eq!(caps["subscriptions"], false, "offered, but the client did not ask: {caps}");
     assert_eq!(caps["durable_jobs"], false, "offered, but the client did not ask: {caps}");
     assert!(caps.get("anonymous").is_none(), "with tokens the host offers no anonymous sessions: {caps}");
     let echo = caps["agents"].as_array().unwrap().iter().find(|a| a["name"] == "echo").unwrap();
@@ -227,7 +228,9 @@ async fn invalid_invokes_get_one_job_failed_with_the_right_code_and_no_job() {
         ("nobody", json!({}), "NOT_FOUND"),
         ("echo@9.9.9", json!({}), "AGENT_VERSION_NOT_AVAILABLE"),
         ("echo", expired, "LEASE_EXPIRED"),
-        ("echo", json!({"lease_request": {"cost_budget": ["USD:1"]}}), "UNIMPLEMENTED"),
+        ("echo", json!({"lease_request": {"cost_budget": ["USD:1"]}}), "INVALID_ARGUMENT"),
+        ("echo", json!({"cost_budget": ["fuel:0.5"]}), "INVALID_ARGUMENT"),
+        ("echo", json!({"lease_request": {"model_use": ["gpt-*"]}}), "UNIMPLEMENTED"),
         ("echo", json!({"lease_request": {"grants": {"nope": ["**"]}}}), "INVALID_ARGUMENT"),
     ] {
         let mut payload = json!({"tool": tool, "arguments": {}});
@@ -240,6 +243,26 @@ async fn invalid_invokes_get_one_job_failed_with_the_right_code_and_no_job() {
     }
     let jobs = host.request(reqwest::Method::GET, "/v1/jobs", Some("a-token"), None).await;
     assert_eq!(jobs.body["jobs"], json!([]), "nothing was submitted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_budget_in_fuel_or_host_calls_is_spent_under_the_engine_and_ends_the_job_budget_exhausted() {
+    let host = Host::start_with_policy(&["echo", "spin"], Some(&spin_policy(TOKENS)));
+    let mut raw = Raw::connect(&host).await;
+    raw.open(Some("a-token"), json!({})).await;
+    // `spin` loops forever: the fuel budget, not the deadline, ends it.
+    for (tool, budget) in [("spin", json!({"cost_budget": ["fuel:2000000"]})), ("echo", json!({"lease_request": {"cost_budget": ["host_calls:0"]}}))] {
+        let mut payload = json!({"tool": tool, "arguments": {}});
+        payload.as_object_mut().unwrap().extend(budget.as_object().unwrap().clone());
+        let id = raw.send("tool.invoke", payload, json!({})).await;
+        let events = raw.until_terminal(&id).await;
+        assert_eq!(events[0]["type"], "job.accepted", "{tool}: {events:?}");
+        let failed = events.last().unwrap();
+        assert_eq!((failed["type"].as_str(), failed["payload"]["code"].as_str()), (Some("job.failed"), Some("BUDGET_EXHAUSTED")), "{tool}: {failed}");
+    }
+    // The same agent with a budget it stays within completes.
+    let id = raw.send("tool.invoke", json!({"tool": "echo", "arguments": 1, "cost_budget": ["host_calls:5", "fuel:100000000"]}), json!({})).await;
+    assert_eq!(raw.until_terminal(&id).await.last().unwrap()["type"], "job.completed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,4 +342,330 @@ async fn unknown_types_get_a_nack_and_the_connection_stays_open() {
     assert_eq!((pong["payload"]["ping_nonce"].as_str(), pong["correlation_id"].as_str()), (Some("n-1"), Some(id.as_str())));
     let events = raw.run("echo", json!("still here"), json!({})).await;
     assert_eq!(events.last().unwrap()["type"], "job.completed");
+}
+
+/// Opens a session as `token` asking for subscriptions and streaming.
+async fn subscriber(host: &Host, token: &str) -> Raw {
+    let mut raw = Raw::connect(host).await;
+    let accepted = raw.open(Some(token), json!({"subscriptions": true, "streaming": true})).await;
+    assert_eq!(accepted["payload"]["capabilities"]["subscriptions"], true, "{accepted}");
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_jobs_pages_the_principals_jobs_across_sessions_with_filters() {
+    let host = Host::start_with_policy(&["echo"], Some(TOKENS));
+    for n in 0..3 {
+        let mut raw = Raw::connect(&host).await;
+        raw.open(Some("a-token"), json!({})).await;
+        raw.run("echo", json!({"n": n}), json!({})).await;
+    }
+    let mut bob = Raw::connect(&host).await;
+    bob.open(Some("b-token"), json!({})).await;
+    bob.run("echo", json!("bob"), json!({})).await;
+
+    let mut raw = Raw::connect(&host).await;
+    raw.open(Some("a-token"), json!({})).await;
+    let mut seen = Vec::new();
+    let mut cursor = Value::Null;
+    for _ in 0..5 {
+        let mut request = json!({"limit": 2, "filter": {"status": ["completed"], "agent": "echo"}});
+        if !cursor.is_null() {
+            request["cursor"] = cursor.clone();
+        }
+        let id = raw.send("session.list_jobs", request, json!({})).await;
+        let page = raw.recv().await;
+        assert_eq!((page["type"].as_str(), page["correlation_id"].as_str()), (Some("session.jobs"), Some(id.as_str())), "{page}");
+        for job in page["payload"]["jobs"].as_array().unwrap() {
+            assert_eq!(job["status"], "completed");
+            assert_eq!(job["agent"], "echo@0.1.0");
+            assert!(job["last_event_seq"].as_u64().unwrap() >= 3, "{job}");
+            seen.push(job["job_id"].as_str().unwrap().to_owned());
+        }
+        cursor = page["payload"]["next_cursor"].clone();
+        if cursor.is_null() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3, "alice's three jobs, none of bob's: {seen:?}");
+    let id = raw.send("session.list_jobs", json!({"filter": {"status": ["running"]}}), json!({})).await;
+    let page = raw.recv().await;
+    assert_eq!((page["payload"]["jobs"].clone(), page["correlation_id"].as_str()), (json!([]), Some(id.as_str())));
+    raw.send("session.list_jobs", json!({"filter": {"status": ["bogus"]}}), json!({})).await;
+    assert_eq!(raw.recv().await["payload"]["code"], "INVALID_ARGUMENT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_subscribe_replays_history_from_a_seq_and_refuses_other_principals_and_unnegotiated_sessions() {
+    let host = Host::start_with_policy(&["orchestrator", "echo"], Some(TOKENS));
+    let mut alice = Raw::connect(&host).await;
+    alice.open(Some("a-token"), json!({"streaming": true})).await;
+    let events = alice.run("orchestrator", json!({}), json!({})).await;
+    let job = events[0]["payload"]["job_id"].as_str().unwrap().to_owned();
+    let original: Vec<(String, u64)> = events[1..]
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap().to_owned(), e["extensions"]["job_event_seq"].as_u64().unwrap()))
+        .collect();
+
+    // Not negotiated: refused.
+    let id = alice.send("job.subscribe", json!({"job_id": job, "history": true}), json!({})).await;
+    let nack = alice.recv().await;
+    assert_eq!((nack["payload"]["code"].as_str(), nack["correlation_id"].as_str()), (Some("FAILED_PRECONDITION"), Some(id.as_str())));
+
+    // Another session of alice: the whole history from seq 1, with the same envelope ids.
+    let mut again = subscriber(&host, "a-token").await;
+    let id = again.send("job.subscribe", json!({"job_id": job, "history": true, "from_event_seq": 1}), json!({})).await;
+    let subscribed = again.recv().await;
+    assert_eq!(subscribed["type"], "job.subscribed", "{subscribed}");
+    assert_eq!(subscribed["payload"]["current_status"], "completed");
+    assert_eq!(subscribed["payload"]["replayed"], true);
+    let replay = again.until_terminal(&id).await;
+    let replayed: Vec<(String, u64)> = replay
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap().to_owned(), e["extensions"]["job_event_seq"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(replayed, original, "the same envelopes, in the same order");
+
+    // From a later seq: exactly the events from there.
+    let from = original[original.len() / 2].1;
+    let id = again.send("job.subscribe", json!({"job_id": job, "history": true, "from_event_seq": from}), json!({})).await;
+    again.recv().await;
+    let tail = again.until_terminal(&id).await;
+    assert!(tail.iter().all(|e| e["extensions"]["job_event_seq"].as_u64().unwrap() >= from));
+    assert_eq!(tail.len(), original.iter().filter(|(_, seq)| *seq >= from).count());
+
+    let mut bob = subscriber(&host, "b-token").await;
+    let id = bob.send("job.subscribe", json!({"job_id": job, "history": true}), json!({})).await;
+    let denied = bob.recv().await;
+    assert_eq!((denied["payload"]["code"].as_str(), denied["correlation_id"].as_str()), (Some("PERMISSION_DENIED"), Some(id.as_str())));
+    bob.send("job.subscribe", json!({"job_id": "job_nope", "history": true}), json!({})).await;
+    assert_eq!(bob.recv().await["payload"]["code"], "NOT_FOUND");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_sees_only_its_own_principals_traffic_and_never_credentials() {
+    let host = Host::start_with_policy(&["echo"], Some(TOKENS));
+    let mut watcher = subscriber(&host, "a-token").await;
+    let id = watcher.send("subscribe", json!({"filter": {"types": ["job.completed", "job.accepted"]}}), json!({})).await;
+    let accepted = watcher.recv().await;
+    assert_eq!((accepted["type"].as_str(), accepted["correlation_id"].as_str()), (Some("subscribe.accepted"), Some(id.as_str())));
+
+    let mut bob = Raw::connect(&host).await;
+    bob.open(Some("b-token"), json!({})).await;
+    bob.run("echo", json!("bob's secret input"), json!({})).await;
+    let mut alice = Raw::connect(&host).await;
+    alice.open(Some("a-token"), json!({})).await;
+    let events = alice.run("echo", json!("alice's"), json!({})).await;
+    let alice_job = events[0]["payload"]["job_id"].clone();
+
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let envelope = watcher.recv().await;
+        assert_eq!(envelope["type"], "subscribe.event", "{envelope}");
+        seen.push(envelope);
+    }
+    assert!(watcher.try_recv(Duration::from_millis(500)).await.is_none(), "nothing else matched");
+    for envelope in &seen {
+        assert_eq!(envelope["payload"]["event"]["job_id"], alice_job, "{envelope}");
+    }
+    let everything = seen.iter().map(Value::to_string).collect::<String>();
+    for leak in ["b-token", "a-token", "bob's secret input"] {
+        assert!(!everything.contains(leak), "{leak} in {everything}");
+    }
+
+    // A session that did not negotiate subscriptions is refused; unsubscribe closes the feed.
+    alice.send("subscribe", json!({}), json!({})).await;
+    assert_eq!(alice.recv().await["payload"]["code"], "FAILED_PRECONDITION");
+    let subscription = accepted["payload"]["subscription_id"].clone();
+    watcher.send("unsubscribe", json!({"subscription_id": subscription}), json!({})).await;
+    let closed = watcher.recv().await;
+    assert_eq!(closed["type"], "subscribe.closed", "{closed}");
+}
+
+/// Reads a job's envelopes until `n` of them have arrived, then drops the connection abruptly.
+async fn read_some_and_vanish(mut raw: Raw, invoke: &str, n: usize) -> Vec<Value> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let envelope = raw.recv().await;
+        if envelope["correlation_id"] == invoke {
+            seen.push(envelope);
+        }
+    }
+    drop(raw); // no close frame
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_an_abrupt_or_a_clean_disconnect_delivers_every_missed_event_in_order() {
+    let host = Host::start_with_policy(&["orchestrator", "echo"], Some(TOKENS));
+    // The whole event sequence of such a job, for comparison.
+    let mut reference = Raw::connect(&host).await;
+    reference.open(Some("a-token"), json!({"streaming": true})).await;
+    let tasks = json!({"tasks": [{"agent": "echo", "input": 1}, {"agent": "echo", "input": 2}, {"agent": "echo", "input": 3}]});
+    let full = reference.run("orchestrator", tasks.clone(), json!({})).await;
+
+    for clean in [false, true] {
+        let mut raw = Raw::connect(&host).await;
+        raw.open(Some("a-token"), json!({"streaming": true})).await;
+        let invoke = raw.send("tool.invoke", json!({"tool": "orchestrator", "arguments": tasks}), json!({})).await;
+        let seen = if clean {
+            let mut seen = Vec::new();
+            while seen.len() < 3 {
+                let envelope = raw.recv().await;
+                if envelope["correlation_id"] == invoke {
+                    seen.push(envelope);
+                }
+            }
+            raw.send("session.close", json!({}), json!({})).await;
+            let _ = raw.socket.close(None).await;
+            seen
+        } else {
+            read_some_and_vanish(raw, &invoke, 3).await
+        };
+        let last = seen.last().unwrap()["id"].as_str().unwrap().to_owned();
+
+        let mut resumed = Raw::connect(&host).await;
+        resumed.open(Some("a-token"), json!({"streaming": true})).await;
+        let id = resumed.send("resume", json!({"after_message_id": last}), json!({})).await;
+        let ack = resumed.recv().await;
+        assert_eq!((ack["type"].as_str(), ack["correlation_id"].as_str()), (Some("ack"), Some(id.as_str())), "{ack}");
+        let rest = resumed.until_terminal(&invoke).await;
+
+        let mut all: Vec<Value> = seen.clone();
+        all.extend(rest);
+        let kinds: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        let expected: Vec<&str> = full.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, expected, "clean = {clean}: every event once, in order");
+        let ids: Vec<&str> = all.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        let mut unique = ids.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "no duplicates: {ids:?}");
+    }
+
+    // Only the principal that followed the job can resume it.
+    let mut bob = Raw::connect(&host).await;
+    bob.open(Some("b-token"), json!({})).await;
+    let someone = full[1]["id"].as_str().unwrap();
+    bob.send("resume", json!({"after_message_id": someone}), json!({})).await;
+    assert_eq!(bob.recv().await["payload"]["code"], "PERMISSION_DENIED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_window_holds_events_for_a_client_that_does_not_ack_and_evicts_it_when_it_never_does() {
+    let policy = format!("{TOKENS}\n[arcp]\nack_window = 4\n");
+    let host = Host::start_with_policy(&["echo"], Some(&policy));
+    // A client that acks runs any number of jobs.
+    let mut acking = Raw::connect(&host).await;
+    acking.open(Some("a-token"), json!({})).await;
+    for n in 0..4 {
+        acking.send("tool.invoke", json!({"tool": "echo", "arguments": n}), json!({})).await;
+        loop {
+            let envelope = acking.recv().await;
+            if let Some(seq) = envelope["event_seq"].as_u64() {
+                acking.send("session.ack", json!({"last_processed_seq": seq}), json!({})).await;
+            }
+            if envelope["type"] == "job.completed" {
+                break;
+            }
+        }
+    }
+
+    // One that never acks gets the first window and, while the rest is held, still gets pongs;
+    // when as many again are waiting it is evicted.
+    let mut silent = Raw::connect(&host).await;
+    silent.open(Some("a-token"), json!({})).await;
+    silent.send("tool.invoke", json!({"tool": "echo", "arguments": 0}), json!({})).await;
+    let mut counted = 0;
+    while counted < 4 {
+        let envelope = silent.recv().await;
+        assert!(envelope["event_seq"].is_u64(), "only counted envelopes so far: {envelope}");
+        counted += 1;
+    }
+    let nonce = silent.send("session.ping", json!({"nonce": "p", "sent_at": "2026-12-01T00:00:00Z"}), json!({})).await;
+    let pong = silent.recv().await;
+    assert_eq!((pong["type"].as_str(), pong["correlation_id"].as_str()), (Some("session.pong"), Some(nonce.as_str())), "control traffic flows while events are held: {pong}");
+    for n in 1..4 {
+        silent.send("tool.invoke", json!({"tool": "echo", "arguments": n}), json!({})).await;
+    }
+    let mut evicted = None;
+    while let Some(envelope) = silent.try_recv(Duration::from_secs(30)).await {
+        if envelope["type"] == "session.evicted" {
+            evicted = Some(envelope);
+            break;
+        }
+        counted += 1;
+    }
+    assert_eq!(counted, 4, "nothing past the window was sent");
+    let evicted = evicted.expect("evicted");
+    assert_eq!(evicted["payload"]["code"], "BACKPRESSURE_OVERFLOW", "{evicted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_principal_and_frame_size_are_bounded() {
+    let policy = format!("{TOKENS}\n[arcp]\nmax_sessions_per_principal = 2\nmax_frame_bytes = 65536\n");
+    let host = Host::start_with_policy(&["echo"], Some(&policy));
+    let mut first = Raw::connect(&host).await;
+    assert_eq!(first.open(Some("a-token"), json!({})).await["type"], "session.accepted");
+    let mut second = Raw::connect(&host).await;
+    assert_eq!(second.open(Some("a-token"), json!({})).await["type"], "session.accepted");
+    let mut third = Raw::connect(&host).await;
+    let rejected = third.open(Some("a-token"), json!({})).await;
+    assert_eq!((rejected["type"].as_str(), rejected["payload"]["code"].as_str()), (Some("session.rejected"), Some("RESOURCE_EXHAUSTED")));
+    let mut bob = Raw::connect(&host).await;
+    assert_eq!(bob.open(Some("b-token"), json!({})).await["type"], "session.accepted", "per principal");
+    drop(second);
+    let reopened = eventually_open(&host).await;
+    assert_eq!(reopened["type"], "session.accepted", "a closed session gives its slot back");
+
+    let big = "x".repeat(100_000);
+    first.send("tool.invoke", json!({"tool": "echo", "arguments": big}), json!({})).await;
+    assert!(first.try_recv(Duration::from_secs(10)).await.is_none(), "an oversized frame closes the connection");
+}
+
+async fn eventually_open(host: &Host) -> Value {
+    for _ in 0..50 {
+        let mut raw = Raw::connect(host).await;
+        let answer = raw.open(Some("a-token"), json!({})).await;
+        if answer["type"] == "session.accepted" {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no session slot came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_is_an_arcp_client_that_prints_the_result_and_exits_by_outcome() {
+    let host = Host::start_with_policy(&["echo", "spin", "orchestrator"], Some(&spin_policy(TOKENS)));
+    let out = arcp_cli(&host, &["echo", "--input", r#"{"n": 1}"#, "--idempotency-key", "cli-1"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap(), json!({"echo": {"n": 1}}));
+    assert!(out.stderr.contains("job job_"), "{out:?}");
+
+    // A streamed result is reassembled from its chunks; --json prints every envelope.
+    let tasks = r#"{"tasks": [{"agent": "echo", "input": 1}]}"#;
+    let out = arcp_cli(&host, &["orchestrator", "--input", tasks, "--url", &ws_url(&host), "--json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let kinds: Vec<String> = out.stdout.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("session.accepted"), "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("job.completed"), "{kinds:?}");
+
+    let out = arcp_cli(&host, &["spin", "--cost-budget", "fuel:1000000"]).await;
+    assert_eq!(out.code, 1, "a failed job exits 1: {out:?}");
+    assert!(out.stderr.contains("BUDGET_EXHAUSTED"), "{out:?}");
+
+    let out = arcp_cli(&host, &["echo", "--cost-budget", "USD:1"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("INVALID_ARGUMENT") && out.stderr.contains("USD"), "{out:?}");
+
+    let bad = host.cli(&["--token", "nope", "arcp", "invoke", "echo"]).await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("session rejected: UNAUTHENTICATED"), "{bad:?}");
+}
+
+/// `corral --token a-token arcp invoke ARGS…`.
+async fn arcp_cli(host: &Host, args: &[&str]) -> crate::harness::CliOutput {
+    let mut all = vec!["--token", "a-token", "arcp", "invoke"];
+    all.extend_from_slice(args);
+    host.cli(&all).await
 }

@@ -175,10 +175,11 @@ pub async fn list(
     };
     let filter = JobFilter {
         principal: principal.0.clone(),
-        status,
+        statuses: status.into_iter().collect(),
         agent: q.agent.filter(|a| !a.is_empty()),
         limit: q.limit.unwrap_or(50),
         cursor: q.cursor.filter(|c| !c.is_empty()),
+        ..JobFilter::default()
     };
     let (jobs, next_cursor) = state.manager.store().list_jobs(filter).await.map_err(crate::jobs::JobError::from)?;
     Ok(Json(JobList { jobs: jobs.into_iter().map(JobView::from).collect(), next_cursor }))

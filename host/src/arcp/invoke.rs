@@ -16,11 +16,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+
 use arcp_core::ErrorCode;
 use arcp_core::ids::MessageId;
 use arcp_core::messages::{
     AgentRef, EventEmitPayload, JobAcceptedPayload, JobCancelledPayload, JobCompletedPayload, JobFailedPayload,
-    JobProgressPayload, JobResultChunkPayload, JobStartedPayload, LeaseRequest, LogLevel, LogPayload, MessageType,
+    JobProgressPayload, JobResultChunkPayload, JobStartedPayload, LogLevel, LogPayload, MessageType,
     MetricPayload, ResultChunkEncoding, ToolInvokePayload,
 };
 use serde_json::Value;
@@ -36,6 +37,7 @@ use crate::store::EventRecord;
 pub struct SessionContext {
     pub manager: Arc<JobManager>,
     pub principal: String,
+    pub session_id: String,
     pub outbound: mpsc::Sender<arcp_core::Envelope>,
     /// `streaming` was negotiated: result chunks are sent.
     pub streaming: bool,
@@ -44,20 +46,20 @@ pub struct SessionContext {
     pub max_following: usize,
 }
 
-/// Handles one `tool.invoke` (envelope `id`, optional `idempotency_key`). Returns the task that
-/// follows the job, if one was started.
+/// Handles one `tool.invoke` (envelope `id`, optional `idempotency_key`). Returns the job and
+/// the task that follows it, if one was started.
 pub async fn invoke(
     session: &SessionContext,
     id: &MessageId,
     idempotency_key: Option<String>,
     invoke: ToolInvokePayload,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> Option<(String, tokio::task::JoinHandle<()>)> {
     let refuse = |code, message: String| invoke_failed(code, message, id);
     if let Err(e) = AgentRef::parse(&invoke.tool) {
         let _ = session.outbound.send(refuse(ErrorCode::InvalidArgument, format!("tool: {e}"))).await;
         return None;
     }
-    let lease = match lease_request(invoke.lease_request, invoke.cost_budget.is_some()) {
+    let lease = match super::budget::lease_request(invoke.lease_request, invoke.cost_budget) {
         Ok(lease) => lease,
         Err((code, message)) => {
             let _ = session.outbound.send(refuse(code, message)).await;
@@ -88,39 +90,64 @@ pub async fn invoke(
     if session.outbound.send(job_event(accepted, &job.id, id)).await.is_err() {
         return None;
     }
-    session.following.fetch_add(1, Ordering::SeqCst);
-    let follower = Follower::new(session, &job.id, id.clone(), format!("{}@{}", job.agent_name, job.agent_version));
-    Some(tokio::spawn(follower.run()))
+    Some((job.id.clone(), follow(session, &job, id.clone(), Resume::From(0)).await))
 }
 
-/// corral's lease request from ARCP's: the extra keys are corral's own (`grants`, `limits`,
-/// `ttl_ms`), `expires_at` is honoured (an expired one is `LEASE_EXPIRED`). `cost_budget` and
-/// `model_use` are refused rather than ignored: corral has no model calls or costs to meter.
-fn lease_request(request: Option<LeaseRequest>, top_level_budget: bool) -> Result<Option<Value>, (ErrorCode, String)> {
-    let unsupported = |what: &str| {
-        (ErrorCode::Unimplemented, format!("{what} is not supported by corral: it has no metered model calls or costs"))
-    };
-    if top_level_budget {
-        return Err(unsupported("cost_budget"));
+/// Where a follower starts in a job's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// After this event seq.
+    From(u64),
+    /// After envelope `k` made from event `seq` (a `resume` names an envelope, and one event
+    /// can make several).
+    AfterEnvelope { seq: u64, k: usize },
+}
+
+/// Follows `job` for this session: recorded (so a later session can `resume` it), then its
+/// events from `start` are sent correlated to `request`. Returns the follower's task.
+pub async fn follow(
+    session: &SessionContext,
+    job: &crate::store::JobRecord,
+    request: MessageId,
+    start: Resume,
+) -> tokio::task::JoinHandle<()> {
+    let store = session.manager.store();
+    if let Err(e) = store.record_followed(&session.session_id, &job.id, &session.principal, request.as_str()).await {
+        tracing::warn!(job = %job.id, error = %e, "cannot record the session's job; a resume will not find it");
     }
-    let Some(request) = request else { return Ok(None) };
-    if request.cost_budget.is_some() {
-        return Err(unsupported("lease_request.cost_budget"));
+    let follower = Follower::new(session, &job.id, request, format!("{}@{}", job.agent_name, job.agent_version), start);
+    tokio::spawn(follower.run())
+}
+
+/// The stable id of envelope `k` made from event `seq` of `job`: the same in every session
+/// that sends it, so a client that resumes can drop what it already has.
+pub fn event_message_id(job: &str, seq: u64, k: usize) -> MessageId {
+    // The prefix is right by construction, so parsing cannot fail; the fallback keeps it total.
+    format!("msg_{job}.{seq}.{k}").parse().unwrap_or_default()
+}
+
+/// `(job, seq, k)` of an id made by [`event_message_id`].
+pub fn parse_event_message_id(id: &str) -> Option<(&str, u64, usize)> {
+    let rest = id.strip_prefix("msg_")?;
+    let (rest, k) = rest.rsplit_once('.')?;
+    let (job, seq) = rest.rsplit_once('.')?;
+    Some((job, seq.parse().ok()?, k.parse().ok()?))
+}
+
+/// Counts a session's followers: taken when one starts, given back when it ends or is aborted.
+struct Following(Arc<AtomicUsize>);
+
+impl Following {
+    fn take(counter: &Arc<AtomicUsize>) -> Following {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Following(Arc::clone(counter))
     }
-    if request.model_use.is_some() {
-        return Err(unsupported("lease_request.model_use"));
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
-    let mut lease = serde_json::Map::new();
-    for (key, value) in request.extra {
-        lease.insert(key, value);
-    }
-    if let Some(at) = request.expires_at {
-        if at <= chrono::Utc::now() {
-            return Err((ErrorCode::LeaseExpired, format!("lease_request.expires_at {at} has passed")));
-        }
-        lease.insert("expires_at".into(), Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
-    }
-    Ok(if lease.is_empty() { None } else { Some(Value::Object(lease)) })
 }
 
 /// Follows one job's events and sends them as envelopes.
@@ -130,6 +157,9 @@ struct Follower {
     invoke: MessageId,
     agent: String,
     events: EventFollower,
+    /// Envelopes up to this `(event seq, k)` were delivered already and are not sent.
+    sent_up_to: (u64, usize),
+    _following: Following,
     /// Chunks sent so far (the next `chunk_seq`) and their bytes.
     chunks: u64,
     chunk_bytes: u64,
@@ -137,9 +167,18 @@ struct Follower {
 }
 
 impl Follower {
-    fn new(session: &SessionContext, job: &str, invoke: MessageId, agent: String) -> Follower {
+    fn new(session: &SessionContext, job: &str, invoke: MessageId, agent: String, start: Resume) -> Follower {
+        // Every event is read from the start, even when only later ones are sent: chunk
+        // numbering and the job's timings are rebuilt from all of them, so a replay sends the
+        // very envelopes the first delivery did.
+        let sent_up_to = match start {
+            Resume::From(seq) => (seq, usize::MAX),
+            Resume::AfterEnvelope { seq, k } => (seq, k),
+        };
         Follower {
             events: EventFollower::new(session.manager.store(), job, 0),
+            sent_up_to,
+            _following: Following::take(&session.following),
             session: session.clone(),
             job: job.to_owned(),
             invoke,
@@ -161,23 +200,29 @@ impl Follower {
                         message: format!("cannot read the job's events: {e}; subscribe again to resume"),
                         details: None,
                     };
-                    let _ = self.send(MessageType::JobFailed(failed)).await;
+                    let mut envelope = job_event(MessageType::JobFailed(failed), &self.job, &self.invoke);
+                    envelope.id = MessageId::new();
+                    let _ = self.session.outbound.send(envelope).await;
                     break;
                 }
             };
-            let mut ok = true;
-            for payload in self.map(&record) {
-                ok &= self.send(payload).await;
-            }
-            if !ok {
-                break; // the connection is gone; the job runs on
+            let payloads = self.map(&record);
+            for (k, payload) in payloads.into_iter().enumerate() {
+                if (record.seq, k) <= self.sent_up_to {
+                    continue;
+                }
+                if !self.send(payload, record.seq, k).await {
+                    return; // the connection is gone; the job runs on
+                }
             }
         }
-        self.session.following.fetch_sub(1, Ordering::SeqCst);
     }
 
-    async fn send(&self, payload: MessageType) -> bool {
-        self.session.outbound.send(job_event(payload, &self.job, &self.invoke)).await.is_ok()
+    async fn send(&self, payload: MessageType, seq: u64, k: usize) -> bool {
+        let mut envelope = job_event(payload, &self.job, &self.invoke);
+        envelope.id = event_message_id(&self.job, seq, k);
+        envelope.extensions = Some(serde_json::json!({ "job_event_seq": seq }));
+        self.session.outbound.send(envelope).await.is_ok()
     }
 
     fn map(&mut self, record: &EventRecord) -> Vec<MessageType> {
@@ -274,7 +319,7 @@ impl Follower {
                 let code = if status == "timed_out" {
                     ErrorCode::DeadlineExceeded
                 } else {
-                    super::wire::job_error_code(&error_text("code"))
+                    super::wire::job_error_code(&error_text("code"), error.and_then(|e| e.get("limit")).and_then(Value::as_str))
                 };
                 out.push(MessageType::JobFailed(JobFailedPayload {
                     code,

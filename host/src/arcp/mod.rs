@@ -9,13 +9,19 @@
 //! is ours. What the ARCP spec asks for and what is done where is in `docs/arcp.md`.
 //!
 //! - [`session`]: one WebSocket connection — handshake, capability negotiation, the frame loop,
-//!   liveness, and the writer that numbers events (`event_seq`, per session).
+//!   liveness.
+//! - [`writer`]: the task that owns the socket's sending half: `event_seq`, the ack window,
+//!   pings, and the traffic feed `subscribe` reads.
 //! - [`invoke`]: `tool.invoke` → a job, and a job's events → `job.*` envelopes.
+//! - [`streams`]: `session.list_jobs`, `job.subscribe`, `subscribe`, `resume`.
 //! - [`wire`]: envelope builders and the mapping of corral's errors to ARCP error codes.
 
+mod budget;
 mod invoke;
 mod session;
+mod streams;
 mod wire;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +51,9 @@ pub struct ArcpConfig {
     /// How often the host pings (WebSocket ping frames) to keep the connection alive and to
     /// notice a dead one.
     pub ping_interval_ms: u64,
+    /// Counted envelopes a session may have unacknowledged (`session.ack`) before the host
+    /// holds further ones; 0 turns acknowledgements off (the reference client never acks).
+    pub ack_window: u64,
 }
 
 impl Default for ArcpConfig {
@@ -55,6 +64,7 @@ impl Default for ArcpConfig {
             max_frame_bytes: 1 << 20,
             idle_timeout_ms: 120_000,
             ping_interval_ms: 20_000,
+            ack_window: 0,
         }
     }
 }
@@ -75,11 +85,17 @@ pub struct ArcpState {
     manager: Arc<JobManager>,
     /// Open sessions per principal (for `max_sessions_per_principal`).
     sessions: Arc<Mutex<HashMap<String, usize>>>,
+    /// What every session sends, for `subscribe` (filtered by principal on the way out).
+    traffic: tokio::sync::broadcast::Sender<Arc<writer::Traffic>>,
 }
+
+/// Envelopes a slow `subscribe` may fall behind before it misses some (and is told).
+const TRAFFIC_BACKLOG: usize = 1024;
 
 /// The `/arcp` route.
 pub fn router(manager: Arc<JobManager>) -> Router {
-    let state = ArcpState { manager, sessions: Arc::new(Mutex::new(HashMap::new())) };
+    let (traffic, _) = tokio::sync::broadcast::channel(TRAFFIC_BACKLOG);
+    let state = ArcpState { manager, sessions: Arc::new(Mutex::new(HashMap::new())), traffic };
     Router::new().route("/arcp", get(upgrade)).with_state(state)
 }
 

@@ -7,49 +7,82 @@
 //! served. After it, every frame is answered: a type corral does not implement gets
 //! `nack UNIMPLEMENTED` and the connection stays open; a malformed one `nack INVALID_ARGUMENT`.
 //!
-//! One writer task owns the socket's sending half: envelopes from the frame loop and from the
-//! job followers queue to it (bounded, so a client that stops reading stalls its own followers
-//! and nothing else), it stamps `session_id` and the session's `event_seq` (1, 2, … over the
-//! envelopes ARCP counts), and it sends WebSocket pings. A connection that sends nothing for
-//! `arcp.idle_timeout_ms` (not even a pong) is evicted. Jobs outlive their session: closing
-//! the socket stops following them, not running them.
+//! Everything the session sends goes through its writer (`writer.rs`). A connection that sends
+//! nothing for `arcp.idle_timeout_ms` (not even a pong to the writer's pings) is evicted. Jobs
+//! outlive their session: closing the socket stops following them, not running them.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
 
-use arcp_core::ids::{MessageId, SessionId};
+use arcp_core::ids::{MessageId, SessionId, SubscriptionId};
 use arcp_core::messages::{
-    AgentInventory, AgentInventoryEntry, AuthScheme, CancelAcceptedPayload, CancelPayload, CancelRefusedPayload,
-    CancelTargetKind, Capabilities, MessageType, PongPayload, RuntimeIdentity, SessionAcceptedPayload,
-    SessionEvictedPayload, SessionOpenPayload, SessionPongPayload, SessionRejectedPayload,
+    AckPayload, AgentInventory, AgentInventoryEntry, AuthScheme, CancelAcceptedPayload, CancelPayload,
+    CancelRefusedPayload, CancelTargetKind, Capabilities, MessageType, PongPayload, RuntimeIdentity,
+    SessionAcceptedPayload, SessionEvictedPayload, SessionOpenPayload, SessionPongPayload, SessionRejectedPayload,
+    SubscribeClosedPayload,
 };
 use arcp_core::{Envelope, ErrorCode, RawEnvelope};
 use axum::extract::ws::{Message, WebSocket};
-use futures::{SinkExt as _, StreamExt as _};
-use tokio::sync::mpsc;
+use futures::StreamExt as _;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::invoke::{self, SessionContext};
+use super::streams;
 use super::wire::{corral_job_id, nack, reply};
+use super::writer::{OUTBOUND_QUEUE, Writer};
 use super::{ArcpConfig, ArcpState};
 use crate::jobs::JobError;
 
-/// Envelopes queued for the writer; a full queue makes the senders wait.
-const OUTBOUND_QUEUE: usize = 256;
-
 /// The message types corral reads after the handshake. Any other type gets `UNIMPLEMENTED`;
 /// one of these with a malformed payload gets `INVALID_ARGUMENT`.
-const HANDLED: &[&str] =
-    &["session.open", "session.close", "session.ping", "session.pong", "session.ack", "ping", "pong", "tool.invoke", "cancel"];
+const HANDLED: &[&str] = &[
+    "session.open",
+    "session.close",
+    "session.ping",
+    "session.pong",
+    "session.ack",
+    "session.list_jobs",
+    "ping",
+    "pong",
+    "tool.invoke",
+    "cancel",
+    "job.subscribe",
+    "job.unsubscribe",
+    "subscribe",
+    "unsubscribe",
+    "resume",
+];
 
 /// Serves one connection until it closes.
 pub async fn run(state: ArcpState, socket: WebSocket) {
     let config = state.manager.policy().arcp.clone();
     let (sink, mut frames) = socket.split();
     let (outbound, queued) = mpsc::channel(OUTBOUND_QUEUE);
+    let (acked, acked_rx) = watch::channel(0u64);
     let session_id = super::wire::new_session_id();
-    let writer = tokio::spawn(write(sink, queued, session_id.clone(), config.clone()));
-    let mut session = Session { state, config, outbound, session_id, open: None, followers: Vec::new() };
+    let principal = Arc::new(OnceLock::new());
+    let writer = Writer {
+        sink,
+        queued,
+        acked: acked_rx,
+        session_id: session_id.clone(),
+        principal: Arc::clone(&principal),
+        traffic: state.traffic.clone(),
+        config: config.clone(),
+    };
+    let writer = tokio::spawn(writer.run());
+    let mut session = Session {
+        state,
+        config,
+        outbound,
+        acked,
+        session_id,
+        principal,
+        open: None,
+        followers: Vec::new(),
+        subscriptions: Vec::new(),
+    };
     loop {
         let frame = match tokio::time::timeout(session.config.idle_timeout(), frames.next()).await {
             Err(_idle) => {
@@ -69,8 +102,11 @@ pub async fn run(state: ArcpState, socket: WebSocket) {
             break;
         }
     }
-    for follower in session.followers.drain(..) {
+    for (_, follower) in session.followers.drain(..) {
         follower.abort();
+    }
+    for (_, subscription) in session.subscriptions.drain(..) {
+        subscription.abort();
     }
     drop(session);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
@@ -85,6 +121,8 @@ enum Flow {
 /// The authenticated half of a session.
 struct Open {
     context: SessionContext,
+    /// `subscriptions` was negotiated (`job.subscribe`, `subscribe` are served).
+    subscriptions: bool,
     /// Gives the principal's session slot back when the session ends.
     _slot: SessionSlot,
 }
@@ -93,9 +131,16 @@ struct Session {
     state: ArcpState,
     config: ArcpConfig,
     outbound: mpsc::Sender<Envelope>,
+    /// The client's `session.ack{last_processed_seq}`, for the writer's window.
+    acked: watch::Sender<u64>,
     session_id: SessionId,
+    /// Set at the handshake (the writer publishes traffic under it).
+    principal: Arc<OnceLock<String>>,
     open: Option<Open>,
-    followers: Vec<JoinHandle<()>>,
+    /// The jobs this session follows (job id, follower task).
+    followers: Vec<(String, JoinHandle<()>)>,
+    /// Its `subscribe` feeds.
+    subscriptions: Vec<(SubscriptionId, JoinHandle<()>)>,
 }
 
 impl Session {
@@ -154,15 +199,18 @@ impl Session {
             );
             return self.reject(ErrorCode::ResourceExhausted, message, &envelope.id).await;
         };
+        let _ = self.principal.set(principal.clone());
         let context = SessionContext {
             manager: Arc::clone(&self.state.manager),
+            session_id: self.session_id.as_str().to_owned(),
             principal,
             outbound: self.outbound.clone(),
             streaming: negotiated.streaming == Some(true),
             following: Arc::new(AtomicUsize::new(0)),
             max_following: self.config.max_jobs_per_session,
         };
-        self.open = Some(Open { context, _slot: slot });
+        let subscriptions = negotiated.subscriptions == Some(true);
+        self.open = Some(Open { context, subscriptions, _slot: slot });
         let accepted = SessionAcceptedPayload {
             session_id: self.session_id.clone(),
             runtime: RuntimeIdentity {
@@ -221,6 +269,7 @@ impl Session {
         Capabilities {
             streaming: Some(true),
             durable_jobs: Some(true),
+            subscriptions: Some(true),
             anonymous: (!self.state.manager.policy().requires_tokens()).then_some(true),
             agents: Some(AgentInventory::Rich(inventory)),
             ..Capabilities::default()
@@ -229,15 +278,71 @@ impl Session {
 
     async fn dispatch(&mut self, envelope: Envelope) -> Flow {
         let Some(open) = self.open.as_ref() else { return Flow::Continue };
+        let context = open.context.clone();
         let id = envelope.id.clone();
+        self.followers.retain(|(_, f)| !f.is_finished());
         match envelope.payload {
             MessageType::ToolInvoke(payload) => {
                 let key = envelope.idempotency_key.map(|k| k.as_str().to_owned());
-                let context = open.context.clone();
-                self.followers.retain(|f| !f.is_finished());
-                if let Some(follower) = invoke::invoke(&context, &id, key, payload).await {
-                    self.followers.push(follower);
+                if let Some((job, follower)) = invoke::invoke(&context, &id, key, payload).await {
+                    self.followers.push((job, follower));
                 }
+            }
+            MessageType::SessionListJobs(request) => self.send(streams::list_jobs(&context, &id, request).await).await,
+            MessageType::Resume(request) => match streams::resume(&context, &id, request).await {
+                Ok(followers) => self.followers.extend(followers),
+                Err(refusal) => self.send(refusal).await,
+            },
+            MessageType::SessionAck(ack) => {
+                self.acked.send_if_modified(|last| {
+                    let newer = ack.last_processed_seq > *last;
+                    if newer {
+                        *last = ack.last_processed_seq;
+                    }
+                    newer
+                });
+            }
+            MessageType::JobSubscribe(_) | MessageType::JobUnsubscribe(_) | MessageType::Subscribe(_) | MessageType::Unsubscribe(_)
+                if !open.subscriptions =>
+            {
+                let message = "`subscriptions` was not negotiated in session.open";
+                self.send(nack(ErrorCode::FailedPrecondition, message, Some(&id))).await;
+            }
+            MessageType::JobSubscribe(request) => match streams::job_subscribe(&context, &id, request).await {
+                Ok(follower) => self.followers.push(follower),
+                Err(refusal) => self.send(refusal).await,
+            },
+            MessageType::JobUnsubscribe(request) => {
+                let job = corral_job_id(request.job_id.as_str()).unwrap_or_default().to_owned();
+                let before = self.followers.len();
+                self.followers.retain(|(j, f)| {
+                    let keep = *j != job;
+                    if !keep {
+                        f.abort();
+                    }
+                    keep
+                });
+                if before == self.followers.len() {
+                    self.send(nack(ErrorCode::NotFound, "this session does not follow that job", Some(&id))).await;
+                } else {
+                    self.send(reply(MessageType::Ack(AckPayload { note: None }), Some(&id))).await;
+                }
+            }
+            MessageType::Subscribe(request) => {
+                match streams::subscribe(&context, &self.state.traffic, &id, request).await {
+                    Ok(subscription) => self.subscriptions.push(subscription),
+                    Err(refusal) => self.send(refusal).await,
+                }
+            }
+            MessageType::Unsubscribe(request) => {
+                let Some(at) = self.subscriptions.iter().position(|(s, _)| *s == request.subscription_id) else {
+                    self.send(nack(ErrorCode::NotFound, "no such subscription in this session", Some(&id))).await;
+                    return Flow::Continue;
+                };
+                let (subscription_id, task) = self.subscriptions.swap_remove(at);
+                task.abort();
+                let closed = SubscribeClosedPayload { subscription_id, code: ErrorCode::Ok, reason: "unsubscribed".into() };
+                self.send(reply(MessageType::SubscribeClosed(closed), Some(&id))).await;
             }
             MessageType::Cancel(cancel) => self.cancel(cancel, &id).await,
             MessageType::SessionPing(ping) => {
@@ -251,7 +356,7 @@ impl Session {
             MessageType::SessionOpen(_) => {
                 self.send(nack(ErrorCode::FailedPrecondition, "the session is already open", Some(&id))).await;
             }
-            MessageType::SessionAck(_) | MessageType::SessionPong(_) | MessageType::Pong(_) => {}
+            MessageType::SessionPong(_) | MessageType::Pong(_) => {}
             other => self.send(unimplemented(other.type_name(), &id)).await,
         }
         Flow::Continue
@@ -349,48 +454,4 @@ impl Drop for SessionSlot {
             }
         }
     }
-}
-
-/// The writer: sends queued envelopes (numbered) and keep-alive pings until the queue closes
-/// or the socket fails.
-async fn write(
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut queued: mpsc::Receiver<Envelope>,
-    session_id: SessionId,
-    config: ArcpConfig,
-) {
-    let mut event_seq = 0u64;
-    let mut ping = tokio::time::interval(config.ping_interval());
-    ping.tick().await;
-    loop {
-        let envelope = tokio::select! {
-            next = queued.recv() => match next {
-                Some(envelope) => envelope,
-                None => break,
-            },
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-        };
-        let mut envelope = envelope;
-        envelope.session_id = Some(session_id.clone());
-        if envelope.payload.is_countable_event() {
-            event_seq += 1;
-            envelope.event_seq = Some(event_seq);
-        }
-        let text = match serde_json::to_string(&envelope) {
-            Ok(text) => text,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode an ARCP envelope");
-                continue;
-            }
-        };
-        if sink.send(Message::Text(text.into())).await.is_err() {
-            break;
-        }
-    }
-    let _ = sink.close().await;
 }

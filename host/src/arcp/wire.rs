@@ -69,10 +69,15 @@ pub fn submit_error_code(e: &JobError) -> ErrorCode {
     }
 }
 
-/// The ARCP code of a failed job's corral error code (`error.code` of the job).
-pub fn job_error_code(code: &str) -> ErrorCode {
+/// The ARCP code of a failed job's corral error (`error.code`, and `error.limit` of a
+/// `limit_exceeded`). The metered budgets a `cost_budget` can set (fuel, host calls) are
+/// `BUDGET_EXHAUSTED`; other limits (memory, event bytes) are `RESOURCE_EXHAUSTED`.
+pub fn job_error_code(code: &str, limit: Option<&str>) -> ErrorCode {
     match code {
         "denied" => ErrorCode::PermissionDenied,
+        "limit_exceeded" if limit.is_some_and(|l| super::budget::METERED.iter().any(|m| m.limit == l)) => {
+            ErrorCode::BudgetExhausted
+        }
         "limit_exceeded" => ErrorCode::ResourceExhausted,
         "invalid_input" | "invalid" => ErrorCode::InvalidArgument,
         "interrupted" | "parent_interrupted" | "parent_finished" => ErrorCode::Aborted,

@@ -17,6 +17,18 @@ pub enum LimitExceeded {
     Table(usize),
 }
 
+impl LimitExceeded {
+    /// The lease limit that was hit, as the lease names it (a failed job's `error.limit`).
+    pub fn limit(&self) -> &'static str {
+        match self {
+            LimitExceeded::Memory { .. } => "memory_bytes",
+            LimitExceeded::HostCalls(_) => "max_host_calls",
+            LimitExceeded::EventBytes(_) => "event_bytes",
+            LimitExceeded::Table(_) => "table_elements",
+        }
+    }
+}
+
 /// The per-job resource limiter.
 #[derive(Debug)]
 pub struct JobLimiter {

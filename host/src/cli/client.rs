@@ -336,6 +336,11 @@ impl Client {
     }
 
     /// The server as the user gave it, for messages.
+    /// The bearer token, if one was given.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     pub fn server(&self) -> &str {
         self.base.as_str().trim_end_matches('/')
     }

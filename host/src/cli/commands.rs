@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::client::{Client, ClientError, ErrorInfo, EventBody, Job, JobQuery, JobStatus, SubmitJob};
 use super::render::{self, EventPrinter, Style};
-use super::{ClientArgs, ClientCommand};
+use super::{ArcpCommand, ClientArgs, ClientCommand};
 
 /// With `events --no-follow`: once the backlog has been sent, the server just keeps the stream
 /// open; this much silence means we have everything recorded so far.
@@ -35,6 +35,9 @@ pub(super) enum Failure {
     Usage(String),
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),
+    /// A remote runtime refused, misbehaved or went away (the ARCP client).
+    #[error("{0}")]
+    Remote(String),
 }
 
 pub(super) async fn run(args: ClientArgs, cmd: ClientCommand) -> ExitCode {
@@ -143,6 +146,19 @@ async fn execute(client: &Client, cmd: ClientCommand, json: bool) -> Result<Done
             super::messages::list(client, &query, json).await
         }
         ClientCommand::Secret { action } => super::secrets::run(client, action, json).await,
+        ClientCommand::Arcp { action: ArcpCommand::Invoke { agent, url, input, lease, cost_budget, idempotency_key } } => {
+            let invoke = super::arcp::Invoke {
+                url: url.unwrap_or_else(|| arcp_url(client.server())),
+                token: client.token().map(str::to_owned),
+                agent,
+                input: json_arg("--input", input)?.unwrap_or(Value::Null),
+                lease: json_arg("--lease", lease)?,
+                cost_budget,
+                idempotency_key,
+                json,
+            };
+            super::arcp::invoke(invoke).await
+        }
         ClientCommand::Inbox { agent, follow } => super::messages::inbox(client, &agent, follow, json).await,
         ClientCommand::Cancel { job } => {
             let job = client.cancel(&job).await?;
@@ -274,6 +290,17 @@ async fn follow_events(
         // The follower only stops early on an error, which returned above.
         _ => Ok(Done::Success),
     }
+}
+
+/// The ARCP endpoint of an HTTP server URL: `http://h:p` → `ws://h:p/arcp`.
+fn arcp_url(server: &str) -> String {
+    let server = server.trim_end_matches('/');
+    let ws = match server.split_once("://") {
+        Some(("https", rest)) => format!("wss://{rest}"),
+        Some((_, rest)) => format!("ws://{rest}"),
+        None => format!("ws://{server}"),
+    };
+    format!("{ws}/arcp")
 }
 
 /// Reads a JSON argument given inline, as `@FILE`, or as `@-` (stdin).

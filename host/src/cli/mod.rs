@@ -33,6 +33,7 @@
 //! // in an async main: Command::Client(cmd) => corral::cli::run(cli.client, cmd).await,
 //! ```
 
+mod arcp;
 pub mod client;
 mod commands;
 mod messages;
@@ -201,10 +202,49 @@ pub enum ClientCommand {
         follow: bool,
     },
 
+    /// Act as an ARCP v1.1 client (over WebSocket), against corral or any other ARCP runtime.
+    Arcp {
+        #[command(subcommand)]
+        action: ArcpCommand,
+    },
+
     /// Manage secrets agents can have injected into requests (operators only).
     Secret {
         #[command(subcommand)]
         action: SecretCommand,
+    },
+}
+
+/// `corral arcp ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ArcpCommand {
+    /// Open a session, run one tool (agent) and print its result; logs and progress go to
+    /// stderr. Ctrl-C cancels the job. Exit 0 if it completed, 1 if it failed or was cancelled.
+    Invoke {
+        /// The tool to run: `echo` or `echo@0.1.0`.
+        #[arg(value_name = "TOOL[@VERSION]")]
+        agent: String,
+
+        /// The runtime's WebSocket URL (default: the --server's `/arcp`).
+        #[arg(long, value_name = "WS_URL")]
+        url: Option<String>,
+
+        /// The arguments: JSON text, `@FILE` or `@-` for stdin.
+        #[arg(long, short, value_name = "JSON|@FILE")]
+        input: Option<String>,
+
+        /// An ARCP `lease_request` (with corral: `grants`, `limits`, `expires_at`): JSON or `@FILE`.
+        #[arg(long, value_name = "JSON|@FILE")]
+        lease: Option<String>,
+
+        /// A cost budget amount, `CURRENCY:AMOUNT` (corral meters `fuel`, `host_calls`,
+        /// `net_bytes`); repeat for more.
+        #[arg(long, value_name = "CURRENCY:AMOUNT")]
+        cost_budget: Vec<String>,
+
+        /// The envelope's `idempotency_key`: resending returns the same job.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
 }
 

@@ -312,17 +312,22 @@ fn classify(result: wasmtime::Result<Result<String, HostError>>, ctx: &JobContex
         Ok(Err(HostError::Failed(m))) => Outcome::Failed(error_json("agent_failed", &m)),
         Err(trap) => {
             if let Some(limit) = trap.downcast_ref::<LimitExceeded>() {
-                return Outcome::Failed(error_json("limit_exceeded", &limit.to_string()));
+                return Outcome::Failed(limit_exceeded(limit.limit(), &limit.to_string()));
             }
             if let Some(wasmtime::Trap::OutOfFuel) = trap.downcast_ref::<wasmtime::Trap>() {
-                return Outcome::Failed(error_json(
-                    "limit_exceeded",
+                return Outcome::Failed(limit_exceeded(
+                    "fuel",
                     "fuel exhausted: the job used its whole CPU budget (limits.fuel)",
                 ));
             }
             Outcome::Failed(error_json("trap", &format!("the agent trapped: {trap:#}")))
         }
     }
+}
+
+/// A `limit_exceeded` error naming the lease limit that was hit (`error.limit`).
+fn limit_exceeded(limit: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({ "code": "limit_exceeded", "message": message, "limit": limit })
 }
 
 async fn finish(

@@ -61,6 +61,18 @@ impl Store {
         self.write(move |ctx| append(ctx, &job_id, &kind, &data, at))
     }
 
+    /// The seq of `job_id`'s last event (0 if it has none).
+    pub async fn last_event_seq(&self, job_id: &str) -> Result<u64, StoreError> {
+        let job_id = job_id.to_owned();
+        self.read(move |conn| {
+            let seq: Option<i64> = conn
+                .prepare_cached("SELECT max(seq) FROM events WHERE job_id = ?1")?
+                .query_row([&job_id], |row| row.get(0))?;
+            Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+        })
+        .await
+    }
+
     /// Up to `limit` events of `job_id` with seq > `after_seq`, in seq order.
     pub async fn events_after(&self, job_id: &str, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
         let job_id = job_id.to_owned();

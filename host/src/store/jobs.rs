@@ -111,12 +111,16 @@ impl InsertOutcome {
 }
 
 /// Filter for [`Store::list_jobs`]. Results are newest first.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JobFilter {
     pub principal: String,
-    pub status: Option<JobStatus>,
+    /// Jobs in any of these states (empty: any state).
+    pub statuses: Vec<JobStatus>,
     /// Matches `agent_name`.
     pub agent: Option<String>,
+    /// Created strictly after / before (Unix ms).
+    pub created_after: Option<i64>,
+    pub created_before: Option<i64>,
     /// Page size, clamped to `1..=1000`.
     pub limit: u32,
     /// The `next_cursor` of the previous page (the last id it returned).
@@ -346,19 +350,28 @@ impl Store {
     pub async fn list_jobs(&self, filter: JobFilter) -> Result<(Vec<JobRecord>, Option<String>), StoreError> {
         self.read(move |conn| {
             let limit = filter.limit.clamp(1, 1000);
+            // Status names are the enum's constants, never caller text.
+            let statuses = if filter.statuses.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<String> = filter.statuses.iter().map(|s| format!("'{}'", s.as_str())).collect();
+                format!("AND status IN ({}) ", names.join(", "))
+            };
             let sql = format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE principal = ?1 \
-                 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR agent_name = ?3) \
-                 AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?5"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE principal = ?1 {statuses}\
+                 AND (?2 IS NULL OR agent_name = ?2) AND (?3 IS NULL OR id < ?3) \
+                 AND (?4 IS NULL OR created_at > ?4) AND (?5 IS NULL OR created_at < ?5) \
+                 ORDER BY id DESC LIMIT ?6"
             );
             let mut jobs = query_jobs(
                 conn,
                 &sql,
                 params![
                     filter.principal,
-                    filter.status.map(JobStatus::as_str),
                     filter.agent,
                     filter.cursor,
+                    filter.created_after,
+                    filter.created_before,
                     i64::from(limit) + 1,
                 ],
             )?;

@@ -26,6 +26,7 @@
 mod agents;
 mod audit;
 mod events;
+mod followed;
 mod jobs;
 mod kv;
 mod messages;
@@ -46,6 +47,7 @@ use tokio::sync::{Semaphore, broadcast, oneshot};
 pub use agents::AgentRecord;
 pub use audit::{AuditRecord, Decision};
 pub use events::{EventRecord, NewEvent};
+pub use followed::FollowedJob;
 pub use jobs::{InsertOutcome, JobFilter, JobRecord, JobStatus, Transition};
 pub use kv::KvOp;
 pub use messages::{

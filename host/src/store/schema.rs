@@ -108,6 +108,8 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 3: the message plane (messages, their stage history, external agents).
     super::messages::MIGRATION,
+    // 4: the jobs each streaming session followed (ARCP resume).
+    super::followed::MIGRATION,
 ];
 
 /// The schema version this code writes.

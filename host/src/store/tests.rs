@@ -251,7 +251,7 @@ async fn list_jobs_pages_newest_first_with_a_cursor() -> Result<(), StoreError> 
     created(&store, job(&new_job_id(), "bob", None)).await;
     ids.reverse();
 
-    let mut filter = JobFilter { principal: "alice".into(), status: None, agent: None, limit: 3, cursor: None };
+    let mut filter = JobFilter { principal: "alice".into(), limit: 3, ..JobFilter::default() };
     let mut seen = Vec::new();
     let mut pages = 0;
     loop {
@@ -268,10 +268,10 @@ async fn list_jobs_pages_newest_first_with_a_cursor() -> Result<(), StoreError> 
     let (echo, next) = store
         .list_jobs(JobFilter {
             principal: "alice".into(),
-            status: Some(JobStatus::Queued),
+            statuses: vec![JobStatus::Queued],
             agent: Some("echo".into()),
             limit: 100,
-            cursor: None,
+            ..JobFilter::default()
         })
         .await?;
     assert_eq!(echo.len(), 3);
