@@ -35,15 +35,23 @@ pub struct Request {
     pub path: String,
     /// Sent as `application/json` when not empty.
     pub body: Bytes,
+    /// Sent as `Authorization: Bearer …` when set.
+    pub bearer: Option<String>,
 }
 
 impl Request {
     pub fn post(addr: SocketAddr, path: &str, body: &str) -> Self {
-        Self { addr, method: Method::POST, path: path.to_string(), body: Bytes::from(body.to_string()) }
+        Self { addr, method: Method::POST, path: path.to_string(), body: Bytes::from(body.to_string()), bearer: None }
+    }
+
+    /// The same request with a bearer token.
+    pub fn with_bearer(mut self, token: &str) -> Self {
+        self.bearer = Some(format!("Bearer {token}"));
+        self
     }
 
     pub fn get(addr: SocketAddr, path: &str) -> Self {
-        Self { addr, method: Method::GET, path: path.to_string(), body: Bytes::new() }
+        Self { addr, method: Method::GET, path: path.to_string(), body: Bytes::new(), bearer: None }
     }
 }
 
@@ -302,6 +310,9 @@ impl Conn {
         sender.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
         let mut builder = hyper::Request::builder().method(request.method.clone()).uri(&request.path);
         builder = builder.header(header::HOST, host);
+        if let Some(bearer) = &request.bearer {
+            builder = builder.header(header::AUTHORIZATION, bearer);
+        }
         if !request.body.is_empty() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
         }

@@ -18,6 +18,7 @@
     clippy::indexing_slicing
 )] // A benchmark binary, not a request path: it aborts loudly on setup failure.
 
+mod arcp;
 mod baseline;
 mod host;
 mod instantiate;
@@ -62,10 +63,11 @@ enum Group {
     Startup,
     Leases,
     Messages,
+    Arcp,
 }
 
 impl Group {
-    const ALL: [Group; 8] = [
+    const ALL: [Group; 9] = [
         Group::Throughput,
         Group::Latency,
         Group::Instantiate,
@@ -74,6 +76,7 @@ impl Group {
         Group::Startup,
         Group::Leases,
         Group::Messages,
+        Group::Arcp,
     ];
 
     fn name(self) -> &'static str {
@@ -86,6 +89,7 @@ impl Group {
             Group::Startup => "startup",
             Group::Leases => "leases",
             Group::Messages => "messages",
+            Group::Arcp => "arcp",
         }
     }
 }
@@ -109,6 +113,10 @@ pub struct Options {
     /// The corral binary to benchmark (default: the one cargo built).
     #[arg(long, default_value = env!("CARGO_BIN_EXE_corral"))]
     pub corral: PathBuf,
+    /// The reference ARCP runtime's server for the `arcp` group (built by `./dev bench` from
+    /// host/benches/arcp-reference, its own workspace).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/arcp-reference/release/arcp-reference-server"))]
+    pub arcp_reference: PathBuf,
     /// Keep the work dir (host logs, databases) under target/tmp.
     #[arg(long)]
     keep: bool,
@@ -261,5 +269,6 @@ fn run_group(group: Group, bench: &Bench, report: &mut Report) {
         Group::Startup => startup::run(bench, report),
         Group::Leases => leases::measure(bench.opts.quick).into_iter().for_each(|f| report.push(f)),
         Group::Messages => messages::run(bench, report),
+        Group::Arcp => arcp::run(bench, report),
     }
 }

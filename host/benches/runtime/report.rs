@@ -73,6 +73,12 @@ impl Figure {
         self
     }
 
+    pub fn ratio_at_most(mut self, max: f64) -> Self {
+        self.target = Some(format!("ratio ≤ {max:.2}"));
+        self.met = Some(self.ratio().is_some_and(|r| r <= max));
+        self
+    }
+
     /// A target shown but not judged (e.g. it applies only to the full-size run).
     pub fn target_note(mut self, note: &str) -> Self {
         self.target = Some(note.to_string());

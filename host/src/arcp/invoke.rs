@@ -111,10 +111,16 @@ pub async fn follow(
     request: MessageId,
     start: Resume,
 ) -> tokio::task::JoinHandle<()> {
-    let store = session.manager.store();
-    if let Err(e) = store.record_followed(&session.session_id, &job.id, &session.principal, request.as_str()).await {
-        tracing::warn!(job = %job.id, error = %e, "cannot record the session's job; a resume will not find it");
-    }
+    // Recorded beside the job's own writes rather than before its first event: the record only
+    // serves a later `resume`, so the job's events need not wait for its commit.
+    let store = session.manager.store().clone();
+    let (session_id, job_id, principal) = (session.session_id.clone(), job.id.clone(), session.principal.clone());
+    let request_id = request.as_str().to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = store.record_followed(&session_id, &job_id, &principal, &request_id).await {
+            tracing::warn!(job = %job_id, error = %e, "cannot record the session's job; a resume will not find it");
+        }
+    });
     let follower = Follower::new(session, &job.id, request, format!("{}@{}", job.agent_name, job.agent_version), start);
     tokio::spawn(follower.run())
 }

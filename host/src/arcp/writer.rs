@@ -29,6 +29,9 @@ use super::ArcpConfig;
 /// Envelopes queued for the writer; a full queue makes the senders wait.
 pub const OUTBOUND_QUEUE: usize = 256;
 
+/// Most envelopes written before one flush.
+const FLUSH_BATCH: usize = 64;
+
 /// One envelope a session sent, as `subscribe` sees it.
 #[derive(Debug)]
 pub struct Traffic {
@@ -61,18 +64,32 @@ impl Writer {
         loop {
             tokio::select! {
                 next = self.queued.recv() => {
-                    let Some(envelope) = next else { break };
-                    let counted = envelope.payload.is_countable_event();
-                    let acked = *self.acked.borrow();
-                    if window > 0 && counted && (!held.is_empty() || event_seq.saturating_sub(acked) >= window) {
-                        if held.len() as u64 >= window {
-                            self.evict(event_seq, acked).await;
+                    let Some(first) = next else { break };
+                    // Whatever is queued already goes out in one flush (one write, not one per
+                    // envelope), up to a batch.
+                    let mut next = Some(first);
+                    let mut batch = 0;
+                    let mut alive = true;
+                    while let Some(envelope) = next.take() {
+                        let counted = envelope.payload.is_countable_event();
+                        let acked = *self.acked.borrow();
+                        if window > 0 && counted && (!held.is_empty() || event_seq.saturating_sub(acked) >= window) {
+                            if held.len() as u64 >= window {
+                                self.evict(event_seq, acked).await;
+                                alive = false;
+                                break;
+                            }
+                            held.push_back(envelope);
+                        } else if !self.send(envelope, &mut event_seq).await {
+                            alive = false;
                             break;
                         }
-                        held.push_back(envelope);
-                        continue;
+                        batch += 1;
+                        if batch < FLUSH_BATCH {
+                            next = self.queued.try_recv().ok();
+                        }
                     }
-                    if !self.send(envelope, &mut event_seq).await {
+                    if !alive || self.sink.flush().await.is_err() {
                         break;
                     }
                 }
@@ -86,7 +103,7 @@ impl Writer {
                         let Some(envelope) = held.pop_front() else { break };
                         alive = self.send(envelope, &mut event_seq).await;
                     }
-                    if !alive {
+                    if !alive || self.sink.flush().await.is_err() {
                         break;
                     }
                 }
@@ -112,7 +129,8 @@ impl Writer {
         let _ = self.send(Envelope::new(MessageType::SessionEvicted(evicted)), &mut seq).await;
     }
 
-    /// Numbers, encodes, sends and publishes one envelope; `false` once the socket is gone.
+    /// Numbers, encodes, queues (the caller flushes) and publishes one envelope; `false` once
+    /// the socket is gone.
     async fn send(&mut self, mut envelope: Envelope, event_seq: &mut u64) -> bool {
         envelope.session_id = Some(self.session_id.clone());
         if envelope.payload.is_countable_event() {
@@ -137,7 +155,7 @@ impl Writer {
             }),
             _ => None,
         };
-        if self.sink.send(Message::Text(text.into())).await.is_err() {
+        if self.sink.feed(Message::Text(text.into())).await.is_err() {
             return false;
         }
         if let Some(traffic) = published {

@@ -8,10 +8,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
-
 use super::JobError;
-use crate::store::{EventRecord, JobStatus, Store};
+use crate::store::{EventRecord, JobCommits, JobStatus, Store};
 
 /// Events read per store query: with chunks of up to 256 KiB, this bounds a follower's buffer.
 const PAGE: u32 = 32;
@@ -23,17 +21,17 @@ pub struct EventFollower {
     job_id: String,
     after: u64,
     pending: VecDeque<EventRecord>,
-    notifications: broadcast::Receiver<String>,
+    commits: JobCommits,
     finished: bool,
 }
 
 impl EventFollower {
-    /// Follows `job_id` from the event after `after`. Subscribes to commits first, so no commit
-    /// can slip between the subscription and the first read. The caller checks the job exists
+    /// Follows `job_id` from the event after `after`. Watches the job's commits first, and marks
+    /// them seen before each read, so no commit can slip between a read and the wait after it. The caller checks the job exists
     /// and may be seen by whoever asks.
     pub fn new(store: &Store, job_id: &str, after: u64) -> EventFollower {
         EventFollower {
-            notifications: store.subscribe(),
+            commits: store.watch_job(job_id),
             store: store.clone(),
             job_id: job_id.to_owned(),
             after,
@@ -61,6 +59,7 @@ impl EventFollower {
             if self.finished {
                 return None;
             }
+            self.commits.mark_seen();
             match self.store.events_after(&self.job_id, self.after, PAGE).await {
                 Ok(batch) if !batch.is_empty() => {
                     self.pending.extend(batch);
@@ -78,20 +77,7 @@ impl EventFollower {
 
     /// Sleeps until the store commits an event of this job (or a safety re-check is due).
     async fn wait_for_commit(&mut self) {
-        let wait = async {
-            loop {
-                match self.notifications.recv().await {
-                    Ok(id) if id == self.job_id => return,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        return;
-                    }
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.commits.next()).await;
     }
 }
 

@@ -25,6 +25,7 @@
 
 mod agents;
 mod audit;
+mod commits;
 mod events;
 mod followed;
 mod jobs;
@@ -46,6 +47,7 @@ use tokio::sync::{Semaphore, broadcast, oneshot};
 
 pub use agents::AgentRecord;
 pub use audit::{AuditRecord, Decision};
+pub use commits::JobCommits;
 pub use events::{EventRecord, NewEvent};
 pub use followed::FollowedJob;
 pub use jobs::{InsertOutcome, JobFilter, JobRecord, JobStatus, Transition};
@@ -71,10 +73,6 @@ const MAX_READERS: usize = 4;
 /// blocks) until the writer has taken a batch: a flood of writes slows its producers instead
 /// of growing memory. Under normal load the writer drains it every commit (≤ [`MAX_BATCH`] ops).
 pub const WRITE_QUEUE: usize = 8 * MAX_BATCH;
-
-/// Capacity of the commit notifier; a subscriber that falls further behind gets `Lagged` and
-/// should re-read from its last seen seq (the events table is the source of truth).
-const NOTIFY_CAPACITY: usize = 1024;
 
 /// Everything that can go wrong in the store. Cloneable, because one failed `COMMIT` is the
 /// answer to every op of its batch.
@@ -181,7 +179,7 @@ struct Inner {
     thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     read_permits: Arc<Semaphore>,
-    notify: broadcast::Sender<String>,
+    commits: Arc<commits::Commits>,
 }
 
 impl Store {
@@ -192,9 +190,9 @@ impl Store {
             .map_err(|e| StoreError::DataDir { path: data_dir.to_path_buf(), source: Arc::new(e) })?;
         let db_path = data_dir.join(DB_FILE);
         let conn = open_writer(&db_path).map_err(|e| e.in_dir(data_dir))?;
-        let (notify, _) = broadcast::channel(NOTIFY_CAPACITY);
+        let commits = commits::Commits::new();
         let (tx, rx) = std::sync::mpsc::sync_channel(WRITE_QUEUE);
-        let thread = writer::spawn(conn, rx, data_dir.to_path_buf(), notify.clone())?;
+        let thread = writer::spawn(conn, rx, data_dir.to_path_buf(), Arc::clone(&commits))?;
         tracing::debug!(db = %db_path.display(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
@@ -204,7 +202,7 @@ impl Store {
                 thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
                 read_permits: Arc::new(Semaphore::new(MAX_READERS)),
-                notify,
+                commits,
             }),
         })
     }
@@ -233,12 +231,18 @@ impl Store {
     /// batch is sent once. Send errors (no subscribers) are ignored. SSE streams subscribe and
     /// then read `events_after` their last seq.
     pub fn notifier(&self) -> broadcast::Sender<String> {
-        self.inner.notify.clone()
+        self.inner.commits.all().clone()
     }
 
     /// Shorthand for `notifier().subscribe()`.
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
-        self.inner.notify.subscribe()
+        self.inner.commits.all().subscribe()
+    }
+
+    /// Commits of `job`'s events from now on, waking only for that job (what a follower of one
+    /// job wants; see `jobs::follow`).
+    pub fn watch_job(&self, job: &str) -> JobCommits {
+        self.inner.commits.watch(job)
     }
 
     /// Queues `f` for the writer thread and returns a future of its result, resolved only after

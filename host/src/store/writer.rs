@@ -19,13 +19,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use super::StoreError;
+use super::commits::Commits;
 
 /// Most ops committed in one transaction. Bounds the latency one batch adds to the first op.
 pub const MAX_BATCH: usize = 512;
@@ -154,7 +156,7 @@ fn run_cached(tx: &Transaction<'_>, sql: &str) -> Result<(), rusqlite::Error> {
 struct Writer {
     conn: Connection,
     dir: PathBuf,
-    notify: broadcast::Sender<String>,
+    commits: Arc<Commits>,
     seqs: HashMap<String, u64>,
     batches: u64,
 }
@@ -163,9 +165,9 @@ pub(super) fn spawn(
     conn: Connection,
     rx: Receiver<BoxedOp>,
     dir: PathBuf,
-    notify: broadcast::Sender<String>,
+    commits: Arc<Commits>,
 ) -> Result<JoinHandle<()>, StoreError> {
-    let mut writer = Writer { conn, dir: dir.clone(), notify, seqs: HashMap::new(), batches: 0 };
+    let mut writer = Writer { conn, dir: dir.clone(), commits, seqs: HashMap::new(), batches: 0 };
     std::thread::Builder::new()
         .name("corral-store-writer".into())
         .spawn(move || writer.serve(&rx))
@@ -282,7 +284,7 @@ impl Writer {
         // stale notification for its own, already committed, batch.
         if outcome.is_ok() {
             for job in touched {
-                let _ = self.notify.send(job);
+                self.commits.committed(job);
             }
         }
         let commit = outcome.as_ref().map(|_| ());
