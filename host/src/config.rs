@@ -7,7 +7,7 @@
 //! listen = "127.0.0.1:7070"
 //!
 //! [ceiling.grants]            # the most any job of the default principal may hold
-//! "kv.read" = ["**"]
+//! "kv.read" = ["{agent}/**", "shared/**"]   # {agent}: the job's agent (templates)
 //! "net.fetch" = ["https://api.example.com/**"]
 //! [ceiling.limits]
 //! deadline_ms = 30000
@@ -19,6 +19,7 @@
 //! "log" = ["**"]
 //! ```
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -26,15 +27,17 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::engine::EngineConfig;
-use crate::lease::LeaseCeiling;
+use crate::lease::{LeaseCeiling, TemplateValues};
 
 /// The built-in policy, used when no policy file is given (and as the base of one).
 pub const DEFAULT_POLICY: &str = r#"
 [ceiling.grants]
 "log" = ["**"]
 "events" = ["**"]
-"kv.read" = ["**"]
-"kv.write" = ["**"]
+# Each agent its own kv namespace (`{agent}` is the job's agent name); sharing state across
+# agents is an explicit grant in a policy file, e.g. "kv.read" = ["{agent}/**", "shared/**"].
+"kv.read" = ["{agent}/**"]
+"kv.write" = ["{agent}/**"]
 "agent.delegate" = ["**"]
 "agent.send" = ["**"]
 "topic.publish" = ["**"]
@@ -48,6 +51,10 @@ max_host_calls = 10000
 net_bytes = 10485760
 delegation_depth = 4
 max_children = 16
+# kv writes (keys + values) one job and its children may make, and the largest result a job
+# may return: a laptop survives a hostile agent that loops on kv.set or returns huge outputs.
+kv_bytes = 67108864
+max_output_bytes = 4194304
 "#;
 
 /// The principal of every request when no tokens are configured.
@@ -82,6 +89,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Jobs running at once (delegated children do not count).
     pub max_concurrent_jobs: usize,
+    /// Client jobs waiting for a slot at once; beyond it a submit is refused with
+    /// `429 overloaded` (and `Retry-After`) instead of growing the queue without bound.
+    pub max_queued_jobs: usize,
     /// On SIGTERM, how long running jobs may take to finish.
     pub shutdown_grace_ms: u64,
     /// Serve SW4RM over gRPC on this address (off when absent; `--grpc-listen` overrides).
@@ -97,6 +107,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             max_body_bytes: 1 << 20,
             max_concurrent_jobs: 64,
+            max_queued_jobs: 10_000,
             shutdown_grace_ms: 10_000,
             grpc_listen: None,
             grpc_tls_cert: None,
@@ -178,6 +189,10 @@ impl Policy {
                 return Err(invalid(format!("principal '{}' has neither `token` nor `token_sha256`", p.name)));
             }
         }
+        let ceilings = std::iter::once(&policy.ceiling).chain(policy.principals.iter().filter_map(|p| p.ceiling.as_ref()));
+        for ceiling in ceilings {
+            ceiling.grants.uses_templates().map_err(invalid)?;
+        }
         Ok(policy)
     }
 
@@ -220,9 +235,18 @@ impl Policy {
         }
     }
 
-    /// The lease ceiling of a principal.
-    pub fn ceiling_for(&self, principal: &str) -> &LeaseCeiling {
-        self.principals.iter().find(|p| p.name == principal).and_then(|p| p.ceiling.as_ref()).unwrap_or(&self.ceiling)
+    /// The lease ceiling of a principal for a job of `agent` (`None`: a check outside any
+    /// agent, e.g. what a principal may send to), with its templates (`{agent}`,
+    /// `{principal}`) expanded. Borrowed when the ceiling has none.
+    pub fn ceiling_for(&self, principal: &str, agent: Option<&str>) -> Cow<'_, LeaseCeiling> {
+        let ceiling =
+            self.principals.iter().find(|p| p.name == principal).and_then(|p| p.ceiling.as_ref()).unwrap_or(&self.ceiling);
+        // Checked when the policy loaded; an unreadable template cannot get here.
+        if !ceiling.grants.uses_templates().unwrap_or(true) {
+            return Cow::Borrowed(ceiling);
+        }
+        let values = TemplateValues { agent, principal };
+        Cow::Owned(LeaseCeiling { grants: ceiling.grants.expand_templates(values), ..ceiling.clone() })
     }
 }
 
@@ -263,6 +287,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::Scope;
 
     #[test]
     fn builtin_policy_parses_and_grants_no_network() {
@@ -303,7 +328,7 @@ mod tests {
             "test",
         )
         .unwrap();
-        let ceiling = policy.ceiling_for("ci");
+        let ceiling = policy.ceiling_for("ci", None);
         assert_eq!(ceiling.limits.max_host_calls, 7);
         assert_eq!(ceiling.limits.deadline_ms, 30_000);
     }
@@ -315,6 +340,23 @@ mod tests {
         assert!(!policy.is_operator("ci"));
         assert!(!policy.is_operator(LOCAL_PRINCIPAL), "with tokens configured, local is nobody");
         assert!(Policy::builtin().unwrap().is_operator(LOCAL_PRINCIPAL));
+    }
+
+    #[test]
+    fn ceiling_templates_expand_per_agent_and_unknown_ones_are_refused() {
+        let policy = Policy::builtin().unwrap();
+        let counter = policy.ceiling_for(LOCAL_PRINCIPAL, Some("counter"));
+        assert!(counter.grants.allows(Scope::KvWrite, "counter/hits"));
+        assert!(!counter.grants.allows(Scope::KvWrite, "greeter/hits"));
+        assert!(!counter.grants.allows(Scope::KvWrite, "{agent}/hits"), "a template never matches as text");
+        let nobody = policy.ceiling_for(LOCAL_PRINCIPAL, None);
+        assert!(!nobody.grants.allows(Scope::KvRead, "counter/hits"), "no agent, no namespace");
+        assert!(nobody.grants.allows(Scope::Log, "anything"), "patterns without templates are kept");
+
+        let err = Policy::parse("[ceiling.grants]\n\"kv.read\" = [\"{agnet}/**\"]\n", "test").unwrap_err();
+        assert!(err.to_string().contains("unknown template"), "{err}");
+        let principal = "[[principals]]\nname = \"p\"\ntoken = \"t\"\n[principals.ceiling.grants]\n\"log\" = [\"{x}\"]\n";
+        assert!(Policy::parse(principal, "test").is_err(), "principal ceilings are checked too");
     }
 
     #[test]

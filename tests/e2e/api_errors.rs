@@ -292,3 +292,21 @@ async fn submit_answers_202_at_once_or_200_with_the_result_when_asked_to_wait() 
     let job = host.wait_done(answer.body["id"].as_str().unwrap()).await;
     assert_eq!(job["output"], json!({"echo": "now"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_200_once_the_store_takes_writes_and_an_agent_is_loaded_and_503_otherwise() {
+    let host = Host::start(&["echo"]);
+    let ready = host.request(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(ready.status, 200, "{:?}", ready.body);
+    assert_eq!(ready.body["ready"], true);
+    assert_eq!(ready.body["store_writable"], true);
+    assert_eq!(ready.body["agents_loaded"], 1);
+
+    let empty = Host::start(&[]);
+    let not_ready = empty.request(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(not_ready.status, 503, "{:?}", not_ready.body);
+    assert_eq!(not_ready.body["ready"], false);
+    assert!(not_ready.body["problem"].as_str().unwrap().contains("no agent"), "{:?}", not_ready.body);
+    let live = empty.request(reqwest::Method::GET, "/healthz", None, None).await;
+    assert_eq!(live.status, 200, "liveness does not depend on agents");
+}

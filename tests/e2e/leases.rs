@@ -336,3 +336,66 @@ async fn fetch_beyond_the_net_bytes_budget_fails() {
     let ok = host.run("fetch", json!({"url": url}), None).await;
     assert_eq!(ok["status"], "completed", "{ok}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_built_in_policy_each_agent_has_its_own_kv_namespace_and_an_operator_grant_shares_one() {
+    let host = Host::start(&["counter", "snoop"]);
+    let counted = host.run("counter", json!({"key": "visits"}), None).await;
+    assert_eq!(counted["output"], json!({"key": "visits", "value": 1}), "{counted}");
+    assert_eq!(counted["lease"]["grants"]["kv.write"], json!(["counter/**"]), "the template is expanded in the lease");
+
+    // snoop declares kv on every key, but the ceiling gives it only `snoop/**`.
+    let snooped = host.run("snoop", json!({"namespace": "counter", "key": "visits", "value": "0"}), None).await;
+    assert_eq!(snooped["status"], "completed", "{snooped}");
+    for call in ["read", "write"] {
+        let outcome = &snooped["output"][call];
+        assert_eq!(outcome["denied"], true, "{call}: {snooped}");
+        assert!(outcome["error"].as_str().unwrap().contains("counter/visits"), "{call}: {outcome}");
+    }
+    // Its own namespace works, and the literal template text is nobody's namespace.
+    let own = host.run("snoop", json!({"namespace": "snoop", "key": "k", "value": "1"}), None).await;
+    assert_eq!(own["output"]["write"]["denied"], false, "{own}");
+    let literal = host.run("snoop", json!({"namespace": "{agent}", "key": "k"}), None).await;
+    assert_eq!(literal["output"]["write"]["denied"], true, "{literal}");
+    let after = host.run("counter", json!({"key": "visits"}), None).await;
+    assert_eq!(after["output"]["value"], 2, "counter's state was not touched: {after}");
+
+    // An operator who wants agents to share a namespace grants it.
+    let policy = "[ceiling.grants]\n\"kv.read\" = [\"{agent}/**\", \"counter/**\"]\n\"kv.write\" = [\"{agent}/**\"]\n\"log\" = [\"**\"]\n";
+    let shared = Host::start_with_policy(&["counter", "snoop"], Some(policy));
+    shared.run("counter", json!({"key": "visits"}), None).await;
+    let read = shared.run("snoop", json!({"namespace": "counter", "key": "visits"}), None).await;
+    assert_eq!(read["output"]["read"], json!({"denied": false, "value": "1", "error": null}), "{read}");
+    assert_eq!(read["output"]["write"]["denied"], true, "read shared, write still its own: {read}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_flood_stops_at_the_jobs_kv_bytes_budget_and_writes_nothing_past_it() {
+    let host = Host::start(&["snoop"]);
+    // 10 writes of 1,000 bytes each (plus ~13 bytes of target) fit in 11,000; the 11th does not.
+    let lease = json!({"limits": {"kv_bytes": 11_000}});
+    let job = host.run("snoop", json!({"flood": 1000, "bytes": 1000}), Some(lease)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["output"]["writes"], 10, "{job}");
+    assert!(job["output"]["error"].as_str().unwrap().contains("kv_bytes budget exhausted"), "{job}");
+    let stored: i64 =
+        host.db().query_row("SELECT count(*) FROM kv WHERE namespace = 'snoop'", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, 10, "the refused write was not made");
+
+    // The built-in budget (64 MiB) stops a flood of 1 MiB values long before the host-call limit.
+    let job = host.run("snoop", json!({"flood": 5000, "bytes": 1_000_000}), None).await;
+    assert_eq!(job["output"]["writes"], 67, "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_max_output_bytes_fails_the_job_cleanly_and_is_not_stored() {
+    let host = Host::start(&["echo"]);
+    let big = "y".repeat(10_000);
+    let job = host.run("echo", json!(big), Some(json!({"limits": {"max_output_bytes": 1000}}))).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "limit_exceeded", "{job}");
+    assert_eq!(job["error"]["limit"], "max_output_bytes", "{job}");
+    assert!(job["output"].is_null(), "{job}");
+    let small = host.run("echo", json!("ok"), Some(json!({"limits": {"max_output_bytes": 1000}}))).await;
+    assert_eq!(small["status"], "completed", "{small}");
+}

@@ -138,3 +138,34 @@ async fn agent_rejecting_its_input_fails_with_invalid_input() {
     assert_eq!(job["error"]["code"], "invalid_input", "{job}");
     assert!(job["error"]["message"].as_str().unwrap().contains("not_a_key"), "{job}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_the_queue_bound_gets_429_with_retry_after_and_every_accepted_job_still_ends() {
+    let policy = spin_policy("[server]\nmax_concurrent_jobs = 1\nmax_queued_jobs = 3\n");
+    let host = Host::start_with_policy(&["spin"], Some(&policy));
+    let body = json!({"agent": "spin", "input": {}, "lease": {"limits": {"deadline_ms": 400}}});
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..20 {
+        let answer = host.submit_raw(&body).await;
+        match answer.status {
+            202 => accepted.push(answer.body["id"].as_str().unwrap().to_owned()),
+            429 => {
+                refused += 1;
+                assert_eq!(answer.body["error"]["code"], "overloaded", "{:?}", answer.body);
+                assert_eq!(answer.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+            }
+            other => panic!("unexpected {other}: {:?}", answer.body),
+        }
+    }
+    assert!(accepted.len() >= 4, "one running and three queued were accepted: {accepted:?}");
+    assert!(refused >= 1, "the rest was refused");
+    for id in &accepted {
+        let job = host.wait_done(id).await;
+        assert_eq!(job["status"], "timed_out", "every accepted job runs to its end: {job}");
+    }
+    let stored: i64 = host.db().query_row("SELECT count(*) FROM jobs", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored as usize, accepted.len(), "a refused submit leaves nothing behind");
+    // With the queue drained, submits are accepted again.
+    assert_eq!(host.submit_raw(&body).await.status, 202);
+}

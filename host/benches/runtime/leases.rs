@@ -39,7 +39,7 @@ fn median_us(n: usize, mut f: impl FnMut()) -> f64 {
 
 pub fn measure(quick: bool) -> Vec<Figure> {
     let policy = Policy::builtin().expect("built-in policy");
-    let ceiling = policy.ceiling_for("local");
+    let ceiling = policy.ceiling_for("local", Some("counter"));
     let declared = Grants::from_declared(&["log".to_owned(), "kv.read".to_owned()]).expect("declared");
     let now = time::OffsetDateTime::now_utc();
     let typical = r#"{"grants": {"kv.read": ["counter/*"], "log": ["**"]}, "ttl_ms": 60000}"#.to_owned();
@@ -49,7 +49,7 @@ pub fn measure(quick: bool) -> Vec<Figure> {
 
     let effective = |text: &str| {
         let request = LeaseRequest::parse_json(text).expect("request within the caps");
-        Lease::effective(&declared, ceiling, &request, None, now).expect("effective lease")
+        Lease::effective(&declared, &ceiling, &request, None, now).expect("effective lease")
     };
     let parse_typical = median_us(runs * 10, || drop(std::hint::black_box(effective(&typical))));
     let parse_cap = median_us(runs, || drop(std::hint::black_box(effective(&at_cap))));
@@ -68,7 +68,7 @@ pub fn measure(quick: bool) -> Vec<Figure> {
     let parent = cap_lease.clone();
     let child_request = LeaseRequest::parse_json(&at_cap).expect("request");
     let delegate_cap = median_us(runs, || {
-        std::hint::black_box(Lease::effective(&declared, ceiling, &child_request, Some(&parent), now)).ok();
+        std::hint::black_box(Lease::effective(&declared, &ceiling, &child_request, Some(&parent), now)).ok();
     });
     eprintln!(
         "  lease at the caps ({} patterns, {} bytes): parse+effective {parse_cap:.0} µs (typical {parse_typical:.1}), \

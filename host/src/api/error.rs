@@ -51,7 +51,12 @@ impl IntoResponse for ApiError {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        // Every 429 and 503 says when to come back.
+        if self.status == StatusCode::TOO_MANY_REQUESTS || self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -67,6 +72,7 @@ impl From<JobError> for ApiError {
             JobError::NotFound(_) => (StatusCode::NOT_FOUND, "job_not_found"),
             JobError::AlreadyFinished { .. } => (StatusCode::CONFLICT, "job_finished"),
             JobError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            JobError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             JobError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
         };
         Self::new(status, code, message)

@@ -96,6 +96,8 @@ impl From<JobRecord> for JobView {
         (status = 404, description = "Unknown agent or version", body = ErrorBody),
         (status = 409, description = "Idempotency key reused for another request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "overloaded: server.max_queued_jobs jobs already wait for a slot (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Shutting down or storage unavailable (Retry-After)", body = ErrorBody),
     ))]
 pub async fn submit(
     State(state): State<AppState>,

@@ -202,7 +202,7 @@ pub async fn send(
         Recipient::Agent(a) => (Scope::AgentSend, a.as_str()),
         Recipient::Topic(t) => (Scope::TopicPublish, t.as_str()),
     };
-    let ceiling = state.manager.policy().ceiling_for(&principal.0);
+    let ceiling = state.manager.policy().ceiling_for(&principal.0, None);
     if let Err(reason) = ceiling.grants.decide(scope, target) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "denied", format!("{scope} denied for '{target}': {reason}")));
     }

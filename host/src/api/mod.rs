@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -41,14 +42,14 @@ pub struct Principal(pub String);
 #[openapi(
     info(title = "corral", description = "Run sandboxed WebAssembly agents under leases."),
     paths(
-        jobs::submit, jobs::get, jobs::list, jobs::cancel, events::stream, agents, healthz,
+        jobs::submit, jobs::get, jobs::list, jobs::cancel, events::stream, agents, healthz, readyz,
         messages::send, messages::get, messages::list,
         messages::register, messages::heartbeat, messages::deregister, messages::inbox, messages::release,
         secrets::list, secrets::set, secrets::remove
     ),
     components(schemas(
         jobs::SubmitBody, jobs::JobView, jobs::JobList, error::ErrorBody, error::ErrorDetail,
-        AgentList, AgentSummary, AgentVersionSummary, LoadFailure, Health,
+        AgentList, AgentSummary, AgentVersionSummary, LoadFailure, Health, Readiness,
         messages::SendBody, messages::MessageView, messages::StageView, messages::Sent, messages::MessageList,
         messages::ExternalAgentView, messages::Done, messages::Released,
         crate::messages::Recipient, crate::messages::Envelope, crate::messages::DeliveryOptions,
@@ -97,6 +98,7 @@ pub fn router(manager: Arc<JobManager>) -> Router {
     Router::new()
         .merge(v1)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -169,6 +171,38 @@ pub struct Health {
 pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
     let status = if state.manager.is_shutting_down() { "shutting_down" } else { "ok" };
     Json(Health { status: status.into() })
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// Whether this host should be sent traffic: the store takes writes, at least one agent is
+    /// loaded, and it is not shutting down.
+    pub ready: bool,
+    pub store_writable: bool,
+    pub agents_loaded: usize,
+    pub shutting_down: bool,
+    /// Why it is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Readiness: `200` once the store's writer commits a transaction and an agent is loaded,
+/// else `503` with the reason (liveness is `/healthz`).
+#[utoipa::path(get, path = "/readyz", tag = "health", operation_id = "readyz",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let shutting_down = state.manager.is_shutting_down();
+    let store = state.manager.store().check_writable().await;
+    let agents_loaded = state.manager.registry().list().0.len();
+    let problem = match (&store, agents_loaded, shutting_down) {
+        (_, _, true) => Some("shutting down".to_owned()),
+        (Err(e), _, _) => Some(format!("the store does not take writes: {e}")),
+        (Ok(()), 0, _) => Some("no agent is loaded (see GET /v1/agents for load errors)".to_owned()),
+        _ => None,
+    };
+    let readiness = Readiness { ready: problem.is_none(), store_writable: store.is_ok(), agents_loaded, shutting_down, problem };
+    let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(readiness))
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {

@@ -68,6 +68,7 @@ impl wit::Host for JobState {
         let remaining = Limits {
             max_host_calls: limits.max_host_calls.saturating_sub(self.ctx.host_calls()),
             net_bytes: self.http.bytes_left(),
+            kv_bytes: self.kv.bytes_left(),
             ..*limits
         };
         // The lease text is bounded (MAX_REQUEST_JSON_BYTES, REQUEST_CAP) before any pattern is
@@ -93,6 +94,7 @@ impl wit::Host for JobState {
         let used = manager.take_usage(&child.id);
         self.ctx.charge_host_calls(used.host_calls);
         self.http.charge(used.net_bytes);
+        self.kv.charge_child(used.kv_bytes);
         let finished = match finished {
             Ok(Some(job)) => job,
             Ok(None) => return Ok(Err(HostError::Failed(format!("child job {} vanished", child.id)))),

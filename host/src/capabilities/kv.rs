@@ -5,6 +5,10 @@
 //! `counter/hits` and nothing else. A job's writes return only after they are committed; a
 //! delivery's writes are held and committed with its outcome ([`KvState`]).
 //! Namespaces may not contain `/` (so the target splits unambiguously); keys may.
+//!
+//! Every write is charged to the job's `kv_bytes` budget (target + value; a delete or an
+//! increment its target + 8) before it happens, children's writes included: a job that runs
+//! out gets a `failed` error naming the budget and nothing is written.
 
 use wasmtime::component::{HasSelf, Linker};
 
@@ -33,6 +37,11 @@ fn target(namespace: &str, key: &str) -> Result<String, HostError> {
         return Err(HostError::Invalid(format!("invalid kv key: non-empty, at most {MAX_KEY} bytes")));
     }
     Ok(format!("{namespace}/{key}"))
+}
+
+/// What a write costs the `kv_bytes` budget: its target and its value.
+fn write_size(namespace: &str, key: &str, value: usize) -> u64 {
+    (namespace.len() + 1 + key.len() + value) as u64
 }
 
 fn failed(e: impl std::fmt::Display) -> HostError {
@@ -68,12 +77,47 @@ impl JobState {
 pub struct KvState {
     held: Option<Vec<KvOp>>,
     held_bytes: usize,
+    /// What is left of the lease's `kv_bytes`.
+    bytes_left: u64,
+    budget: u64,
 }
 
 /// Most bytes of kv writes one delivery may hold until its outcome.
 pub const MAX_HELD_BYTES: usize = 8 << 20;
 
 impl KvState {
+    /// A run with `budget` bytes of kv writes (the lease's `kv_bytes`).
+    pub fn new(budget: u64) -> KvState {
+        KvState { bytes_left: budget, budget, ..KvState::default() }
+    }
+
+    /// What is left of the budget (a child gets at most this).
+    pub fn bytes_left(&self) -> u64 {
+        self.bytes_left
+    }
+
+    /// What this run has written (children's writes included once charged).
+    pub fn bytes_used(&self) -> u64 {
+        self.budget.saturating_sub(self.bytes_left)
+    }
+
+    /// Takes `n` bytes out of the budget, or refuses the write whole.
+    pub fn charge(&mut self, n: u64) -> Result<(), HostError> {
+        if n > self.bytes_left {
+            return Err(HostError::Failed(format!(
+                "kv_bytes budget exhausted: this write needs {n} bytes, {} of the job's {} are left (limits.kv_bytes)",
+                self.bytes_left, self.budget
+            )));
+        }
+        self.bytes_left -= n;
+        Ok(())
+    }
+
+    /// Charges what a child used (already within what it was given).
+    pub fn charge_child(&mut self, n: u64) {
+        self.bytes_left = self.bytes_left.saturating_sub(n);
+    }
+
     /// From now on, writes are held (see the type's docs).
     pub fn hold_writes(&mut self) {
         self.held = Some(Vec::new());
@@ -167,6 +211,9 @@ impl wit::Host for JobState {
                 value.len()
             ))));
         }
+        if let Err(e) = self.kv.charge(write_size(&namespace, &key, value.len())) {
+            return Ok(Err(e));
+        }
         if self.kv.holding() {
             return Ok(self.kv.hold(KvOp::Set { namespace, key, value }));
         }
@@ -176,6 +223,9 @@ impl wit::Host for JobState {
 
     async fn delete(&mut self, namespace: String, key: String) -> wasmtime::Result<Result<bool, HostError>> {
         if let Err(e) = self.kv_authorize(&[Scope::KvWrite], &namespace, &key)? {
+            return Ok(Err(e));
+        }
+        if let Err(e) = self.kv.charge(write_size(&namespace, &key, 8)) {
             return Ok(Err(e));
         }
         if self.kv.holding() {
@@ -196,6 +246,9 @@ impl wit::Host for JobState {
         delta: i64,
     ) -> wasmtime::Result<Result<i64, HostError>> {
         if let Err(e) = self.kv_authorize(&[Scope::KvRead, Scope::KvWrite], &namespace, &key)? {
+            return Ok(Err(e));
+        }
+        if let Err(e) = self.kv.charge(write_size(&namespace, &key, 8)) {
             return Ok(Err(e));
         }
         if self.kv.holding() {

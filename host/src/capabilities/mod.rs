@@ -50,7 +50,8 @@ impl JobState {
         let http = http::HttpState::new(&ctx.lease);
         let delegation = jobs::DelegationState::new(&ctx.lease);
         let limiter = JobLimiter::new(ctx.lease.limits.memory_bytes);
-        Self { ctx, http, delegation, kv: kv::KvState::default(), limiter }
+        let kv = kv::KvState::new(ctx.lease.limits.kv_bytes);
+        Self { ctx, http, delegation, kv, limiter }
     }
 }
 

@@ -58,6 +58,10 @@ pub enum JobError {
     AlreadyFinished { id: String, status: JobStatus },
     #[error("the host is shutting down and accepts no new jobs — retry against another host or after restart")]
     ShuttingDown,
+    #[error(
+        "the host is overloaded: {0} jobs are already waiting for a slot (server.max_queued_jobs) — retry after a second"
+    )]
+    Overloaded(usize),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -76,6 +80,8 @@ pub struct JobManager {
     policy: Arc<Policy>,
     engine: wasmtime::Engine,
     permits: Arc<Semaphore>,
+    /// One per client job waiting for a slot (`server.max_queued_jobs`).
+    queue_slots: Arc<Semaphore>,
     handles: Mutex<HashMap<String, Handle>>,
     shutting_down: std::sync::atomic::AtomicBool,
     /// What finished children used, until their parent collects it.
@@ -114,6 +120,7 @@ impl JobManager {
         let engine = registry.engine().clone();
         let http_clients = crate::capabilities::http::Clients::new()?;
         let permits = Arc::new(Semaphore::new(policy.server.max_concurrent_jobs.max(1)));
+        let queue_slots = Arc::new(Semaphore::new(policy.server.max_queued_jobs));
         let (store_for_plane, registry_for_plane, policy_for_plane) =
             (store.clone(), Arc::clone(&registry), Arc::clone(&policy));
         Ok(Arc::new_cyclic(|me| Self {
@@ -122,6 +129,7 @@ impl JobManager {
             policy,
             engine,
             permits,
+            queue_slots,
             handles: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             running: Arc::new(AtomicUsize::new(0)),
@@ -224,8 +232,8 @@ impl JobManager {
         let agent = self.registry.resolve(&req.agent)?;
         let (declared, policy, who) = (Arc::clone(&agent), Arc::clone(&self.policy), principal.to_owned());
         let lease = off_workers_if_large(size, move || {
-            let ceiling = policy.ceiling_for(&who);
-            Lease::effective(&declared.declared, ceiling, &lease_request, None, time::OffsetDateTime::now_utc())
+            let ceiling = policy.ceiling_for(&who, Some(&declared.manifest.name));
+            Lease::effective(&declared.declared, &ceiling, &lease_request, None, time::OffsetDateTime::now_utc())
         })
         .await??;
         let record = new_record(principal, &req, &agent, &lease, request_hash.clone(), None, 0)?;
@@ -237,7 +245,18 @@ impl JobManager {
             }
             (_, permit) => permit,
         };
-        let outcome = self.insert_and_schedule(record, agent, lease, Start::client(permit)).await?;
+        let start = match permit {
+            Some(permit) => Start::Running(Some(permit)),
+            None => {
+                // No slot: the job would wait in the queue, which is bounded. (A replay of an
+                // idempotency key is refused too while overloaded; the client retries.)
+                let slot = Arc::clone(&self.queue_slots)
+                    .try_acquire_owned()
+                    .map_err(|_| JobError::Overloaded(self.policy.server.max_queued_jobs))?;
+                Start::Queued { needs_permit: true, slot: Some(slot) }
+            }
+        };
+        let outcome = self.insert_and_schedule(record, agent, lease, start).await?;
         let submitted = match outcome {
             InsertOutcome::Created(job) => (job, false),
             InsertOutcome::Existing(existing) => {
@@ -326,8 +345,8 @@ impl JobManager {
                 Some(text) => LeaseRequest::parse_json(&text)?,
                 None => LeaseRequest::default(),
             };
-            let ceiling = policy.ceiling_for(&who);
-            Lease::effective(&child.declared, ceiling, &request, Some(&parent_lease), time::OffsetDateTime::now_utc())
+            let ceiling = policy.ceiling_for(&who, Some(&child.manifest.name));
+            Lease::effective(&child.declared, &ceiling, &request, Some(&parent_lease), time::OffsetDateTime::now_utc())
         })
         .await??;
         let req = SubmitRequest { agent: agent_ref.to_string(), input, lease: None, idempotency_key: None };
@@ -437,8 +456,12 @@ impl JobManager {
             let _forget = ForgetOnDrop(Arc::clone(&me), job.id.clone());
             let (_permit, queued) = match start {
                 Start::Running(permit) => (permit, false),
-                Start::Queued { needs_permit: true } => (permits.acquire_owned().await.ok(), true),
-                Start::Queued { needs_permit: false } => (None, true),
+                Start::Queued { needs_permit: true, slot } => {
+                    let permit = permits.acquire_owned().await.ok();
+                    drop(slot); // no longer waiting
+                    (permit, true)
+                }
+                Start::Queued { needs_permit: false, .. } => (None, true),
             };
             let run = runner::Run { job, agent, lease, queued, journal, reply };
             runner::run(&me, run, cancelled).await;
@@ -590,19 +613,10 @@ impl JobManager {
 /// How a scheduled job starts.
 pub(crate) enum Start {
     /// Recorded as `queued`: the runner marks it running once it has a slot (if it needs one).
-    Queued { needs_permit: bool },
+    /// A client's job holds a place in the bounded queue (`slot`) until then.
+    Queued { needs_permit: bool, slot: Option<OwnedSemaphorePermit> },
     /// Recorded (or held) as `running`, holding its slot if it needs one.
     Running(Option<OwnedSemaphorePermit>),
-}
-
-impl Start {
-    /// A client's job: running now if a slot was free, else queued for one.
-    fn client(permit: Option<OwnedSemaphorePermit>) -> Start {
-        match permit {
-            Some(permit) => Start::Running(Some(permit)),
-            None => Start::Queued { needs_permit: true },
-        }
-    }
 }
 
 struct ForgetOnDrop(Arc<JobManager>, String);
@@ -618,6 +632,7 @@ impl Drop for ForgetOnDrop {
 pub struct Usage {
     pub host_calls: u64,
     pub net_bytes: u64,
+    pub kv_bytes: u64,
 }
 
 /// Decrements the running-jobs count when a run ends, however it ends.

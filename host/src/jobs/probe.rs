@@ -28,9 +28,9 @@ pub struct Probe {
 impl Probe {
     pub fn new(manager: &Arc<JobManager>, agent_ref: &str) -> Result<Probe, JobError> {
         let agent = manager.registry().resolve(agent_ref)?;
-        let ceiling = manager.policy().ceiling_for(crate::config::LOCAL_PRINCIPAL);
+        let ceiling = manager.policy().ceiling_for(crate::config::LOCAL_PRINCIPAL, Some(&agent.manifest.name));
         let now = time::OffsetDateTime::now_utc();
-        let lease = Lease::effective(&agent.declared, ceiling, &LeaseRequest::default(), None, now)?;
+        let lease = Lease::effective(&agent.declared, &ceiling, &LeaseRequest::default(), None, now)?;
         let req = super::SubmitRequest {
             agent: agent_ref.to_owned(),
             input: serde_json::Value::Null,

@@ -78,7 +78,7 @@ async fn recover_one(manager: &JobManager, job: &JobRecord) -> Result<bool, JobE
     let lease: Lease = match serde_json::from_value::<Lease>(job.lease.clone()) {
         // The policy may have changed while the host was down: the re-run gets no more than
         // the principal's current ceiling allows.
-        Ok(lease) => lease.narrowed_by_ceiling(manager.policy().ceiling_for(&job.principal)),
+        Ok(lease) => lease.narrowed_by_ceiling(&manager.policy().ceiling_for(&job.principal, Some(&job.agent_name))),
         Err(e) => {
             manager.store().transition_job(&job.id, fail("internal", format!("stored lease unreadable: {e}"))).await?;
             return Ok(false);
@@ -96,6 +96,6 @@ async fn recover_one(manager: &JobManager, job: &JobRecord) -> Result<bool, JobE
         }
     }
     let needs_permit = true;
-    manager.schedule(job, Arc::clone(&agent), lease, super::Start::Queued { needs_permit });
+    manager.schedule(job, Arc::clone(&agent), lease, super::Start::Queued { needs_permit, slot: None });
     Ok(true)
 }

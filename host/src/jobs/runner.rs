@@ -81,7 +81,7 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
         Arc::clone(manager),
         Arc::clone(&journal),
     );
-    let (outcome, host_calls, net_bytes) = match sandbox(&manager.engine, ctx, &lease) {
+    let (outcome, host_calls, net_bytes, kv_bytes) = match sandbox(&manager.engine, ctx, &lease) {
         Ok(mut store) => {
             let call = Call::Handle(job.input.to_string());
             let outcome = match execute(&mut store, &agent, call, deadline, &mut cancelled, &journal).await {
@@ -92,15 +92,15 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
             };
             let state = store.data();
             let net_bytes = lease.limits.net_bytes.saturating_sub(state.http.bytes_left());
-            (outcome, state.ctx.host_calls(), net_bytes)
+            (outcome, state.ctx.host_calls(), net_bytes, state.kv.bytes_used())
         }
-        Err(e) => (Outcome::Failed(error_json("internal", &format!("cannot set up the sandbox: {e}"))), 0, 0),
+        Err(e) => (Outcome::Failed(error_json("internal", &format!("cannot set up the sandbox: {e}"))), 0, 0, 0),
     };
     // The guest is gone: no child can be registered any more, and one still being inserted
     // will find its parent ended and cancel itself.
     let children = manager.close_family(&job.id);
     if job.parent_id.is_some() {
-        manager.record_usage(&job.id, super::Usage { host_calls, net_bytes });
+        manager.record_usage(&job.id, super::Usage { host_calls, net_bytes, kv_bytes });
     }
     let finished = finish(&journal, &job, outcome, &lease, host_calls).await;
     if let Some(reply) = reply {
@@ -292,6 +292,14 @@ fn trap_message(trap: &wasmtime::Error) -> String {
 
 fn classify(result: wasmtime::Result<Result<String, HostError>>, ctx: &JobContext) -> Outcome {
     match result {
+        Ok(Ok(output)) if output.len() as u64 > ctx.lease.limits.max_output_bytes => Outcome::Failed(limit_exceeded(
+            "max_output_bytes",
+            &format!(
+                "the agent's result is {} bytes, over the job's {} (limits.max_output_bytes); nothing was stored",
+                output.len(),
+                ctx.lease.limits.max_output_bytes
+            ),
+        )),
         Ok(Ok(output)) => match serde_json::from_str(&output) {
             Ok(value) => Outcome::Completed(value),
             Err(e) => Outcome::Failed(error_json("invalid_output", &format!("the agent returned invalid JSON: {e}"))),

@@ -215,6 +215,41 @@ impl Grants {
         self.scopes.keys().copied()
     }
 
+    /// Whether any glob pattern uses a template (`{agent}`, `{principal}`); `Err` names an
+    /// unknown one. Only the operator's ceilings may (see `templates`).
+    pub fn uses_templates(&self) -> Result<bool, String> {
+        let mut used = false;
+        for pattern in self.scopes.values().flatten().flatten() {
+            if let TargetPattern::Glob(glob) = pattern {
+                used |= super::templates::uses_templates(glob.as_str())?;
+            }
+        }
+        Ok(used)
+    }
+
+    /// These grants with their templates expanded for one lease. A pattern that cannot be
+    /// expanded (`{agent}` with no agent) is dropped, which only narrows.
+    pub fn expand_templates(&self, values: super::TemplateValues<'_>) -> Grants {
+        let mut expanded = Grants::new();
+        for (scope, layers) in &self.scopes {
+            for layer in layers {
+                let layer: Layer = layer
+                    .iter()
+                    .filter_map(|pattern| match pattern {
+                        TargetPattern::Glob(glob) if glob.as_str().contains('{') => {
+                            let text = super::templates::expand(glob.as_str(), values)?;
+                            Pattern::parse(&text).ok().map(TargetPattern::Glob)
+                        }
+                        other => Some(other.clone()),
+                    })
+                    .collect();
+                // An emptied layer stays: it allows nothing, as it must.
+                expanded.scopes.entry(*scope).or_default().push(layer);
+            }
+        }
+        expanded
+    }
+
     /// Does this grant set mention `scope` at all?
     pub fn has_scope(&self, scope: Scope) -> bool {
         self.scopes.contains_key(&scope)

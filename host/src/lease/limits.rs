@@ -1,5 +1,5 @@
-//! Limits and budgets a lease carries: how long, how much memory, fuel, host calls and network
-//! bytes a job may use, and how far it may delegate.
+//! Limits and budgets a lease carries: how long, how much memory, fuel, host calls, network
+//! and kv bytes a job may use, how large its result may be, and how far it may delegate.
 //!
 //! Every limit is an upper bound, so combining two leases is a field-wise minimum and "within"
 //! is a field-wise `<=`. A lease request names only the limits it wants lower
@@ -27,6 +27,17 @@ pub struct Limits {
     pub delegation_depth: u32,
     /// How many children this job may start (fan-out).
     pub max_children: u32,
+    /// Bytes of kv writes (keys plus values) the job and its children may make.
+    /// Absent in leases stored before it existed: those read as unlimited.
+    #[serde(default = "unlimited")]
+    pub kv_bytes: u64,
+    /// Largest result (output JSON) the job may return, in bytes.
+    #[serde(default = "unlimited")]
+    pub max_output_bytes: u64,
+}
+
+fn unlimited() -> u64 {
+    u64::MAX
 }
 
 /// The limits a submitter asks for; each given field can only lower the effective limit.
@@ -47,6 +58,10 @@ pub struct LimitsRequest {
     pub delegation_depth: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_children: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -60,6 +75,8 @@ impl Limits {
         net_bytes: u64::MAX,
         delegation_depth: u32::MAX,
         max_children: u32::MAX,
+        kv_bytes: u64::MAX,
+        max_output_bytes: u64::MAX,
     };
 
     /// Field-wise minimum.
@@ -72,6 +89,8 @@ impl Limits {
             net_bytes: self.net_bytes.min(other.net_bytes),
             delegation_depth: self.delegation_depth.min(other.delegation_depth),
             max_children: self.max_children.min(other.max_children),
+            kv_bytes: self.kv_bytes.min(other.kv_bytes),
+            max_output_bytes: self.max_output_bytes.min(other.max_output_bytes),
         }
     }
 
@@ -91,6 +110,8 @@ impl Limits {
             net_bytes: r.net_bytes.map_or(self.net_bytes, |v| v.min(self.net_bytes)),
             delegation_depth: r.delegation_depth.map_or(self.delegation_depth, |v| v.min(self.delegation_depth)),
             max_children: r.max_children.map_or(self.max_children, |v| v.min(self.max_children)),
+            kv_bytes: r.kv_bytes.map_or(self.kv_bytes, |v| v.min(self.kv_bytes)),
+            max_output_bytes: r.max_output_bytes.map_or(self.max_output_bytes, |v| v.min(self.max_output_bytes)),
         }
     }
 }
@@ -103,7 +124,7 @@ impl LimitsRequest {
 
     /// The requested fields larger than `bound`, as `"name requested > allowed"` texts.
     pub fn excess_over(&self, bound: &Limits) -> Vec<String> {
-        let pairs: [(&str, Option<u64>, u64); 7] = [
+        let pairs: [(&str, Option<u64>, u64); 9] = [
             ("deadline_ms", self.deadline_ms, bound.deadline_ms),
             ("memory_bytes", self.memory_bytes, bound.memory_bytes),
             ("fuel", self.fuel, bound.fuel),
@@ -111,6 +132,8 @@ impl LimitsRequest {
             ("net_bytes", self.net_bytes, bound.net_bytes),
             ("delegation_depth", self.delegation_depth.map(u64::from), u64::from(bound.delegation_depth)),
             ("max_children", self.max_children.map(u64::from), u64::from(bound.max_children)),
+            ("kv_bytes", self.kv_bytes, bound.kv_bytes),
+            ("max_output_bytes", self.max_output_bytes, bound.max_output_bytes),
         ];
         pairs
             .into_iter()
@@ -134,6 +157,8 @@ mod tests {
         net_bytes: 100,
         delegation_depth: 1,
         max_children: 2,
+        kv_bytes: 1_000,
+        max_output_bytes: 500,
     };
 
     #[test]
@@ -160,6 +185,11 @@ mod tests {
         let json = serde_json::to_string(&SMALL).unwrap();
         assert_eq!(serde_json::from_str::<Limits>(&json).unwrap(), SMALL);
         assert!(serde_json::from_str::<Limits>(r#"{"deadline_ms": 1}"#).is_err());
+        // A lease stored before kv_bytes / max_output_bytes existed reads them as unlimited.
+        let mut old = serde_json::to_value(SMALL).unwrap();
+        old.as_object_mut().unwrap().retain(|k, _| k != "kv_bytes" && k != "max_output_bytes");
+        let read: Limits = serde_json::from_value(old).unwrap();
+        assert_eq!(read, Limits { kv_bytes: u64::MAX, max_output_bytes: u64::MAX, ..SMALL });
         let err = serde_json::from_str::<LimitsRequest>(r#"{"deadline": 1}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `deadline`"), "{err}");
     }

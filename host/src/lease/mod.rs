@@ -42,6 +42,7 @@ mod pattern;
 mod request;
 mod rfc3339;
 mod scope;
+mod templates;
 mod url_pattern;
 
 #[cfg(test)]
@@ -59,6 +60,7 @@ pub use limits::{Limits, LimitsRequest};
 pub use pattern::{MAX_PATTERN_TOKENS, Pattern, PatternError};
 pub use request::{LeaseCeiling, LeaseRequest, MAX_REQUEST_JSON_BYTES};
 pub use scope::Scope;
+pub use templates::TemplateValues;
 pub use url_pattern::{FetchTargetError, UrlPattern, parse_fetch_target};
 
 /// Longest target any check accepts, in bytes (URLs included). Matching is linear in the

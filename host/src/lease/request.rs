@@ -220,6 +220,8 @@ mod tests {
                 net_bytes: 1 << 20,
                 delegation_depth: 2,
                 max_children: 4,
+                kv_bytes: 1 << 20,
+                max_output_bytes: 1 << 20,
             },
             max_ttl_ms: Some(3_600_000),
         }

@@ -139,10 +139,10 @@ async fn deliver(
         }
     };
     // The producer's principal bounds what the delivery may do: its policy ceiling, now.
-    let ceiling = manager.policy().ceiling_for(&m.principal);
+    let ceiling = manager.policy().ceiling_for(&m.principal, Some(&agent.manifest.name));
     let lease = match Lease::effective(
         &agent.declared,
-        ceiling,
+        &ceiling,
         &LeaseRequest::default(),
         None,
         time::OffsetDateTime::now_utc(),

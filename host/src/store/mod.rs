@@ -239,6 +239,15 @@ impl Store {
         self.inner.commits.all().subscribe()
     }
 
+    /// Whether the writer is alive and commits a (write) transaction: what `/readyz` asks.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        self.write(|ctx| {
+            ctx.tx().execute_batch("PRAGMA user_version")?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Commits of `job`'s events from now on, waking only for that job (what a follower of one
     /// job wants; see `jobs::follow`).
     pub fn watch_job(&self, job: &str) -> JobCommits {

@@ -68,7 +68,7 @@ impl RouterService for Router {
             Recipient::Topic(t) => (Scope::TopicPublish, t.clone()),
         };
         if out.message_type != crate::messages::MessageType::Acknowledgement
-            && let Err(reason) = self.manager.policy().ceiling_for(&principal).grants.decide(scope, &target)
+            && let Err(reason) = self.manager.policy().ceiling_for(&principal, None).grants.decide(scope, &target)
         {
             return Ok(refused((ErrorCode::PermissionDenied, format!("{scope} denied for '{target}': {reason}"))));
         }
