@@ -29,6 +29,7 @@ pub mod engine;
 pub mod jobs;
 pub mod lease;
 pub mod messages;
+pub mod metrics;
 pub mod secrets;
 pub mod server;
 pub mod store;

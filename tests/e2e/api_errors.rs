@@ -310,3 +310,72 @@ async fn readyz_is_200_once_the_store_takes_writes_and_an_agent_is_loaded_and_50
     let live = empty.request(reqwest::Method::GET, "/healthz", None, None).await;
     assert_eq!(live.status, 200, "liveness does not depend on agents");
 }
+
+/// The samples of one metric in a parsed scrape, as (labels, value).
+fn samples(scrape: &prometheus_parse::Scrape, name: &str) -> Vec<(std::collections::HashMap<String, String>, f64)> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| {
+            let labels = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let value = match &s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+                prometheus_parse::Value::Summary(_) => f64::NAN,
+            };
+            (labels, value)
+        })
+        .collect()
+}
+
+async fn scrape(host: &Host, token: Option<&str>) -> (u16, prometheus_parse::Scrape) {
+    let url = format!("{}/metrics", host.url);
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    (status, prometheus_parse::Scrape::parse(lines).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_whose_numbers_move_as_jobs_run_and_only_operators_read_them() {
+    let host = Host::start(&["echo", "counter"]);
+    let (status, before) = scrape(&host, None).await;
+    assert_eq!(status, 200);
+    let finished = |s: &prometheus_parse::Scrape, agent: &str| {
+        samples(s, "corral_jobs_finished_total")
+            .iter()
+            .filter(|(l, _)| l.get("agent").map(String::as_str) == Some(agent) && l.get("status").map(String::as_str) == Some("completed"))
+            .map(|(_, v)| *v)
+            .sum::<f64>()
+    };
+    let echo_before = finished(&before, "echo");
+    for n in 0..3 {
+        assert_eq!(host.run("echo", json!(n), None).await["status"], "completed");
+    }
+    host.run("counter", json!({"key": "m"}), Some(json!({"grants": {"kv.read": ["**"]}}))).await; // denied kv.write
+    let (_, after) = scrape(&host, None).await;
+    assert_eq!(finished(&after, "echo") - echo_before, 3.0, "three more echo jobs completed");
+    let denied: f64 = samples(&after, "corral_lease_decisions_total")
+        .iter()
+        .filter(|(l, _)| l.get("scope").map(String::as_str) == Some("kv.write") && l.get("decision").map(String::as_str) == Some("deny"))
+        .map(|(_, v)| *v)
+        .sum();
+    assert!(denied >= 1.0, "the kv.write denial is counted");
+    assert!(samples(&after, "corral_store_commit_seconds").first().is_some_and(|(_, count)| *count > 0.0));
+    assert!(samples(&after, "corral_store_bytes").first().is_some_and(|(_, bytes)| *bytes > 0.0));
+    assert_eq!(samples(&after, "corral_agents_loaded").first().map(|(_, v)| *v), Some(2.0));
+    assert_eq!(samples(&after, "corral_jobs_queued").first().map(|(_, v)| *v), Some(0.0));
+
+    // With tokens, only an operator's token reads them.
+    let policy = "[[principals]]\nname = \"ops\"\ntoken = \"ops-token\"\noperator = true\n\n[[principals]]\nname = \"dev\"\ntoken = \"dev-token\"\n";
+    let guarded = Host::start_with_policy(&["echo"], Some(policy));
+    assert_eq!(scrape(&guarded, None).await.0, 401);
+    assert_eq!(scrape(&guarded, Some("dev-token")).await.0, 403);
+    assert_eq!(scrape(&guarded, Some("ops-token")).await.0, 200);
+}

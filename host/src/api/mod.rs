@@ -19,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use utoipa::OpenApi;
@@ -94,6 +94,7 @@ pub fn router(manager: Arc<JobManager>) -> Router {
         .route("/v1/external-agents/{id}/inbox/{seq}/ack", post(messages::release))
         .route("/v1/secrets", get(secrets::list))
         .route("/v1/secrets/{name}", axum::routing::put(secrets::set).delete(secrets::remove))
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(v1)
@@ -203,6 +204,24 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let readiness = Readiness { ready: problem.is_none(), store_writable: store.is_ok(), agents_loaded, shutting_down, problem };
     let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(readiness))
+}
+
+/// Prometheus metrics (text exposition format). Operators only: without tokens that is the
+/// local principal; with tokens, a scraper sends an operator's bearer token.
+async fn metrics(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> Result<Response, ApiError> {
+    if !state.manager.policy().is_operator(&principal.0) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "operator_only", "metrics are for operators (policy: operator = true)"));
+    }
+    let manager = &state.manager;
+    let snapshot = crate::metrics::Snapshot {
+        jobs_running: manager.running_jobs(),
+        jobs_queued: manager.queued_jobs(),
+        agents_loaded: manager.registry().list().0.len(),
+        store_bytes: manager.store().size_on_disk(),
+    };
+    let text = crate::metrics::metrics().render(snapshot);
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {

@@ -240,6 +240,7 @@ impl JobContext {
         let target = clip(target, MAX_RECORDED_TARGET);
         let size = RECORD_OVERHEAD + target.len() + denial.map_or(0, str::len);
         self.charge_event_bytes(2 * size)?;
+        crate::metrics::metrics().lease_decision(scope.as_str(), denial.is_none());
         let decision = match denial {
             Some(_) => {
                 tracing::info!(job = %self.job_id, agent = %self.agent, scope = scope.as_str(), target = %target, "capability denied");

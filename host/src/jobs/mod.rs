@@ -585,6 +585,16 @@ impl JobManager {
         RunningGuard(Arc::clone(&self.running))
     }
 
+    /// Client jobs waiting for a slot now.
+    pub fn queued_jobs(&self) -> usize {
+        self.policy.server.max_queued_jobs.saturating_sub(self.queue_slots.available_permits())
+    }
+
+    /// Jobs running now.
+    pub fn running_jobs(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }

@@ -364,7 +364,11 @@ async fn finish(
     let status = t.to;
     let finished = journal.finish(&job.id, t).await;
     match &finished {
-        Ok(_) => tracing::debug!(job = %job.id, agent = %job.agent_name, %status, host_calls, "job finished"),
+        Ok(_) => {
+            let elapsed = std::time::Duration::from_millis(u64::try_from(now - job.created_at).unwrap_or(0));
+            crate::metrics::metrics().job_finished(&job.agent_name, status.as_str(), elapsed);
+            tracing::debug!(job = %job.id, agent = %job.agent_name, %status, host_calls, "job finished");
+        }
         Err(e) => {
             tracing::error!(job = %job.id, error = %e, "cannot record job outcome; it will be recovered at restart")
         }

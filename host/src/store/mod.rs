@@ -239,6 +239,13 @@ impl Store {
         self.inner.commits.all().subscribe()
     }
 
+    /// Bytes of the database and its write-ahead log on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let wal = self.inner.db_path.with_extension("db-wal");
+        size(&self.inner.db_path) + size(&wal)
+    }
+
     /// Whether the writer is alive and commits a (write) transaction: what `/readyz` asks.
     pub async fn check_writable(&self) -> Result<(), StoreError> {
         self.write(|ctx| {

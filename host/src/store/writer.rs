@@ -192,6 +192,8 @@ impl Writer {
     }
 
     fn run_batch(&mut self, ops: Vec<BoxedOp>) {
+        let started = std::time::Instant::now();
+        let op_count = ops.len();
         self.batches += 1;
         let batch_no = self.batches;
         let dir = self.dir.clone();
@@ -268,6 +270,7 @@ impl Writer {
 
         match &outcome {
             Ok(()) => {
+                crate::metrics::metrics().store_commit(op_count, started.elapsed());
                 for job in &terminal {
                     self.seqs.remove(job);
                 }
