@@ -40,11 +40,28 @@ pub fn now_ms() -> i64 {
     store::now_ms()
 }
 
-/// Unix milliseconds as RFC 3339 (UTC, millisecond precision).
+/// Unix milliseconds as RFC 3339 in UTC with exactly three fractional digits
+/// (`2026-12-02T02:02:05.670Z`), so timestamps sort as text: the well-known format trims
+/// trailing zeros (`05.67Z`), and `05.67Z` sorts after `05.671Z`.
 pub fn rfc3339(ms: i64) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| t.format(FORMAT).ok())
         .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    #[test]
+    fn timestamps_have_fixed_width_millis_and_sort_as_text() {
+        let at = 1_796_176_925_670; // 2026-12-02T02:02:05.670Z
+        assert_eq!(super::rfc3339(at), "2026-12-02T02:02:05.670Z");
+        assert_eq!(super::rfc3339(at - 670), "2026-12-02T02:02:05.000Z");
+        let times: Vec<String> = [at - 2, at, at + 1].iter().map(|ms| super::rfc3339(*ms)).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    }
 }
