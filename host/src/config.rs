@@ -79,6 +79,9 @@ pub struct Policy {
     pub messages: crate::messages::MessagesConfig,
     #[serde(default)]
     pub arcp: crate::arcp::ArcpConfig,
+    /// Whether `ceiling` uses templates; found once when the policy loads.
+    #[serde(skip)]
+    ceiling_templated: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +153,9 @@ pub struct Principal {
     /// load errors). The `local` principal (no tokens configured, loopback only) is one.
     #[serde(default)]
     pub operator: bool,
+    /// Whether `ceiling` uses templates; found once when the policy loads.
+    #[serde(skip)]
+    ceiling_templated: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,16 +188,18 @@ impl Policy {
         let overlay: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         merge(&mut base, overlay);
         inherit_limits(&mut base);
-        let policy: Policy =
+        let mut policy: Policy =
             toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
         for p in &policy.principals {
             if p.token.is_none() && p.token_sha256.is_none() {
                 return Err(invalid(format!("principal '{}' has neither `token` nor `token_sha256`", p.name)));
             }
         }
-        let ceilings = std::iter::once(&policy.ceiling).chain(policy.principals.iter().filter_map(|p| p.ceiling.as_ref()));
-        for ceiling in ceilings {
-            ceiling.grants.uses_templates().map_err(invalid)?;
+        policy.ceiling_templated = policy.ceiling.grants.uses_templates().map_err(invalid)?;
+        for p in &mut policy.principals {
+            if let Some(ceiling) = &p.ceiling {
+                p.ceiling_templated = ceiling.grants.uses_templates().map_err(invalid)?;
+            }
         }
         Ok(policy)
     }
@@ -239,10 +247,12 @@ impl Policy {
     /// agent, e.g. what a principal may send to), with its templates (`{agent}`,
     /// `{principal}`) expanded. Borrowed when the ceiling has none.
     pub fn ceiling_for(&self, principal: &str, agent: Option<&str>) -> Cow<'_, LeaseCeiling> {
-        let ceiling =
-            self.principals.iter().find(|p| p.name == principal).and_then(|p| p.ceiling.as_ref()).unwrap_or(&self.ceiling);
-        // Checked when the policy loaded; an unreadable template cannot get here.
-        if !ceiling.grants.uses_templates().unwrap_or(true) {
+        let own = self.principals.iter().find(|p| p.name == principal);
+        let (ceiling, templated) = match own.and_then(|p| p.ceiling.as_ref().map(|c| (c, p.ceiling_templated))) {
+            Some(own) => own,
+            None => (&self.ceiling, self.ceiling_templated),
+        };
+        if !templated {
             return Cow::Borrowed(ceiling);
         }
         let values = TemplateValues { agent, principal };

@@ -60,9 +60,13 @@ pub async fn list_jobs(ctx: &SessionContext, id: &MessageId, request: SessionLis
         Ok(page) => page,
         Err(e) => return nack(ErrorCode::Unavailable, e.to_string(), Some(id)),
     };
+    let seqs = match store.last_event_seqs(jobs.iter().map(|j| j.id.clone()).collect()).await {
+        Ok(seqs) => seqs,
+        Err(e) => return nack(ErrorCode::Unavailable, e.to_string(), Some(id)),
+    };
     let mut entries = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let last_event_seq = store.last_event_seq(&job.id).await.unwrap_or(0);
+        let last_event_seq = seqs.get(&job.id).copied().unwrap_or(0);
         entries.push(JobListEntry {
             job_id: job_id(&job.id),
             agent: format!("{}@{}", job.agent_name, job.agent_version),

@@ -534,8 +534,9 @@ impl JobManager {
     pub async fn wait_finished(&self, id: &str, timeout: Duration) -> Result<Option<JobRecord>, JobError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut done = self.handles.lock().ok().and_then(|h| h.get(id).map(|h| h.done.subscribe()));
-        let mut events = self.store.subscribe();
+        let mut commits = self.store.watch_job(id);
         loop {
+            commits.mark_seen();
             let job = self.store.get_job(id).await?;
             match &job {
                 None => return Ok(None),
@@ -549,14 +550,7 @@ impl JobManager {
                     Some(rx) => {
                         let _ = rx.changed().await;
                     }
-                    None => loop {
-                        match events.recv().await {
-                            Ok(job_id) if job_id == id => break,
-                            Ok(_) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                        }
-                    },
+                    None => commits.next().await,
                 }
             })
             .await;

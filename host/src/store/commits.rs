@@ -1,42 +1,34 @@
 //! Telling readers that a job's events were committed.
 //!
-//! After each `COMMIT` the writer names every job that got new events. Two kinds of listener:
-//! a broadcast of every job id (for the few that want all of them), and a per-job watch for
-//! the many that follow one job (SSE streams, ARCP sessions): with 64 jobs followed at once, a
-//! broadcast would wake all 64 followers for every commit of any of them; a watch wakes only
-//! the job's own.
+//! After each `COMMIT` the writer names every job that got new events, and whoever watches
+//! that job (an SSE stream, an ARCP session, `wait_finished`) wakes — and nobody else: with
+//! 64 jobs followed at once, one broadcast of every job id woke all 64 followers for every
+//! commit of any of them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
-/// Buffered job ids per broadcast subscriber.
-const NOTIFY_CAPACITY: usize = 1024;
-
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Commits {
-    all: broadcast::Sender<String>,
     /// A version counter per followed job, bumped on each commit of its events.
     jobs: Mutex<HashMap<String, watch::Sender<u64>>>,
 }
 
 impl Commits {
     pub(super) fn new() -> Arc<Commits> {
-        let (all, _) = broadcast::channel(NOTIFY_CAPACITY);
-        Arc::new(Commits { all, jobs: Mutex::new(HashMap::new()) })
+        Arc::new(Commits::default())
     }
 
-    /// Called by the writer after a commit that gave `job` new events.
-    pub(super) fn committed(&self, job: String) {
-        if let Some(watch) = self.jobs.lock().unwrap_or_else(PoisonError::into_inner).get(&job) {
-            watch.send_modify(|version| *version = version.wrapping_add(1));
+    /// Called by the writer after a commit that gave these jobs new events.
+    pub(super) fn committed<'a>(&self, jobs: impl IntoIterator<Item = &'a String>) {
+        let watched = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        for job in jobs {
+            if let Some(watch) = watched.get(job) {
+                watch.send_modify(|version| *version = version.wrapping_add(1));
+            }
         }
-        let _ = self.all.send(job);
-    }
-
-    pub(super) fn all(&self) -> &broadcast::Sender<String> {
-        &self.all
     }
 
     pub(super) fn watch(self: &Arc<Self>, job: &str) -> JobCommits {
@@ -97,10 +89,10 @@ mod tests {
         let commits = Commits::new();
         let mut a = commits.watch("a");
         a.mark_seen();
-        commits.committed("b".into());
+        commits.committed(&["b".to_owned()]);
         let early = tokio::time::timeout(std::time::Duration::from_millis(50), a.next()).await;
         assert!(early.is_err(), "another job's commit does not wake it");
-        commits.committed("a".into()); // before anyone waits
+        commits.committed(&["a".to_owned()]); // before anyone waits
         tokio::time::timeout(std::time::Duration::from_secs(5), a.next()).await.expect("the commit is not missed");
     }
 

@@ -73,6 +73,28 @@ impl Store {
         .await
     }
 
+    /// The last event seq of each of `job_ids` (one query; a job with no events is absent).
+    pub async fn last_event_seqs(&self, job_ids: Vec<String>) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        if job_ids.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        self.read(move |conn| {
+            let marks = vec!["?"; job_ids.len()].join(",");
+            let sql = format!("SELECT job_id, max(seq) FROM events WHERE job_id IN ({marks}) GROUP BY job_id");
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(job_ids.iter()), |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            let mut seqs = std::collections::HashMap::new();
+            for row in rows {
+                let (job, seq) = row?;
+                seqs.insert(job, u64::try_from(seq).unwrap_or(0));
+            }
+            Ok(seqs)
+        })
+        .await
+    }
+
     /// Up to `limit` events of `job_id` with seq > `after_seq`, in seq order.
     pub async fn events_after(&self, job_id: &str, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
         let job_id = job_id.to_owned();

@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{Semaphore, broadcast, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 
 pub use agents::AgentRecord;
 pub use audit::{AuditRecord, Decision};
@@ -225,18 +225,6 @@ impl Store {
                 .map_err(|_| StoreError::Task("store writer thread panicked".into()))?;
         }
         Ok(())
-    }
-
-    /// The commit hook: after each `COMMIT`, the id of every job that got new events in that
-    /// batch is sent once. Send errors (no subscribers) are ignored. SSE streams subscribe and
-    /// then read `events_after` their last seq.
-    pub fn notifier(&self) -> broadcast::Sender<String> {
-        self.inner.commits.all().clone()
-    }
-
-    /// Shorthand for `notifier().subscribe()`.
-    pub fn subscribe(&self) -> broadcast::Receiver<String> {
-        self.inner.commits.all().subscribe()
     }
 
     /// Bytes of the database and its write-ahead log on disk.

@@ -308,7 +308,7 @@ async fn a_dropped_append_future_still_writes_the_event() -> Result<(), StoreErr
     let store = open(&dir);
     let id = new_job_id();
     created(&store, job(&id, "alice", None)).await;
-    let mut notified = store.subscribe();
+    let mut notified = store.watch_job(&id);
     drop(store.append_event(&id, "progress", json!({"pct": 50})));
     drop(store.record_audit(AuditRecord {
         id: None,
@@ -321,7 +321,9 @@ async fn a_dropped_append_future_still_writes_the_event() -> Result<(), StoreErr
         at: 5,
     }));
     // Committed before we are told about it.
-    assert_eq!(notified.recv().await.map_err(|e| StoreError::Task(e.to_string()))?, id);
+    tokio::time::timeout(std::time::Duration::from_secs(5), notified.next())
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
     let events = store.events_after(&id, 1, 10).await?;
     assert_eq!(events.len(), 1);
     assert_eq!((events[0].seq, events[0].kind.as_str()), (2, "progress"));
@@ -408,5 +410,23 @@ async fn appending_to_an_unknown_job_is_a_typed_error() -> Result<(), StoreError
     let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
     let store = open(&dir);
     assert!(matches!(store.append_event("nope", "log", json!(1)).await, Err(StoreError::UnknownJob(_))));
+    store.close().await
+}
+
+#[tokio::test]
+async fn last_event_seqs_answers_many_jobs_in_one_read_and_leaves_out_unknown_ones() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let (a, b) = (new_job_id(), new_job_id());
+    created(&store, job(&a, "alice", None)).await;
+    created(&store, job(&b, "alice", None)).await;
+    for i in 0..3 {
+        store.append_event(&a, "log", json!({"i": i})).await?;
+    }
+    let seqs = store.last_event_seqs(vec![a.clone(), b.clone(), "nobody".into()]).await?;
+    assert_eq!(seqs.get(&a).copied(), Some(store.last_event_seq(&a).await?));
+    assert_eq!(seqs.get(&b).copied(), Some(store.last_event_seq(&b).await?));
+    assert!(!seqs.contains_key("nobody"));
+    assert!(store.last_event_seqs(Vec::new()).await?.is_empty());
     store.close().await
 }

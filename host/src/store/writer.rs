@@ -286,9 +286,7 @@ impl Writer {
         // Notify before replying, so a caller that subscribes after its ack never receives a
         // stale notification for its own, already committed, batch.
         if outcome.is_ok() {
-            for job in touched {
-                self.commits.committed(job);
-            }
+            self.commits.committed(&touched);
         }
         let commit = outcome.as_ref().map(|_| ());
         for op in ran {
