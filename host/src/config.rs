@@ -79,6 +79,8 @@ pub struct Policy {
     pub messages: crate::messages::MessagesConfig,
     #[serde(default)]
     pub arcp: crate::arcp::ArcpConfig,
+    #[serde(default)]
+    pub retention: crate::retention::RetentionConfig,
     /// Whether `ceiling` uses templates; found once when the policy loads.
     #[serde(skip)]
     ceiling_templated: bool,
@@ -365,7 +367,8 @@ mod tests {
 
         let err = Policy::parse("[ceiling.grants]\n\"kv.read\" = [\"{agnet}/**\"]\n", "test").unwrap_err();
         assert!(err.to_string().contains("unknown template"), "{err}");
-        let principal = "[[principals]]\nname = \"p\"\ntoken = \"t\"\n[principals.ceiling.grants]\n\"log\" = [\"{x}\"]\n";
+        let principal =
+            "[[principals]]\nname = \"p\"\ntoken = \"t\"\n[principals.ceiling.grants]\n\"log\" = [\"{x}\"]\n";
         assert!(Policy::parse(principal, "test").is_err(), "principal ceilings are checked too");
     }
 

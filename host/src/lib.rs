@@ -30,6 +30,7 @@ pub mod jobs;
 pub mod lease;
 pub mod messages;
 pub mod metrics;
+pub mod retention;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -146,7 +146,8 @@ fn main() -> ExitCode {
 /// the environment only, so it never appears on a command line), else none.
 fn secrets_key(file: Option<&std::path::Path>) -> Result<Option<corral::secrets::Key>, String> {
     if let Some(path) = file {
-        let text = std::fs::read(path).map_err(|e| format!("cannot read the secrets key file {}: {e}", path.display()))?;
+        let text =
+            std::fs::read(path).map_err(|e| format!("cannot read the secrets key file {}: {e}", path.display()))?;
         return corral::secrets::parse_key(&text).map(Some).map_err(|e| format!("{}: {e}", path.display()));
     }
     match std::env::var("CORRAL_SECRETS_KEY") {

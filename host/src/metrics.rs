@@ -52,6 +52,7 @@ pub struct Metrics {
     jobs_queued: Gauge,
     agents_loaded: Gauge,
     store_bytes: Gauge,
+    pruned_jobs: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -74,7 +75,11 @@ impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("corral");
         let jobs_finished = Family::<JobLabels, Counter>::default();
-        registry.register("jobs_finished", "Jobs that reached a terminal state, by agent and status", jobs_finished.clone());
+        registry.register(
+            "jobs_finished",
+            "Jobs that reached a terminal state, by agent and status",
+            jobs_finished.clone(),
+        );
         let job_seconds: HistogramFamily<AgentLabel> = Family::new_with_constructor(job_seconds_histogram);
         registry.register("job_duration_seconds", "Submit to finish, per job, by agent", job_seconds.clone());
         let lease_decisions = Family::<DecisionLabels, Counter>::default();
@@ -84,17 +89,31 @@ impl Metrics {
             lease_decisions.clone(),
         );
         let commit_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
-        registry.register("store_commit_seconds", "Time the store's writer takes per batch commit", commit_seconds.clone());
+        registry.register(
+            "store_commit_seconds",
+            "Time the store's writer takes per batch commit",
+            commit_seconds.clone(),
+        );
         let batch_ops = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         registry.register("store_batch_ops", "Writes committed together in one batch", batch_ops.clone());
         let jobs_running = Gauge::default();
         registry.register("jobs_running", "Jobs running now (each a live Wasm instance)", jobs_running.clone());
         let jobs_queued = Gauge::default();
-        registry.register("jobs_queued", "Client jobs waiting for a slot (bounded by server.max_queued_jobs)", jobs_queued.clone());
+        registry.register(
+            "jobs_queued",
+            "Client jobs waiting for a slot (bounded by server.max_queued_jobs)",
+            jobs_queued.clone(),
+        );
         let agents_loaded = Gauge::default();
         registry.register("agents_loaded", "Agent versions loaded from the agents folder", agents_loaded.clone());
         let store_bytes = Gauge::default();
         registry.register("store_bytes", "Size of the database and its write-ahead log on disk", store_bytes.clone());
+        let pruned_jobs = Counter::default();
+        registry.register(
+            "pruned_jobs",
+            "Finished jobs deleted by retention (with their events and audit rows)",
+            pruned_jobs.clone(),
+        );
         Metrics {
             registry,
             jobs_finished,
@@ -106,7 +125,13 @@ impl Metrics {
             jobs_queued,
             agents_loaded,
             store_bytes,
+            pruned_jobs,
         }
+    }
+
+    /// Retention deleted `n` finished jobs.
+    pub fn jobs_pruned(&self, n: usize) {
+        self.pruned_jobs.inc_by(n as u64);
     }
 
     /// A job ended as `status` after `elapsed` since it was submitted.
@@ -119,7 +144,9 @@ impl Metrics {
     /// A lease check allowed or denied a call in `scope`.
     pub fn lease_decision(&self, scope: &str, allowed: bool) {
         let decision = if allowed { "allow" } else { "deny" };
-        self.lease_decisions.get_or_create(&DecisionLabels { scope: scope.to_owned(), decision: decision.to_owned() }).inc();
+        self.lease_decisions
+            .get_or_create(&DecisionLabels { scope: scope.to_owned(), decision: decision.to_owned() })
+            .inc();
     }
 
     /// The writer committed `ops` writes in `took`.

@@ -212,7 +212,8 @@ impl SecretStore {
         if !store.path.is_file() {
             return Ok(store);
         }
-        let io = |action, e: std::io::Error| SecretError::Io { action, path: store.path.clone(), reason: e.to_string() };
+        let io =
+            |action, e: std::io::Error| SecretError::Io { action, path: store.path.clone(), reason: e.to_string() };
         let text = std::fs::read(&store.path).map_err(|e| io("read", e))?;
         let unsealable = || SecretError::Unsealable { path: store.path.clone() };
         let sealed: Sealed = serde_json::from_slice(&text).map_err(|_| unsealable())?;
@@ -241,7 +242,8 @@ impl SecretStore {
         if !(1..=64).contains(&name.len()) || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
             return Err(SecretError::Invalid("a name is 1-64 characters of [A-Za-z0-9._-]".into()));
         }
-        if value.expose().is_empty() || value.expose().len() > MAX_VALUE_BYTES || value.expose().contains(['\r', '\n']) {
+        if value.expose().is_empty() || value.expose().len() > MAX_VALUE_BYTES || value.expose().contains(['\r', '\n'])
+        {
             return Err(SecretError::Invalid(format!("a value is 1-{MAX_VALUE_BYTES} bytes without line breaks")));
         }
         if spec.allow.is_empty() {
@@ -478,14 +480,20 @@ mod tests {
         let elsewhere = Url::parse("https://evil.example.net/").unwrap();
         let (name, reason) = store.injections(&["hdr".into()], &elsewhere, "a", "p").unwrap_err();
         assert_eq!(name, "hdr");
-        assert!(reason.contains("may not be sent to https://evil.example.net/") && !reason.contains("k-123"), "{reason}");
+        assert!(
+            reason.contains("may not be sent to https://evil.example.net/") && !reason.contains("k-123"),
+            "{reason}"
+        );
     }
 
     #[test]
     fn without_a_key_there_are_no_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let store = SecretStore::open(dir.path(), None).unwrap();
-        assert!(matches!(store.set("a", SecretValue::new("v".into()), spec(Injection::Bearer)), Err(SecretError::NoKey)));
+        assert!(matches!(
+            store.set("a", SecretValue::new("v".into()), spec(Injection::Bearer)),
+            Err(SecretError::NoKey)
+        ));
         assert!(store.list().is_empty());
     }
 }

@@ -124,12 +124,18 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     let grpc_tls = grpc_tls(&policy)?;
     let policy = Arc::new(policy);
-    let Runtime { manager, registry, failures, _watch } =
-        Runtime::open(Arc::clone(&policy), &opts.agents_dir, &opts.data_dir, opts.cache_dir.as_deref(), opts.secrets_key)
-            .await?;
+    let Runtime { manager, registry, failures, _watch } = Runtime::open(
+        Arc::clone(&policy),
+        &opts.agents_dir,
+        &opts.data_dir,
+        opts.cache_dir.as_deref(),
+        opts.secrets_key,
+    )
+    .await?;
     let store = manager.store().clone();
     let recovered = manager.recover().await?;
     let redelivered = manager.messages().recover().await?;
+    crate::retention::spawn(store.clone(), policy.retention.clone());
 
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|source| ServeError::Listen { addr: listen, source })?;

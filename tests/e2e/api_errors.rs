@@ -320,7 +320,9 @@ fn samples(scrape: &prometheus_parse::Scrape, name: &str) -> Vec<(std::collectio
         .map(|s| {
             let labels = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             let value = match &s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
                 prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
                 prometheus_parse::Value::Summary(_) => f64::NAN,
             };
@@ -350,7 +352,10 @@ async fn metrics_are_prometheus_text_whose_numbers_move_as_jobs_run_and_only_ope
     let finished = |s: &prometheus_parse::Scrape, agent: &str| {
         samples(s, "corral_jobs_finished_total")
             .iter()
-            .filter(|(l, _)| l.get("agent").map(String::as_str) == Some(agent) && l.get("status").map(String::as_str) == Some("completed"))
+            .filter(|(l, _)| {
+                l.get("agent").map(String::as_str) == Some(agent)
+                    && l.get("status").map(String::as_str) == Some("completed")
+            })
             .map(|(_, v)| *v)
             .sum::<f64>()
     };
@@ -363,7 +368,10 @@ async fn metrics_are_prometheus_text_whose_numbers_move_as_jobs_run_and_only_ope
     assert_eq!(finished(&after, "echo") - echo_before, 3.0, "three more echo jobs completed");
     let denied: f64 = samples(&after, "corral_lease_decisions_total")
         .iter()
-        .filter(|(l, _)| l.get("scope").map(String::as_str) == Some("kv.write") && l.get("decision").map(String::as_str) == Some("deny"))
+        .filter(|(l, _)| {
+            l.get("scope").map(String::as_str) == Some("kv.write")
+                && l.get("decision").map(String::as_str) == Some("deny")
+        })
         .map(|(_, v)| *v)
         .sum();
     assert!(denied >= 1.0, "the kv.write denial is counted");

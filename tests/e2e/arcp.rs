@@ -74,7 +74,13 @@ impl Raw {
             Some(t) => json!({"scheme": "bearer", "token": t}),
             None => json!({"scheme": "none"}),
         };
-        let id = self.send("session.open", json!({"auth": auth, "client": {"kind": "test", "version": "1"}, "capabilities": capabilities}), json!({})).await;
+        let id = self
+            .send(
+                "session.open",
+                json!({"auth": auth, "client": {"kind": "test", "version": "1"}, "capabilities": capabilities}),
+                json!({}),
+            )
+            .await;
         let answer = self.recv().await;
         assert_eq!(answer["correlation_id"], id, "{answer}");
         answer
@@ -185,7 +191,13 @@ async fn a_job_streams_started_progress_chunks_and_one_terminal_event_with_incre
     assert_eq!(kinds.first(), Some(&"job.accepted"), "{kinds:?}");
     assert_eq!(kinds.get(1), Some(&"job.started"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"job.completed"), "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|k| k.starts_with("job.") && ["job.completed", "job.failed", "job.cancelled"].contains(k)).count(), 1);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| k.starts_with("job.") && ["job.completed", "job.failed", "job.cancelled"].contains(k))
+            .count(),
+        1
+    );
     assert!(kinds.contains(&"job.progress") && kinds.contains(&"event.emit") && kinds.contains(&"metric"), "{kinds:?}");
 
     let job_id = events[0]["payload"]["job_id"].as_str().unwrap();
@@ -251,17 +263,30 @@ async fn a_cost_budget_in_fuel_or_host_calls_is_spent_under_the_engine_and_ends_
     let mut raw = Raw::connect(&host).await;
     raw.open(Some("a-token"), json!({})).await;
     // `spin` loops forever: the fuel budget, not the deadline, ends it.
-    for (tool, budget) in [("spin", json!({"cost_budget": ["fuel:2000000"]})), ("echo", json!({"lease_request": {"cost_budget": ["host_calls:0"]}}))] {
+    for (tool, budget) in [
+        ("spin", json!({"cost_budget": ["fuel:2000000"]})),
+        ("echo", json!({"lease_request": {"cost_budget": ["host_calls:0"]}})),
+    ] {
         let mut payload = json!({"tool": tool, "arguments": {}});
         payload.as_object_mut().unwrap().extend(budget.as_object().unwrap().clone());
         let id = raw.send("tool.invoke", payload, json!({})).await;
         let events = raw.until_terminal(&id).await;
         assert_eq!(events[0]["type"], "job.accepted", "{tool}: {events:?}");
         let failed = events.last().unwrap();
-        assert_eq!((failed["type"].as_str(), failed["payload"]["code"].as_str()), (Some("job.failed"), Some("BUDGET_EXHAUSTED")), "{tool}: {failed}");
+        assert_eq!(
+            (failed["type"].as_str(), failed["payload"]["code"].as_str()),
+            (Some("job.failed"), Some("BUDGET_EXHAUSTED")),
+            "{tool}: {failed}"
+        );
     }
     // The same agent with a budget it stays within completes.
-    let id = raw.send("tool.invoke", json!({"tool": "echo", "arguments": 1, "cost_budget": ["host_calls:5", "fuel:100000000"]}), json!({})).await;
+    let id = raw
+        .send(
+            "tool.invoke",
+            json!({"tool": "echo", "arguments": 1, "cost_budget": ["host_calls:5", "fuel:100000000"]}),
+            json!({}),
+        )
+        .await;
     assert_eq!(raw.until_terminal(&id).await.last().unwrap()["type"], "job.completed");
 }
 
@@ -306,7 +331,10 @@ async fn a_principal_cancels_its_own_job_and_not_anothers() {
     bob.open(Some("b-token"), json!({})).await;
     let id = bob.send("cancel", json!({"target": "job", "target_id": job}), json!({})).await;
     let refused = bob.recv().await;
-    assert_eq!((refused["type"].as_str(), refused["correlation_id"].as_str()), (Some("cancel.refused"), Some(id.as_str())));
+    assert_eq!(
+        (refused["type"].as_str(), refused["correlation_id"].as_str()),
+        (Some("cancel.refused"), Some(id.as_str()))
+    );
 
     let id = alice.send("cancel", json!({"target": "job", "target_id": job}), json!({})).await;
     let mut answers = Vec::new();
@@ -327,19 +355,29 @@ async fn unknown_types_get_a_nack_and_the_connection_stays_open() {
     for kind in ["arcpx.example.v1.thing", "no.such.type", "interrupt"] {
         let id = raw.send(kind, json!({}), json!({})).await;
         let nack = raw.recv().await;
-        assert_eq!((nack["type"].as_str(), nack["correlation_id"].as_str()), (Some("nack"), Some(id.as_str())), "{kind}");
+        assert_eq!(
+            (nack["type"].as_str(), nack["correlation_id"].as_str()),
+            (Some("nack"), Some(id.as_str())),
+            "{kind}"
+        );
         assert_eq!(nack["payload"]["code"], "UNIMPLEMENTED", "{kind}: {nack}");
     }
     let id = raw.send("tool.invoke", json!({"arguments": 1}), json!({})).await;
     let nack = raw.recv().await;
-    assert_eq!((nack["payload"]["code"].as_str(), nack["correlation_id"].as_str()), (Some("INVALID_ARGUMENT"), Some(id.as_str())));
+    assert_eq!(
+        (nack["payload"]["code"].as_str(), nack["correlation_id"].as_str()),
+        (Some("INVALID_ARGUMENT"), Some(id.as_str()))
+    );
     raw.socket.send(Message::Text("{not json".into())).await.unwrap();
     assert_eq!(raw.recv().await["payload"]["code"], "INVALID_ARGUMENT");
 
     let id = raw.send("session.ping", json!({"nonce": "n-1", "sent_at": "2026-12-01T00:00:00Z"}), json!({})).await;
     let pong = raw.recv().await;
     assert_eq!(pong["type"], "session.pong", "{pong}");
-    assert_eq!((pong["payload"]["ping_nonce"].as_str(), pong["correlation_id"].as_str()), (Some("n-1"), Some(id.as_str())));
+    assert_eq!(
+        (pong["payload"]["ping_nonce"].as_str(), pong["correlation_id"].as_str()),
+        (Some("n-1"), Some(id.as_str()))
+    );
     let events = raw.run("echo", json!("still here"), json!({})).await;
     assert_eq!(events.last().unwrap()["type"], "job.completed");
 }
@@ -375,7 +413,11 @@ async fn list_jobs_pages_the_principals_jobs_across_sessions_with_filters() {
         }
         let id = raw.send("session.list_jobs", request, json!({})).await;
         let page = raw.recv().await;
-        assert_eq!((page["type"].as_str(), page["correlation_id"].as_str()), (Some("session.jobs"), Some(id.as_str())), "{page}");
+        assert_eq!(
+            (page["type"].as_str(), page["correlation_id"].as_str()),
+            (Some("session.jobs"), Some(id.as_str())),
+            "{page}"
+        );
         for job in page["payload"]["jobs"].as_array().unwrap() {
             assert_eq!(job["status"], "completed");
             assert_eq!(job["agent"], "echo@0.1.0");
@@ -410,7 +452,10 @@ async fn job_subscribe_replays_history_from_a_seq_and_refuses_other_principals_a
     // Not negotiated: refused.
     let id = alice.send("job.subscribe", json!({"job_id": job, "history": true}), json!({})).await;
     let nack = alice.recv().await;
-    assert_eq!((nack["payload"]["code"].as_str(), nack["correlation_id"].as_str()), (Some("FAILED_PRECONDITION"), Some(id.as_str())));
+    assert_eq!(
+        (nack["payload"]["code"].as_str(), nack["correlation_id"].as_str()),
+        (Some("FAILED_PRECONDITION"), Some(id.as_str()))
+    );
 
     // Another session of alice: the whole history from seq 1, with the same envelope ids.
     let mut again = subscriber(&host, "a-token").await;
@@ -428,7 +473,8 @@ async fn job_subscribe_replays_history_from_a_seq_and_refuses_other_principals_a
 
     // From a later seq: exactly the events from there.
     let from = original[original.len() / 2].1;
-    let id = again.send("job.subscribe", json!({"job_id": job, "history": true, "from_event_seq": from}), json!({})).await;
+    let id =
+        again.send("job.subscribe", json!({"job_id": job, "history": true, "from_event_seq": from}), json!({})).await;
     again.recv().await;
     let tail = again.until_terminal(&id).await;
     assert!(tail.iter().all(|e| e["extensions"]["job_event_seq"].as_u64().unwrap() >= from));
@@ -437,7 +483,10 @@ async fn job_subscribe_replays_history_from_a_seq_and_refuses_other_principals_a
     let mut bob = subscriber(&host, "b-token").await;
     let id = bob.send("job.subscribe", json!({"job_id": job, "history": true}), json!({})).await;
     let denied = bob.recv().await;
-    assert_eq!((denied["payload"]["code"].as_str(), denied["correlation_id"].as_str()), (Some("PERMISSION_DENIED"), Some(id.as_str())));
+    assert_eq!(
+        (denied["payload"]["code"].as_str(), denied["correlation_id"].as_str()),
+        (Some("PERMISSION_DENIED"), Some(id.as_str()))
+    );
     bob.send("job.subscribe", json!({"job_id": "job_nope", "history": true}), json!({})).await;
     assert_eq!(bob.recv().await["payload"]["code"], "NOT_FOUND");
 }
@@ -446,9 +495,13 @@ async fn job_subscribe_replays_history_from_a_seq_and_refuses_other_principals_a
 async fn subscribe_sees_only_its_own_principals_traffic_and_never_credentials() {
     let host = Host::start_with_policy(&["echo"], Some(TOKENS));
     let mut watcher = subscriber(&host, "a-token").await;
-    let id = watcher.send("subscribe", json!({"filter": {"types": ["job.completed", "job.accepted"]}}), json!({})).await;
+    let id =
+        watcher.send("subscribe", json!({"filter": {"types": ["job.completed", "job.accepted"]}}), json!({})).await;
     let accepted = watcher.recv().await;
-    assert_eq!((accepted["type"].as_str(), accepted["correlation_id"].as_str()), (Some("subscribe.accepted"), Some(id.as_str())));
+    assert_eq!(
+        (accepted["type"].as_str(), accepted["correlation_id"].as_str()),
+        (Some("subscribe.accepted"), Some(id.as_str()))
+    );
 
     let mut bob = Raw::connect(&host).await;
     bob.open(Some("b-token"), json!({})).await;
@@ -501,7 +554,8 @@ async fn resume_after_an_abrupt_or_a_clean_disconnect_delivers_every_missed_even
     // The whole event sequence of such a job, for comparison.
     let mut reference = Raw::connect(&host).await;
     reference.open(Some("a-token"), json!({"streaming": true})).await;
-    let tasks = json!({"tasks": [{"agent": "echo", "input": 1}, {"agent": "echo", "input": 2}, {"agent": "echo", "input": 3}]});
+    let tasks =
+        json!({"tasks": [{"agent": "echo", "input": 1}, {"agent": "echo", "input": 2}, {"agent": "echo", "input": 3}]});
     let full = reference.run("orchestrator", tasks.clone(), json!({})).await;
 
     for clean in [false, true] {
@@ -583,7 +637,11 @@ async fn an_ack_window_holds_events_for_a_client_that_does_not_ack_and_evicts_it
     }
     let nonce = silent.send("session.ping", json!({"nonce": "p", "sent_at": "2026-12-01T00:00:00Z"}), json!({})).await;
     let pong = silent.recv().await;
-    assert_eq!((pong["type"].as_str(), pong["correlation_id"].as_str()), (Some("session.pong"), Some(nonce.as_str())), "control traffic flows while events are held: {pong}");
+    assert_eq!(
+        (pong["type"].as_str(), pong["correlation_id"].as_str()),
+        (Some("session.pong"), Some(nonce.as_str())),
+        "control traffic flows while events are held: {pong}"
+    );
     for n in 1..4 {
         silent.send("tool.invoke", json!({"tool": "echo", "arguments": n}), json!({})).await;
     }
@@ -610,7 +668,10 @@ async fn sessions_per_principal_and_frame_size_are_bounded() {
     assert_eq!(second.open(Some("a-token"), json!({})).await["type"], "session.accepted");
     let mut third = Raw::connect(&host).await;
     let rejected = third.open(Some("a-token"), json!({})).await;
-    assert_eq!((rejected["type"].as_str(), rejected["payload"]["code"].as_str()), (Some("session.rejected"), Some("RESOURCE_EXHAUSTED")));
+    assert_eq!(
+        (rejected["type"].as_str(), rejected["payload"]["code"].as_str()),
+        (Some("session.rejected"), Some("RESOURCE_EXHAUSTED"))
+    );
     let mut bob = Raw::connect(&host).await;
     assert_eq!(bob.open(Some("b-token"), json!({})).await["type"], "session.accepted", "per principal");
     drop(second);
@@ -646,7 +707,11 @@ async fn the_cli_is_an_arcp_client_that_prints_the_result_and_exits_by_outcome()
     let tasks = r#"{"tasks": [{"agent": "echo", "input": 1}]}"#;
     let out = arcp_cli(&host, &["orchestrator", "--input", tasks, "--url", &ws_url(&host), "--json"]).await;
     assert_eq!(out.code, 0, "{out:?}");
-    let kinds: Vec<String> = out.stdout.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].as_str().unwrap().to_owned()).collect();
+    let kinds: Vec<String> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(kinds.first().map(String::as_str), Some("session.accepted"), "{kinds:?}");
     assert_eq!(kinds.last().map(String::as_str), Some("job.completed"), "{kinds:?}");
 

@@ -25,6 +25,7 @@ mod leases;
 mod limits;
 mod messages;
 mod openapi;
+mod operations;
 mod secrets;
 mod sw4rm;
 mod waited_jobs;

@@ -274,12 +274,8 @@ async fn a_rotated_secret_is_used_by_the_next_job_and_survives_a_kill_9() {
     host.spawn();
     assert_eq!(host.run("fetch", json!({"url": url, "secrets": ["api"]}), None).await["status"], "completed");
 
-    let sent: Vec<String> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|h| header(h, "authorization").unwrap_or_default().to_owned())
-        .collect();
+    let sent: Vec<String> =
+        seen.lock().unwrap().iter().map(|h| header(h, "authorization").unwrap_or_default().to_owned()).collect();
     assert_eq!(sent, [format!("Bearer {VALUE}"), format!("Bearer {ROTATED}"), format!("Bearer {ROTATED}")]);
 
     let removed = host.cli(&["secret", "rm", "api"]).await;

@@ -73,7 +73,12 @@ pub fn run(bench: &Bench, report: &mut Report) {
     // and its event streaming cost over the engine.
     let in_flight = SESSIONS * IN_FLIGHT_PER_SESSION;
     let plan = Plan::Timed { warmup: bench.warmup(), measure: bench.opts.duration() };
-    let http = bench.load.run(&Request::post(corral.addr, SUBMIT_AND_WAIT, ECHO_JOB).with_bearer(TOKEN), COMPLETED, in_flight, plan);
+    let http = bench.load.run(
+        &Request::post(corral.addr, SUBMIT_AND_WAIT, ECHO_JOB).with_bearer(TOKEN),
+        COMPLETED,
+        in_flight,
+        plan,
+    );
     check(report, "corral HTTP jobs, 64 connections", &http);
     let http_sequential = bench.load.run(
         &Request::post(corral.addr, SUBMIT_AND_WAIT, ECHO_JOB).with_bearer(TOKEN),
@@ -90,14 +95,13 @@ pub fn run(bench: &Bench, report: &mut Report) {
             .ratio_at_least(5.0),
     );
     report.push(
-        Figure::new("arcp_sequential_p50", corral_run.p50_us, "us")
-            .baseline(reference_run.p50_us)
-            .ratio_at_most(0.5),
+        Figure::new("arcp_sequential_p50", corral_run.p50_us, "us").baseline(reference_run.p50_us).ratio_at_most(0.5),
     );
     report.push(Figure::new("arcp_sequential_p99", corral_run.p99_us, "us").baseline(reference_run.p99_us));
     report.push(Figure::new("arcp_over_http_jobs_per_sec", corral_run.per_sec, "jobs/s").baseline(http.per_sec()));
     report.push(
-        Figure::new("arcp_over_http_sequential_p50", corral_run.p50_us, "us").baseline(http_sequential.quantile_us(0.5)),
+        Figure::new("arcp_over_http_sequential_p50", corral_run.p50_us, "us")
+            .baseline(http_sequential.quantile_us(0.5)),
     );
 }
 
@@ -221,7 +225,8 @@ struct Session {
 
 impl Session {
     async fn open(url: &str, n: usize) -> Session {
-        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
         let open = json!({
             "arcp": "1.1", "id": format!("msg_open{n}"), "timestamp": now(), "type": "session.open",
             "payload": {"auth": {"scheme": "bearer", "token": TOKEN}, "client": {"kind": "corral-bench", "version": "1"}, "capabilities": {}},

@@ -201,16 +201,24 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         (Ok(()), 0, _) => Some("no agent is loaded (see GET /v1/agents for load errors)".to_owned()),
         _ => None,
     };
-    let readiness = Readiness { ready: problem.is_none(), store_writable: store.is_ok(), agents_loaded, shutting_down, problem };
+    let readiness =
+        Readiness { ready: problem.is_none(), store_writable: store.is_ok(), agents_loaded, shutting_down, problem };
     let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(readiness))
 }
 
 /// Prometheus metrics (text exposition format). Operators only: without tokens that is the
 /// local principal; with tokens, a scraper sends an operator's bearer token.
-async fn metrics(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> Result<Response, ApiError> {
+async fn metrics(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
     if !state.manager.policy().is_operator(&principal.0) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "operator_only", "metrics are for operators (policy: operator = true)"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operator_only",
+            "metrics are for operators (policy: operator = true)",
+        ));
     }
     let manager = &state.manager;
     let snapshot = crate::metrics::Snapshot {

@@ -37,7 +37,10 @@ pub struct SetSecretBody {
 
 impl std::fmt::Debug for SetSecretBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SetSecretBody").field("allow", &self.allow).field("inject", &self.inject).finish_non_exhaustive()
+        f.debug_struct("SetSecretBody")
+            .field("allow", &self.allow)
+            .field("inject", &self.inject)
+            .finish_non_exhaustive()
     }
 }
 
@@ -50,7 +53,11 @@ fn operator_only(state: &AppState, principal: &Principal) -> Result<(), ApiError
     if state.manager.policy().is_operator(&principal.0) {
         return Ok(());
     }
-    Err(ApiError::new(StatusCode::FORBIDDEN, "operator_only", "secrets are managed by operators (policy: operator = true)"))
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "operator_only",
+        "secrets are managed by operators (policy: operator = true)",
+    ))
 }
 
 fn secret_error(e: SecretError) -> ApiError {
@@ -71,7 +78,9 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("secret update panicked: {e}")))?
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("secret update panicked: {e}"))
+        })?
         .map_err(secret_error)
 }
 

@@ -38,7 +38,8 @@ type Refusal = (ErrorCode, String);
 pub fn lease_request(request: Option<LeaseRequest>, top_level: Option<CostBudget>) -> Result<Option<Value>, Refusal> {
     let request = request.unwrap_or_default();
     if request.model_use.is_some() {
-        let message = "lease_request.model_use is not supported: corral makes no model calls it could check (docs/arcp.md)";
+        let message =
+            "lease_request.model_use is not supported: corral makes no model calls it could check (docs/arcp.md)";
         return Err((ErrorCode::Unimplemented, message.to_owned()));
     }
     let mut lease: Map<String, Value> = request.extra.into_iter().collect();

@@ -16,13 +16,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-
 use arcp_core::ErrorCode;
 use arcp_core::ids::MessageId;
 use arcp_core::messages::{
     AgentRef, EventEmitPayload, JobAcceptedPayload, JobCancelledPayload, JobCompletedPayload, JobFailedPayload,
-    JobProgressPayload, JobResultChunkPayload, JobStartedPayload, LogLevel, LogPayload, MessageType,
-    MetricPayload, ResultChunkEncoding, ToolInvokePayload,
+    JobProgressPayload, JobResultChunkPayload, JobStartedPayload, LogLevel, LogPayload, MessageType, MetricPayload,
+    ResultChunkEncoding, ToolInvokePayload,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -284,11 +283,14 @@ impl Follower {
     fn state(&mut self, record: &EventRecord) -> Vec<MessageType> {
         let status = record.data.get("status").and_then(Value::as_str).unwrap_or_default();
         let error = record.data.get("error");
-        let error_text = |key: &str| error.and_then(|e| e.get(key)).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let error_text =
+            |key: &str| error.and_then(|e| e.get(key)).and_then(Value::as_str).unwrap_or_default().to_owned();
         let mut out = Vec::new();
         if status == "running" {
             self.started_at = Some(record.at);
-            out.push(MessageType::JobStarted(JobStartedPayload { description: Some(format!("running {}", self.agent)) }));
+            out.push(MessageType::JobStarted(JobStartedPayload {
+                description: Some(format!("running {}", self.agent)),
+            }));
             return out;
         }
         if !matches!(status, "completed" | "failed" | "cancelled" | "timed_out") {
@@ -325,7 +327,10 @@ impl Follower {
                 let code = if status == "timed_out" {
                     ErrorCode::DeadlineExceeded
                 } else {
-                    super::wire::job_error_code(&error_text("code"), error.and_then(|e| e.get("limit")).and_then(Value::as_str))
+                    super::wire::job_error_code(
+                        &error_text("code"),
+                        error.and_then(|e| e.get("limit")).and_then(Value::as_str),
+                    )
                 };
                 out.push(MessageType::JobFailed(JobFailedPayload {
                     code,

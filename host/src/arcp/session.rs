@@ -239,7 +239,10 @@ impl Session {
                 Err("this host requires a bearer token (anonymous sessions are off)".into())
             }
             AuthScheme::None => Err("an anonymous session needs the `anonymous` capability in session.open".into()),
-            _ => Err("unsupported auth scheme: use `bearer` (or `none` with `anonymous` on a host without tokens)".into()),
+            _ => {
+                Err("unsupported auth scheme: use `bearer` (or `none` with `anonymous` on a host without tokens)"
+                    .into())
+            }
         }
     }
 
@@ -302,7 +305,10 @@ impl Session {
                     newer
                 });
             }
-            MessageType::JobSubscribe(_) | MessageType::JobUnsubscribe(_) | MessageType::Subscribe(_) | MessageType::Unsubscribe(_)
+            MessageType::JobSubscribe(_)
+            | MessageType::JobUnsubscribe(_)
+            | MessageType::Subscribe(_)
+            | MessageType::Unsubscribe(_)
                 if !open.subscriptions =>
             {
                 let message = "`subscriptions` was not negotiated in session.open";
@@ -341,7 +347,8 @@ impl Session {
                 };
                 let (subscription_id, task) = self.subscriptions.swap_remove(at);
                 task.abort();
-                let closed = SubscribeClosedPayload { subscription_id, code: ErrorCode::Ok, reason: "unsubscribed".into() };
+                let closed =
+                    SubscribeClosedPayload { subscription_id, code: ErrorCode::Ok, reason: "unsubscribed".into() };
                 self.send(reply(MessageType::SubscribeClosed(closed), Some(&id))).await;
             }
             MessageType::Cancel(cancel) => self.cancel(cancel, &id).await,

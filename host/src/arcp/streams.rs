@@ -15,15 +15,15 @@
 
 use std::sync::Arc;
 
-use arcp_core::ErrorCode;
 use arcp_core::Envelope;
+use arcp_core::ErrorCode;
+use arcp_core::Priority;
 use arcp_core::ids::{MessageId, SubscriptionId};
 use arcp_core::messages::{
     AckPayload, JobListEntry, JobSubscribePayload, JobSubscribedPayload, MessageType, ResumePayload,
     SessionJobsPayload, SessionListJobsPayload, SubscribeAcceptedPayload, SubscribeClosedPayload,
     SubscribeEventPayload, SubscribePayload, SubscriptionFilter,
 };
-use arcp_core::Priority;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
@@ -41,7 +41,8 @@ pub async fn list_jobs(ctx: &SessionContext, id: &MessageId, request: SessionLis
         match JobStatus::parse(name) {
             Some(status) => statuses.push(status),
             None => {
-                let message = format!("unknown status '{name}' (queued, running, completed, failed, cancelled, timed_out)");
+                let message =
+                    format!("unknown status '{name}' (queued, running, completed, failed, cancelled, timed_out)");
                 return nack(ErrorCode::InvalidArgument, message, Some(id));
             }
         }
@@ -87,7 +88,9 @@ async fn own_job(ctx: &SessionContext, arcp_id: &str, id: &MessageId) -> Result<
     let corral = corral_job_id(arcp_id).ok_or_else(not_found)?;
     match ctx.manager.store().get_job(corral).await {
         Ok(Some(job)) if job.principal == ctx.principal => Ok(job),
-        Ok(Some(_)) => Err(nack(ErrorCode::PermissionDenied, format!("job {arcp_id} belongs to another principal"), Some(id))),
+        Ok(Some(_)) => {
+            Err(nack(ErrorCode::PermissionDenied, format!("job {arcp_id} belongs to another principal"), Some(id)))
+        }
         Ok(None) => Err(not_found()),
         Err(e) => Err(nack(ErrorCode::Unavailable, e.to_string(), Some(id))),
     }
@@ -104,7 +107,11 @@ pub async fn job_subscribe(
     let after = if request.history {
         request.from_event_seq.unwrap_or(1).saturating_sub(1)
     } else {
-        ctx.manager.store().last_event_seq(&job.id).await.map_err(|e| nack(ErrorCode::Unavailable, e.to_string(), Some(id)))?
+        ctx.manager
+            .store()
+            .last_event_seq(&job.id)
+            .await
+            .map_err(|e| nack(ErrorCode::Unavailable, e.to_string(), Some(id)))?
     };
     let subscribed = JobSubscribedPayload {
         job_id: job_id(&job.id),
@@ -169,7 +176,8 @@ pub async fn subscribe(
 }
 
 fn matches(filter: &SubscriptionFilter, traffic: &Traffic) -> bool {
-    let any = |list: &[String], value: Option<&str>| list.is_empty() || value.is_some_and(|v| list.iter().any(|x| x == v));
+    let any =
+        |list: &[String], value: Option<&str>| list.is_empty() || value.is_some_and(|v| list.iter().any(|x| x == v));
     let sessions: Vec<String> = filter.session_id.iter().map(|s| s.as_str().to_owned()).collect();
     let jobs: Vec<String> = filter.job_id.iter().map(|j| j.as_str().to_owned()).collect();
     any(&sessions, Some(&traffic.session_id))

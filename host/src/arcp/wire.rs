@@ -3,10 +3,10 @@
 //! ARCP's ids carry a type prefix (`job_`, `sess_`, `msg_`); corral's job ids are UUIDs, so an
 //! ARCP job id is `job_<uuid>` and [`job_id`] / [`corral_job_id`] convert both ways.
 
+use arcp_core::Envelope;
 use arcp_core::ErrorCode;
 use arcp_core::ids::{JobId, MessageId, SessionId};
 use arcp_core::messages::{JobFailedPayload, MessageType, NackPayload};
-use arcp_core::Envelope;
 
 use crate::engine::registry::ResolveError;
 use crate::jobs::JobError;

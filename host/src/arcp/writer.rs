@@ -15,8 +15,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 
-use arcp_core::ErrorCode;
 use arcp_core::Envelope;
+use arcp_core::ErrorCode;
 use arcp_core::ids::SessionId;
 use arcp_core::messages::{MessageType, SessionEvictedPayload};
 use axum::extract::ws::{Message, WebSocket};

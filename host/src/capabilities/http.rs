@@ -195,11 +195,11 @@ impl wit::Host for JobState {
                 return Ok(Err(denied));
             }
         }
-        let injected =
-            match self.ctx.manager.secrets().injections(&secrets, &url, &self.ctx.agent, &self.ctx.principal) {
-                Ok(injected) => injected,
-                Err((name, reason)) => return Ok(Err(self.ctx.deny(Scope::SecretUse, &name, reason)?)),
-            };
+        let injected = match self.ctx.manager.secrets().injections(&secrets, &url, &self.ctx.agent, &self.ctx.principal)
+        {
+            Ok(injected) => injected,
+            Err((name, reason)) => return Ok(Err(self.ctx.deny(Scope::SecretUse, &name, reason)?)),
+        };
         let reserved: Vec<&str> =
             injected.headers.iter().map(|(h, _)| h.as_str()).chain(SECRET_REQUEST_HEADERS.iter().copied()).collect();
         let method = match validate(&req, &reserved) {
@@ -216,16 +216,17 @@ impl wit::Host for JobState {
         req.headers.push(("accept-encoding".to_owned(), "identity".to_owned()));
         req.headers.extend(injected.headers.iter().cloned());
         let response = self.perform(url, method, addr, req).await;
-        Ok(response.map(|r| Response {
-            status: r.status,
-            headers: r
-                .headers
-                .into_iter()
-                .map(|(name, value)| (name, redact_text(&value, &injected.redact)))
-                .collect(),
-            body: crate::secrets::redact(&r.body, &injected.redact),
-        })
-        .map_err(|e| redact_error(e, &injected.redact)))
+        Ok(response
+            .map(|r| Response {
+                status: r.status,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| (name, redact_text(&value, &injected.redact)))
+                    .collect(),
+                body: crate::secrets::redact(&r.body, &injected.redact),
+            })
+            .map_err(|e| redact_error(e, &injected.redact)))
     }
 }
 
@@ -241,8 +242,7 @@ const SECRET_REQUEST_HEADERS: &[&str] = &["accept-encoding", "range", "if-range"
 fn validate(req: &Request, reserved: &[&str]) -> Result<reqwest::Method, HostError> {
     let method = reqwest::Method::from_bytes(req.method.as_bytes())
         .map_err(|_| invalid(format!("invalid HTTP method '{}'", super::clip(&req.method, 32))))?;
-    let refused =
-        |name: &str| !header_allowed(name) || reserved.iter().any(|r| name.eq_ignore_ascii_case(r));
+    let refused = |name: &str| !header_allowed(name) || reserved.iter().any(|r| name.eq_ignore_ascii_case(r));
     if let Some((name, _)) = req.headers.iter().find(|(name, _)| refused(name)) {
         return Err(invalid(format!(
             "header '{}' is set by the host, not the agent (the lease was checked for the request as given)",

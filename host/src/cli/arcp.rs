@@ -131,11 +131,13 @@ fn invoke_envelope(args: &Invoke) -> Result<Envelope, Failure> {
         None
     } else {
         let amounts = Value::from(args.cost_budget.clone());
-        Some(serde_json::from_value::<CostBudget>(amounts).map_err(|e| {
-            Failure::Usage(format!("--cost-budget takes CURRENCY:AMOUNT, e.g. fuel:1000000 ({e})"))
-        })?)
+        Some(
+            serde_json::from_value::<CostBudget>(amounts)
+                .map_err(|e| Failure::Usage(format!("--cost-budget takes CURRENCY:AMOUNT, e.g. fuel:1000000 ({e})")))?,
+        )
     };
-    let payload = ToolInvokePayload { tool: args.agent.clone(), arguments: args.input.clone(), cost_budget, lease_request };
+    let payload =
+        ToolInvokePayload { tool: args.agent.clone(), arguments: args.input.clone(), cost_budget, lease_request };
     let mut envelope = Envelope::new(MessageType::ToolInvoke(payload));
     if let Some(key) = &args.idempotency_key {
         envelope.idempotency_key =
@@ -152,7 +154,9 @@ async fn send(socket: &mut Socket, envelope: &Envelope) -> Result<(), Failure> {
 /// Waits for the answer to `session.open`; the session id on acceptance.
 async fn handshake(socket: &mut Socket, open: &MessageId, json: bool) -> Result<SessionId, Failure> {
     while let Some(frame) = socket.next().await {
-        let Message::Text(text) = frame.map_err(|e| remote("connection lost during the handshake", e))? else { continue };
+        let Message::Text(text) = frame.map_err(|e| remote("connection lost during the handshake", e))? else {
+            continue;
+        };
         let Ok(envelope) = serde_json::from_str::<Value>(text.as_str()) else { continue };
         if envelope.get("correlation_id").and_then(Value::as_str) != Some(open.as_str()) {
             continue;
@@ -222,7 +226,8 @@ impl JobView {
             }
             "log" if !self.json => stderr_line(&format!("[{}] {}", text("level"), text("message"))),
             "job.progress" if !self.json => {
-                let percent = payload.get("percent").and_then(Value::as_f64).map(|p| format!("{p:.0}% ")).unwrap_or_default();
+                let percent =
+                    payload.get("percent").and_then(Value::as_f64).map(|p| format!("{p:.0}% ")).unwrap_or_default();
                 stderr_line(&format!("progress {percent}{}", text("message")));
             }
             "job.result_chunk" => {
@@ -249,7 +254,11 @@ impl JobView {
                 return Ok(Some(Done::JobUnsuccessful));
             }
             "nack" => {
-                return Err(Failure::Remote(format!("the runtime refused the invoke: {}: {}", text("code"), text("message"))));
+                return Err(Failure::Remote(format!(
+                    "the runtime refused the invoke: {}: {}",
+                    text("code"),
+                    text("message")
+                )));
             }
             _ => {}
         }

@@ -146,7 +146,9 @@ async fn execute(client: &Client, cmd: ClientCommand, json: bool) -> Result<Done
             super::messages::list(client, &query, json).await
         }
         ClientCommand::Secret { action } => super::secrets::run(client, action, json).await,
-        ClientCommand::Arcp { action: ArcpCommand::Invoke { agent, url, input, lease, cost_budget, idempotency_key } } => {
+        ClientCommand::Arcp {
+            action: ArcpCommand::Invoke { agent, url, input, lease, cost_budget, idempotency_key },
+        } => {
             let invoke = super::arcp::Invoke {
                 url: url.unwrap_or_else(|| arcp_url(client.server())),
                 token: client.token().map(str::to_owned),

@@ -290,9 +290,7 @@ pub enum SecretCommand {
     List,
 
     /// Remove a secret.
-    Rm {
-        name: String,
-    },
+    Rm { name: String },
 }
 
 /// Runs one client subcommand against the server in `args`, printing to stdout and stderr.

@@ -20,12 +20,16 @@ pub(super) async fn run(client: &Client, action: SecretCommand, json: bool) -> R
                 (true, None) => json!("basic"),
                 (false, None) => json!("bearer"),
             };
-            let body = json!({ "value": value, "allow": allow, "inject": inject, "agents": agents, "principals": principals });
+            let body =
+                json!({ "value": value, "allow": allow, "inject": inject, "agents": agents, "principals": principals });
             let view = client.set_secret(&name, &body).await?;
             if json {
                 stdout_line(&render::pretty(&view))?;
             } else {
-                stdout_line(&format!("secret {name} set (value not shown); destinations: {}", text_list(&view, "allow")))?;
+                stdout_line(&format!(
+                    "secret {name} set (value not shown); destinations: {}",
+                    text_list(&view, "allow")
+                ))?;
             }
             Ok(Done::Success)
         }
@@ -53,7 +57,9 @@ pub(super) async fn run(client: &Client, action: SecretCommand, json: bool) -> R
                     ]
                 })
                 .collect();
-            stdout_line(render::table(&["NAME", "INJECT", "DESTINATIONS", "AGENTS", "PRINCIPALS", "SET"], &rows).trim_end())?;
+            stdout_line(
+                render::table(&["NAME", "INJECT", "DESTINATIONS", "AGENTS", "PRINCIPALS", "SET"], &rows).trim_end(),
+            )?;
             Ok(Done::Success)
         }
         SecretCommand::Rm { name } => {
@@ -89,7 +95,9 @@ fn read_value(file: Option<&std::path::Path>) -> Result<String, Failure> {
         }
     }
     if value.is_empty() {
-        return Err(Failure::Usage("the value is empty: pipe it in (`corral secret set NAME ... < file`) or use --value-file".into()));
+        return Err(Failure::Usage(
+            "the value is empty: pipe it in (`corral secret set NAME ... < file`) or use --value-file".into(),
+        ));
     }
     Ok(value)
 }
@@ -106,7 +114,9 @@ fn or_any(s: String) -> String {
 fn injection(v: Option<&Value>) -> String {
     match v {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Object(m)) => m.get("header").and_then(Value::as_str).map_or_else(String::new, |h| format!("header {h}")),
+        Some(Value::Object(m)) => {
+            m.get("header").and_then(Value::as_str).map_or_else(String::new, |h| format!("header {h}"))
+        }
         _ => String::new(),
     }
 }

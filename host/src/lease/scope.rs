@@ -124,7 +124,9 @@ mod tests {
         let err = "kv.wrte".parse::<Scope>().unwrap_err().to_string();
         assert!(err.contains("unknown scope 'kv.wrte'"), "{err}");
         assert!(
-            err.contains("log, kv.read, kv.write, net.fetch, agent.delegate, events, agent.send, topic.publish, secret.use"),
+            err.contains(
+                "log, kv.read, kv.write, net.fetch, agent.delegate, events, agent.send, topic.publish, secret.use"
+            ),
             "{err}"
         );
     }

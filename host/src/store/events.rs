@@ -74,7 +74,10 @@ impl Store {
     }
 
     /// The last event seq of each of `job_ids` (one query; a job with no events is absent).
-    pub async fn last_event_seqs(&self, job_ids: Vec<String>) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+    pub async fn last_event_seqs(
+        &self,
+        job_ids: Vec<String>,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
         if job_ids.is_empty() {
             return Ok(std::collections::HashMap::new());
         }

@@ -31,6 +31,7 @@ mod followed;
 mod jobs;
 mod kv;
 mod messages;
+mod retention;
 mod schema;
 mod writer;
 
@@ -56,6 +57,7 @@ pub use messages::{
     ExternalAgentRecord, FinishDelivery, Inserted, MessageFilter, MessageRecord, MessageState, MessageTransition,
     RecipientKind, StageRecord,
 };
+pub use retention::PruneRound;
 pub use writer::MAX_BATCH;
 pub(crate) use writer::WriteCtx;
 
@@ -315,6 +317,7 @@ impl Inner {
 fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    incremental_vacuum(&conn, path)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt {
@@ -323,8 +326,28 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         });
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // After a checkpoint the WAL file is cut back to this size instead of staying at its peak.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     schema::migrate(&mut conn, path)?;
     Ok(conn)
+}
+
+/// Puts the database in `auto_vacuum = INCREMENTAL` (see `store::retention`). A new database
+/// takes the setting before its first table; one made by an older corral is rebuilt once by
+/// `VACUUM`, which takes a while for a large file and is logged.
+fn incremental_vacuum(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    conn.pragma_update(None, "auto_vacuum", INCREMENTAL)?;
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if mode != INCREMENTAL {
+        tracing::info!(db = %path.display(), "switching the database to incremental vacuum (one-time VACUUM)");
+        conn.execute_batch("VACUUM")?;
+    }
+    Ok(())
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {

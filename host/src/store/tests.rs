@@ -430,3 +430,114 @@ async fn last_event_seqs_answers_many_jobs_in_one_read_and_leaves_out_unknown_on
     assert!(store.last_event_seqs(Vec::new()).await?.is_empty());
     store.close().await
 }
+
+fn finished(id: &str, parent: Option<&str>, created_at: i64, finished_at: i64) -> JobRecord {
+    JobRecord {
+        status: JobStatus::Completed,
+        parent_id: parent.map(str::to_owned),
+        created_at,
+        started_at: Some(created_at),
+        finished_at: Some(finished_at),
+        output: Some(json!({"ok": true})),
+        ..job(id, "alice", Some(id))
+    }
+}
+
+fn running(id: &str, parent: Option<&str>, created_at: i64) -> JobRecord {
+    JobRecord {
+        status: JobStatus::Running,
+        parent_id: parent.map(str::to_owned),
+        created_at,
+        started_at: Some(created_at),
+        ..job(id, "alice", None)
+    }
+}
+
+fn audit_row(job_id: &str) -> AuditRecord {
+    AuditRecord {
+        id: None,
+        job_id: job_id.to_owned(),
+        principal: "alice".into(),
+        scope: "log".into(),
+        target: "info".into(),
+        decision: Decision::Allow,
+        reason: None,
+        at: 1_000,
+    }
+}
+
+async fn prune_all(store: &Store, before: i64, chunk: u32) -> Result<usize, StoreError> {
+    let (mut cursor, mut jobs) = (0, 0);
+    loop {
+        let round = store.prune_jobs(before, cursor, chunk).await?;
+        (cursor, jobs) = (round.cursor, jobs + round.jobs);
+        if round.done {
+            return Ok(jobs);
+        }
+    }
+}
+
+#[tokio::test]
+async fn pruning_deletes_old_finished_jobs_and_keeps_recent_and_live_ones() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let old = finished("old", None, 1_000, 2_000);
+    store.insert_job_with(old, Vec::new(), vec![audit_row("old")]).await?;
+    store.insert_job(running("live-parent", None, 1_100)).await?;
+    store.insert_job(finished("child-of-live", Some("live-parent"), 1_200, 2_000)).await?;
+    store.insert_job(finished("parent-of-live", None, 1_300, 2_000)).await?;
+    store.insert_job(running("live-child", Some("parent-of-live"), 1_400)).await?;
+    store.insert_job(finished("recent", None, 1_500, 9_000)).await?;
+    store.insert_job(finished("created-late", None, 6_000, 6_500)).await?;
+    store.kv_set("old", "k", b"v".to_vec()).await?;
+
+    // A chunk of one: the walk still covers every job, a round at a time.
+    assert_eq!(prune_all(&store, 5_000, 1).await?, 1);
+
+    assert!(store.get_job("old").await?.is_none(), "old finished job pruned");
+    assert!(store.events_after("old", 0, 10).await?.is_empty(), "its events too");
+    assert!(store.audit_for_job("old").await?.is_empty(), "its audit rows too");
+    for kept in ["live-parent", "child-of-live", "parent-of-live", "live-child", "recent", "created-late"] {
+        assert!(store.get_job(kept).await?.is_some(), "{kept} must be kept");
+    }
+    assert_eq!(store.kv_get("old", "k").await?, Some(b"v".to_vec()), "kv is not a job's record");
+    // The pruned job's idempotency key is free again: its replay window was the retention.
+    assert!(matches!(store.insert_job(finished("old-again", None, 7_000, 7_100)).await?, InsertOutcome::Created(_)));
+    store.close().await
+}
+
+#[tokio::test]
+async fn pruned_pages_are_reused_and_handed_back_to_the_file_system() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let big = json!({"text": "x".repeat(8_192)});
+    for n in 0..200 {
+        let id = format!("job-{n:03}");
+        let events = vec![NewEvent { kind: "log".into(), data: big.clone(), at: 1_000 }];
+        store.insert_job_with(finished(&id, None, 1_000, 2_000), events, Vec::new()).await?;
+    }
+    assert_eq!(prune_all(&store, 5_000, 64).await?, 200);
+    let free = store.reclaim_free_pages(1_000_000).await?;
+    assert!(free > 400, "200 × 8 KiB of events left at least 400 free pages, got {free}");
+    assert_eq!(store.reclaim_free_pages(1_000_000).await?, 0, "every free page was handed back");
+    store.close().await
+}
+
+#[tokio::test]
+async fn a_database_made_without_incremental_vacuum_is_converted_at_open() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE))?;
+        conn.execute_batch("CREATE TABLE leftover (x INTEGER); INSERT INTO leftover VALUES (1);")?;
+        let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        assert_eq!(mode, 0);
+    }
+    let store = open(&dir);
+    store.close().await?;
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE))?;
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    assert_eq!(mode, 2, "incremental");
+    let kept: i64 = conn.query_row("SELECT x FROM leftover", [], |r| r.get(0))?;
+    assert_eq!(kept, 1, "VACUUM keeps the rows");
+    Ok(())
+}

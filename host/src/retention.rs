@@ -1,0 +1,73 @@
+//! The retention task: finished jobs (with their events, audit rows and followed-stream rows)
+//! are deleted `retention.jobs_ms` after they finished, and the freed pages are handed back to
+//! the file system a bounded number at a time.
+//!
+//! Why a background task of small rounds: pruning shares the one writer with every client
+//! write, so each round is one bounded op (`retention.chunk` jobs looked at) and the task
+//! yields between rounds; a backlog (say, retention switched on for an old database) drains
+//! over many rounds without a pause anyone notices. See `store::retention` for what is kept.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::{Store, StoreError};
+
+/// The policy file's `[retention]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Age after finishing at which a job and everything recorded about it is deleted; also
+    /// the replay window of an idempotency key. `0` keeps jobs forever.
+    pub jobs_ms: u64,
+    /// Pause between pruning passes.
+    pub interval_ms: u64,
+    /// Jobs looked at per writer op.
+    pub chunk: u32,
+    /// Free pages (4 KiB each) returned to the file system per pass.
+    pub reclaim_pages: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { jobs_ms: 7 * 24 * 3_600_000, interval_ms: 60_000, chunk: 500, reclaim_pages: 2_048 }
+    }
+}
+
+/// Starts the retention task (it ends when the store closes).
+pub fn spawn(store: Store, config: RetentionConfig) {
+    if config.jobs_ms == 0 {
+        tracing::info!("retention off (retention.jobs_ms = 0): finished jobs are kept forever");
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            match pass(&store, &config).await {
+                Ok(()) => {}
+                Err(StoreError::Closed) => return,
+                Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed; retrying at the next pass"),
+            }
+            tokio::time::sleep(Duration::from_millis(config.interval_ms.max(1))).await;
+        }
+    });
+}
+
+/// One pass: every job that finished more than `jobs_ms` ago and that nothing live refers to.
+async fn pass(store: &Store, config: &RetentionConfig) -> Result<(), StoreError> {
+    let before = crate::now_ms().saturating_sub(i64::try_from(config.jobs_ms).unwrap_or(i64::MAX));
+    let (mut cursor, mut jobs, mut events) = (0, 0, 0);
+    loop {
+        let round = store.prune_jobs(before, cursor, config.chunk.max(1)).await?;
+        (cursor, jobs, events) = (round.cursor, jobs + round.jobs, events + round.events);
+        crate::metrics::metrics().jobs_pruned(round.jobs);
+        if round.done {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let free = store.reclaim_free_pages(config.reclaim_pages).await?;
+    if jobs > 0 {
+        tracing::info!(jobs, events, free_pages = free, "pruned finished jobs past retention");
+    }
+    Ok(())
+}
