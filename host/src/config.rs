@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::EngineConfig;
 use crate::lease::{LeaseCeiling, TemplateValues};
+use crate::store::{KvOwner, KvQuota};
 
 /// The built-in policy, used when no policy file is given (and as the base of one).
 pub const DEFAULT_POLICY: &str = r#"
@@ -81,6 +82,8 @@ pub struct Policy {
     pub arcp: crate::arcp::ArcpConfig,
     #[serde(default)]
     pub retention: crate::retention::RetentionConfig,
+    #[serde(default)]
+    pub kv_quota: KvQuotaConfig,
     /// Whether `ceiling` uses templates; found once when the policy loads.
     #[serde(skip)]
     ceiling_templated: bool,
@@ -155,9 +158,45 @@ pub struct Principal {
     /// load errors). The `local` principal (no tokens configured, loopback only) is one.
     #[serde(default)]
     pub operator: bool,
+    /// What this principal's agents may keep in kv altogether; `[kv_quota]`'s
+    /// `principal_bytes`/`principal_keys` when absent.
+    pub kv_quota: Option<KvQuota>,
     /// Whether `ceiling` uses templates; found once when the policy loads.
     #[serde(skip)]
     ceiling_templated: bool,
+}
+
+/// The policy file's `[kv_quota]`: what each agent and each principal may keep stored in kv
+/// (bytes of namespace + key + value, and keys), checked by the store before every write.
+///
+/// ```toml
+/// [kv_quota]
+/// agent_bytes = 268435456
+/// [kv_quota.agents.counter]   # one agent's own quota
+/// bytes = 1048576
+/// keys = 1000
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KvQuotaConfig {
+    pub agent_bytes: u64,
+    pub agent_keys: u64,
+    pub principal_bytes: u64,
+    pub principal_keys: u64,
+    /// Per-agent overrides, by agent name.
+    pub agents: std::collections::BTreeMap<String, KvQuota>,
+}
+
+impl Default for KvQuotaConfig {
+    fn default() -> Self {
+        Self {
+            agent_bytes: 256 << 20,
+            agent_keys: 100_000,
+            principal_bytes: 1 << 30,
+            principal_keys: 1_000_000,
+            agents: std::collections::BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +282,19 @@ impl Policy {
             Some(p) => p.operator,
             None => !self.requires_tokens() && principal == LOCAL_PRINCIPAL,
         }
+    }
+
+    /// Who a kv write by `agent` (its name) under `principal` is charged to, with their quotas.
+    pub fn kv_owner(&self, principal: &str, agent: &str) -> KvOwner {
+        let q = &self.kv_quota;
+        let agent_quota = q.agents.get(agent).copied().unwrap_or(KvQuota { bytes: q.agent_bytes, keys: q.agent_keys });
+        let principal_quota = self
+            .principals
+            .iter()
+            .find(|p| p.name == principal)
+            .and_then(|p| p.kv_quota)
+            .unwrap_or(KvQuota { bytes: q.principal_bytes, keys: q.principal_keys });
+        KvOwner { agent: agent.to_owned(), principal: principal.to_owned(), agent_quota, principal_quota }
     }
 
     /// The lease ceiling of a principal for a job of `agent` (`None`: a check outside any

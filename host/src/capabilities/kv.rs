@@ -8,7 +8,9 @@
 //!
 //! Every write is charged to the job's `kv_bytes` budget (target + value; a delete or an
 //! increment its target + 8) before it happens, children's writes included: a job that runs
-//! out gets a `failed` error naming the budget and nothing is written.
+//! out gets a `failed` error naming the budget and nothing is written. What an agent and a
+//! principal may keep stored altogether (`[kv_quota]`) is checked by the store in the same op
+//! as the write (a `failed` error naming the quota).
 
 use wasmtime::component::{HasSelf, Linker};
 
@@ -16,7 +18,7 @@ use super::JobState;
 use crate::bindings::HostError;
 use crate::bindings::corral::agent::kv as wit;
 use crate::lease::Scope;
-use crate::store::KvOp;
+use crate::store::{HeldKv, KvOp, KvOwner};
 
 /// Largest key and value accepted.
 pub const MAX_KEY: usize = 512;
@@ -73,8 +75,10 @@ impl JobState {
 /// Per-run kv state. A job writes straight through; a delivery *holds* its writes (in order)
 /// and the message plane commits them with the delivery's outcome, so a redelivered message
 /// never applies them twice. Reads see the run's own held writes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KvState {
+    /// Who this run's writes are charged to (see `store::kv` quotas).
+    owner: KvOwner,
     held: Option<Vec<KvOp>>,
     held_bytes: usize,
     /// What is left of the lease's `kv_bytes`.
@@ -86,9 +90,9 @@ pub struct KvState {
 pub const MAX_HELD_BYTES: usize = 8 << 20;
 
 impl KvState {
-    /// A run with `budget` bytes of kv writes (the lease's `kv_bytes`).
-    pub fn new(budget: u64) -> KvState {
-        KvState { bytes_left: budget, budget, ..KvState::default() }
+    /// A run with `budget` bytes of kv writes (the lease's `kv_bytes`), charged to `owner`.
+    pub fn new(budget: u64, owner: KvOwner) -> KvState {
+        KvState { owner, held: None, held_bytes: 0, bytes_left: budget, budget }
     }
 
     /// What is left of the budget (a child gets at most this).
@@ -123,10 +127,10 @@ impl KvState {
         self.held = Some(Vec::new());
     }
 
-    /// The held writes, in order (empty for a job).
-    pub fn take_held(&mut self) -> Vec<KvOp> {
+    /// The held writes, in order (none for a job), with who they are charged to.
+    pub fn take_held(&mut self) -> HeldKv {
         self.held_bytes = 0;
-        self.held.as_mut().map(std::mem::take).unwrap_or_default()
+        HeldKv { owner: Some(self.owner.clone()), ops: self.held.as_mut().map(std::mem::take).unwrap_or_default() }
     }
 
     fn hold(&mut self, op: KvOp) -> Result<(), HostError> {
@@ -218,7 +222,7 @@ impl wit::Host for JobState {
             return Ok(self.kv.hold(KvOp::Set { namespace, key, value }));
         }
         self.ctx.before_effect().await?;
-        Ok(self.ctx.manager.store().kv_set(&namespace, &key, value).await.map_err(failed))
+        Ok(self.ctx.manager.store().kv_set(&self.kv.owner, &namespace, &key, value).await.map_err(failed))
     }
 
     async fn delete(&mut self, namespace: String, key: String) -> wasmtime::Result<Result<bool, HostError>> {
@@ -268,6 +272,6 @@ impl wit::Host for JobState {
             return Ok(self.kv.hold(KvOp::Increment { namespace, key, delta }).map(|()| new));
         }
         self.ctx.before_effect().await?;
-        Ok(self.ctx.manager.store().kv_increment(&namespace, &key, delta).await.map_err(failed))
+        Ok(self.ctx.manager.store().kv_increment(&self.kv.owner, &namespace, &key, delta).await.map_err(failed))
     }
 }

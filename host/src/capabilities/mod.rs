@@ -50,7 +50,9 @@ impl JobState {
         let http = http::HttpState::new(&ctx.lease);
         let delegation = jobs::DelegationState::new(&ctx.lease);
         let limiter = JobLimiter::new(ctx.lease.limits.memory_bytes);
-        let kv = kv::KvState::new(ctx.lease.limits.kv_bytes);
+        let agent_name = ctx.agent.split_once('@').map_or(ctx.agent.as_str(), |(name, _)| name);
+        let owner = ctx.manager.policy().kv_owner(&ctx.principal, agent_name);
+        let kv = kv::KvState::new(ctx.lease.limits.kv_bytes, owner);
         Self { ctx, http, delegation, kv, limiter }
     }
 }

@@ -217,7 +217,7 @@ pub(crate) struct HeldWrites {
     pub read_pending: bool,
     pub read_at: i64,
     pub audit: Vec<crate::store::AuditRecord>,
-    pub kv: Vec<crate::store::KvOp>,
+    pub kv: crate::store::HeldKv,
 }
 
 /// Runs one delivery of `message` to `agent` (a consumer) in a fresh sandbox under `lease`
@@ -269,7 +269,7 @@ pub(crate) async fn run_delivery(
             };
             (outcome, store.data_mut().kv.take_held())
         }
-        Err(e) => (DeliveryOutcome::Failed(format!("cannot set up the sandbox: {e}")), Vec::new()),
+        Err(e) => (DeliveryOutcome::Failed(format!("cannot set up the sandbox: {e}")), crate::store::HeldKv::default()),
     };
     cancel_children(manager, manager.close_family(&message.id)).await;
     let record = journal.take_delivery();

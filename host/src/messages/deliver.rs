@@ -189,7 +189,7 @@ async fn deliver(
         id: m.id.clone(),
         read_at: held.read_pending.then_some(held.read_at),
         audit: held.audit,
-        kv: if commit_kv { held.kv } else { Vec::new() },
+        kv: if commit_kv { held.kv } else { crate::store::HeldKv::default() },
         transition,
     };
     let commit = store.finish_delivery(op);

@@ -167,7 +167,7 @@ pub struct FinishDelivery {
     /// When the consumer got the message, if READ is not written yet.
     pub read_at: Option<i64>,
     pub audit: Vec<super::AuditRecord>,
-    pub kv: Vec<super::KvOp>,
+    pub kv: super::HeldKv,
     pub transition: MessageTransition,
 }
 
@@ -509,7 +509,7 @@ impl Store {
                 apply(tx, &op.id, &mut st, &read)?;
             }
             let mut outcome = op.transition.clone();
-            if !op.kv.is_empty() {
+            if !op.kv.ops.is_empty() {
                 // The kv writes and the outcome commit together or not at all; a write that
                 // cannot apply (e.g. incrementing a non-integer) fails the delivery instead.
                 tx.execute_batch("SAVEPOINT delivery_kv")?;

@@ -52,7 +52,7 @@ pub use commits::JobCommits;
 pub use events::{EventRecord, NewEvent};
 pub use followed::FollowedJob;
 pub use jobs::{InsertOutcome, JobFilter, JobRecord, JobStatus, Transition};
-pub use kv::KvOp;
+pub use kv::{HeldKv, KvOp, KvOwner, KvQuota, KvUsage, OwnerKind};
 pub use messages::{
     ExternalAgentRecord, FinishDelivery, Inserted, MessageFilter, MessageRecord, MessageState, MessageTransition,
     RecipientKind, StageRecord,
@@ -116,6 +116,10 @@ pub enum StoreError {
         "kv value {namespace}/{key} is not a decimal integer — cannot increment it; set it to an integer or delete it first"
     )]
     KvNotInteger { namespace: String, key: String },
+    #[error(
+        "kv quota exceeded: {kind} '{owner}' keeps {used} {what} of its {limit} — delete keys it no longer needs, or ask the operator to raise kv_quota"
+    )]
+    KvQuota { kind: &'static str, owner: String, what: &'static str, used: u64, limit: u64 },
     #[error("kv increment of {namespace}/{key} by {delta} overflows a 64-bit integer")]
     KvOverflow { namespace: String, key: String, delta: i64 },
     #[error("the store is closed — no more writes are accepted (is corral shutting down?)")]

@@ -110,6 +110,8 @@ const MIGRATIONS: &[&str] = &[
     super::messages::MIGRATION,
     // 4: the jobs each streaming session followed (ARCP resume).
     super::followed::MIGRATION,
+    // 5: who owns each kv row, and every owner's totals (kv quotas).
+    super::kv::MIGRATION,
 ];
 
 /// The schema version this code writes.

@@ -31,6 +31,10 @@ fn job(id: &str, principal: &str, key: Option<&str>) -> JobRecord {
     }
 }
 
+fn anyone() -> KvOwner {
+    KvOwner::unlimited("echo", "alice")
+}
+
 fn open(dir: &tempfile::TempDir) -> Store {
     match Store::open(dir.path()) {
         Ok(s) => s,
@@ -219,16 +223,16 @@ async fn a_failing_op_in_a_batch_does_not_roll_back_its_neighbours() -> Result<(
 async fn kv_increment_counts_and_rejects_non_integers_and_overflow() -> Result<(), StoreError> {
     let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
     let store = open(&dir);
-    assert_eq!(store.kv_increment("ns", "n", 5).await?, 5);
-    assert_eq!(store.kv_increment("ns", "n", -2).await?, 3);
+    assert_eq!(store.kv_increment(&anyone(), "ns", "n", 5).await?, 5);
+    assert_eq!(store.kv_increment(&anyone(), "ns", "n", -2).await?, 3);
     assert_eq!(store.kv_get("ns", "n").await?, Some(b"3".to_vec()));
 
-    store.kv_set("ns", "text", b"hello".to_vec()).await?;
-    assert!(matches!(store.kv_increment("ns", "text", 1).await, Err(StoreError::KvNotInteger { .. })));
+    store.kv_set(&anyone(), "ns", "text", b"hello".to_vec()).await?;
+    assert!(matches!(store.kv_increment(&anyone(), "ns", "text", 1).await, Err(StoreError::KvNotInteger { .. })));
     assert_eq!(store.kv_get("ns", "text").await?, Some(b"hello".to_vec()));
 
-    store.kv_set("ns", "big", i64::MAX.to_string().into_bytes()).await?;
-    assert!(matches!(store.kv_increment("ns", "big", 1).await, Err(StoreError::KvOverflow { .. })));
+    store.kv_set(&anyone(), "ns", "big", i64::MAX.to_string().into_bytes()).await?;
+    assert!(matches!(store.kv_increment(&anyone(), "ns", "big", 1).await, Err(StoreError::KvOverflow { .. })));
 
     assert!(store.kv_delete("ns", "n").await?);
     assert!(!store.kv_delete("ns", "n").await?);
@@ -286,7 +290,7 @@ async fn reopen_after_drop_without_close_keeps_committed_rows() -> Result<(), St
     let id = new_job_id();
     created(&store, job(&id, "alice", None)).await;
     store.append_event(&id, "log", json!("one")).await?;
-    store.kv_set("ns", "k", b"v".to_vec()).await?;
+    store.kv_set(&anyone(), "ns", "k", b"v".to_vec()).await?;
     // Like a killed process: the store is never closed, its writer never exits cleanly and
     // nothing is checkpointed out of the WAL.
     std::mem::forget(store.clone());
@@ -343,15 +347,15 @@ async fn disk_full_is_a_typed_error_and_the_writer_keeps_serving() -> Result<(),
     // Cap the file at its current size: SQLite then reports SQLITE_FULL, exactly as on a full disk.
     store.write(|ctx| Ok(ctx.tx().query_row("PRAGMA max_page_count = 1", [], |r| r.get::<_, i64>(0))?)).await?;
     let big = vec![7_u8; 1 << 20];
-    let err = store.kv_set("ns", "big", big.clone()).await;
+    let err = store.kv_set(&anyone(), "ns", "big", big.clone()).await;
     match err {
         Err(StoreError::DiskFull { dir: d }) => assert_eq!(d, dir.path()),
         other => panic!("expected DiskFull, got {other:?}"),
     }
-    assert!(err_message_says_what_to_do(&store.kv_set("ns", "big", big.clone()).await));
+    assert!(err_message_says_what_to_do(&store.kv_set(&anyone(), "ns", "big", big.clone()).await));
 
     store.write(|ctx| Ok(ctx.tx().query_row("PRAGMA max_page_count = 1000000", [], |r| r.get::<_, i64>(0))?)).await?;
-    store.kv_set("ns", "big", big).await?;
+    store.kv_set(&anyone(), "ns", "big", big).await?;
     assert_eq!(store.kv_get("ns", "big").await?.map(|v| v.len()), Some(1 << 20));
     store.close().await
 }
@@ -400,7 +404,7 @@ async fn writes_after_close_fail_with_closed() -> Result<(), StoreError> {
     let store = open(&dir);
     let other = store.clone();
     store.close().await?;
-    assert!(matches!(other.kv_set("a", "b", vec![]).await, Err(StoreError::Closed)));
+    assert!(matches!(other.kv_set(&anyone(), "a", "b", vec![]).await, Err(StoreError::Closed)));
     assert!(matches!(other.append_event("x", "log", json!(1)).await, Err(StoreError::Closed)));
     Ok(())
 }
@@ -489,7 +493,7 @@ async fn pruning_deletes_old_finished_jobs_and_keeps_recent_and_live_ones() -> R
     store.insert_job(running("live-child", Some("parent-of-live"), 1_400)).await?;
     store.insert_job(finished("recent", None, 1_500, 9_000)).await?;
     store.insert_job(finished("created-late", None, 6_000, 6_500)).await?;
-    store.kv_set("old", "k", b"v".to_vec()).await?;
+    store.kv_set(&anyone(), "old", "k", b"v".to_vec()).await?;
 
     // A chunk of one: the walk still covers every job, a round at a time.
     assert_eq!(prune_all(&store, 5_000, 1).await?, 1);
@@ -540,4 +544,58 @@ async fn a_database_made_without_incremental_vacuum_is_converted_at_open() -> Re
     let kept: i64 = conn.query_row("SELECT x FROM leftover", [], |r| r.get(0))?;
     assert_eq!(kept, 1, "VACUUM keeps the rows");
     Ok(())
+}
+
+fn quota_owner(agent: &str, principal: &str, agent_quota: KvQuota, principal_quota: KvQuota) -> KvOwner {
+    KvOwner { agent: agent.into(), principal: principal.into(), agent_quota, principal_quota }
+}
+
+#[tokio::test]
+async fn kv_quotas_refuse_growth_past_an_agents_bytes_and_keys_and_allow_shrinking() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    // Row size = namespace + 1 + key + value: "a/k1" + 10 bytes = 14.
+    let owner = quota_owner("a", "alice", KvQuota { bytes: 40, keys: 2 }, KvQuota::UNLIMITED);
+    store.kv_set(&owner, "a", "k1", vec![0; 10]).await?;
+    store.kv_set(&owner, "a", "k2", vec![0; 10]).await?;
+    assert_eq!(store.kv_usage(OwnerKind::Agent, "a").await?, KvUsage { bytes: 28, keys: 2 });
+
+    let third_key = store.kv_set(&owner, "a", "k3", vec![0; 1]).await;
+    assert!(matches!(&third_key, Err(StoreError::KvQuota { what: "keys", .. })), "{third_key:?}");
+    let too_big = store.kv_set(&owner, "a", "k1", vec![0; 23]).await;
+    assert!(matches!(&too_big, Err(StoreError::KvQuota { what: "bytes", used: 28, limit: 40, .. })), "{too_big:?}");
+    assert!(too_big.unwrap_err().to_string().contains("agent 'a' keeps 28 bytes of its 40"));
+    assert_eq!(store.kv_get("a", "k1").await?, Some(vec![0; 10]), "a refused write changes nothing");
+    assert_eq!(store.kv_usage(OwnerKind::Agent, "a").await?, KvUsage { bytes: 28, keys: 2 });
+
+    // Overwriting with the same size fits; shrinking and deleting free room.
+    store.kv_set(&owner, "a", "k1", vec![1; 22]).await?;
+    assert_eq!(store.kv_usage(OwnerKind::Agent, "a").await?, KvUsage { bytes: 40, keys: 2 });
+    assert!(store.kv_delete("a", "k2").await?);
+    store.kv_set(&owner, "a", "k3", vec![0; 1]).await?;
+    assert_eq!(store.kv_usage(OwnerKind::Agent, "a").await?, KvUsage { bytes: 31, keys: 2 });
+    store.close().await
+}
+
+#[tokio::test]
+async fn a_principals_kv_quota_spans_its_agents_and_a_rewrite_moves_the_row_to_its_new_owner() -> Result<(), StoreError>
+{
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = open(&dir);
+    let principal = KvQuota { bytes: 30, keys: 100 };
+    let a = quota_owner("a", "alice", KvQuota::UNLIMITED, principal);
+    let b = quota_owner("b", "alice", KvQuota::UNLIMITED, principal);
+    store.kv_set(&a, "shared", "x", vec![0; 10]).await?; // 19 bytes
+    assert!(matches!(
+        store.kv_set(&b, "shared", "y", vec![0; 10]).await,
+        Err(StoreError::KvQuota { kind: "principal", .. })
+    ));
+    // b rewriting a's row takes it over: a's total drops, b's grows, alice's stays.
+    store.kv_set(&b, "shared", "x", vec![0; 5]).await?;
+    assert_eq!(store.kv_usage(OwnerKind::Agent, "a").await?, KvUsage::default());
+    assert_eq!(store.kv_usage(OwnerKind::Agent, "b").await?, KvUsage { bytes: 13, keys: 1 });
+    assert_eq!(store.kv_usage(OwnerKind::Principal, "alice").await?, KvUsage { bytes: 13, keys: 1 });
+    assert_eq!(store.kv_increment(&b, "shared", "n", 7).await?, 7); // "shared/n" + "7"
+    assert_eq!(store.kv_usage(OwnerKind::Principal, "alice").await?, KvUsage { bytes: 13 + 9, keys: 2 });
+    store.close().await
 }
