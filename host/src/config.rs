@@ -84,6 +84,8 @@ pub struct Policy {
     pub retention: crate::retention::RetentionConfig,
     #[serde(default)]
     pub kv_quota: KvQuotaConfig,
+    /// Submissions per principal (a token bucket each; off when absent).
+    pub rate_limit: Option<crate::jobs::RateLimit>,
     /// Whether `ceiling` uses templates; found once when the policy loads.
     #[serde(skip)]
     ceiling_templated: bool,
@@ -102,6 +104,11 @@ pub struct ServerConfig {
     pub max_queued_jobs: usize,
     /// On SIGTERM, how long running jobs may take to finish.
     pub shutdown_grace_ms: u64,
+    /// A request's headers must arrive within this; it also closes a keep-alive connection
+    /// idle for as long (see `connections`).
+    pub header_timeout_ms: u64,
+    /// Open HTTP connections at most; beyond it new ones wait to be accepted.
+    pub max_connections: usize,
     /// Serve SW4RM over gRPC on this address (off when absent; `--grpc-listen` overrides).
     pub grpc_listen: Option<SocketAddr>,
     /// PEM certificate chain and private key for gRPC over TLS (both, or neither).
@@ -117,6 +124,8 @@ impl Default for ServerConfig {
             max_concurrent_jobs: 64,
             max_queued_jobs: 10_000,
             shutdown_grace_ms: 10_000,
+            header_timeout_ms: 15_000,
+            max_connections: 4_096,
             grpc_listen: None,
             grpc_tls_cert: None,
             grpc_tls_key: None,
@@ -161,6 +170,8 @@ pub struct Principal {
     /// What this principal's agents may keep in kv altogether; `[kv_quota]`'s
     /// `principal_bytes`/`principal_keys` when absent.
     pub kv_quota: Option<KvQuota>,
+    /// This principal's submission rate; `[rate_limit]` when absent.
+    pub rate_limit: Option<crate::jobs::RateLimit>,
     /// Whether `ceiling` uses templates; found once when the policy loads.
     #[serde(skip)]
     ceiling_templated: bool,
@@ -404,6 +415,10 @@ mod tests {
         assert!(!policy.is_operator("ci"));
         assert!(!policy.is_operator(LOCAL_PRINCIPAL), "with tokens configured, local is nobody");
         assert!(Policy::builtin().unwrap().is_operator(LOCAL_PRINCIPAL));
+        assert_eq!(policy.kv_owner("ci", "echo").principal_quota, KvQuota { bytes: 10_485_760, keys: 10_000 });
+        assert_eq!(policy.kv_owner("alice", "echo").principal_quota.bytes, 1 << 30, "[kv_quota] default");
+        assert_eq!(policy.retention.jobs_ms, 7 * 24 * 3_600_000);
+        assert_eq!(policy.server.header_timeout_ms, 15_000);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod build;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod engine;
 pub mod jobs;
 pub mod lease;

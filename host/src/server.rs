@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use wasmtime::component::Linker;
 
 use crate::config::{ConfigError, Policy};
@@ -179,20 +178,15 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 
     let app = crate::api::router(Arc::clone(&manager)).merge(crate::arcp::router(Arc::clone(&manager)));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        // TCP_NODELAY: a response is written as one small segment; Nagle would hold it for the
-        // client's delayed ACK (up to 40 ms) whenever the previous one is still unacknowledged.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-            }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let limits = crate::connections::ConnectionLimits {
+        header_timeout: Duration::from_millis(policy.server.header_timeout_ms),
+        max_connections: policy.server.max_connections,
+    };
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    // Open event streams would hold graceful shutdown forever; give them a moment.
+    let server = tokio::spawn(crate::connections::serve(listener, app, limits, stopped, Duration::from_secs(1)));
 
     shutdown_signal().await;
     let grace = Duration::from_millis(policy.server.shutdown_grace_ms);
@@ -203,8 +197,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     let _ = stop_tx.send(());
     let _ = grpc_stop.send(());
-    // Open event streams would hold graceful shutdown forever; give them a moment.
-    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     if let Some(grpc) = grpc {
         let _ = tokio::time::timeout(Duration::from_secs(1), grpc).await;
     }

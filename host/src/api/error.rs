@@ -16,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for `Retry-After` (a 429 or 503 without one says 1).
+    pub retry_after_s: Option<u64>,
 }
 
 /// The JSON shape of every error response.
@@ -33,7 +35,7 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after_s: None }
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -50,11 +52,12 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
+        let retry_after = self.retry_after_s.unwrap_or(1);
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
         let mut response = (self.status, Json(body)).into_response();
         // Every 429 and 503 says when to come back.
         if self.status == StatusCode::TOO_MANY_REQUESTS || self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(retry_after));
         }
         response
     }
@@ -73,9 +76,15 @@ impl From<JobError> for ApiError {
             JobError::AlreadyFinished { .. } => (StatusCode::CONFLICT, "job_finished"),
             JobError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             JobError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            JobError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             JobError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
         };
-        Self::new(status, code, message)
+        let retry_after_s = match &e {
+            // Whole seconds, rounded up: coming back earlier would be refused again.
+            JobError::RateLimited(wait) => Some(wait.as_millis().div_ceil(1000).max(1).try_into().unwrap_or(u64::MAX)),
+            _ => None,
+        };
+        Self { retry_after_s, ..Self::new(status, code, message) }
     }
 }
 

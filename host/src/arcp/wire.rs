@@ -66,7 +66,7 @@ pub fn submit_error_code(e: &JobError) -> ErrorCode {
         JobError::NotFound(_) => ErrorCode::NotFound,
         JobError::AlreadyFinished { .. } => ErrorCode::FailedPrecondition,
         JobError::ShuttingDown | JobError::Store(_) => ErrorCode::Unavailable,
-        JobError::Overloaded(_) => ErrorCode::ResourceExhausted,
+        JobError::Overloaded(_) | JobError::RateLimited(_) => ErrorCode::ResourceExhausted,
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod follow;
 pub mod journal;
 pub mod probe;
+mod rate;
 mod recovery;
 pub(crate) mod runner;
 
@@ -28,6 +29,7 @@ use crate::lease::{Lease, LeaseError, LeaseRequest, Limits, OwnAddresses};
 use crate::store::{InsertOutcome, JobRecord, JobStatus, Store, StoreError, Transition};
 
 pub use journal::Journal;
+pub use rate::RateLimit;
 pub use recovery::RecoveryReport;
 
 /// What a client asks for.
@@ -62,6 +64,8 @@ pub enum JobError {
         "the host is overloaded: {0} jobs are already waiting for a slot (server.max_queued_jobs) — retry after a second"
     )]
     Overloaded(usize),
+    #[error("rate limit reached for this principal (rate_limit in the policy) — retry in {} ms", .0.as_millis())]
+    RateLimited(Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -82,6 +86,8 @@ pub struct JobManager {
     permits: Arc<Semaphore>,
     /// One per client job waiting for a slot (`server.max_queued_jobs`).
     queue_slots: Arc<Semaphore>,
+    /// Submissions per principal (`[rate_limit]`).
+    rate_limits: rate::RateLimits,
     handles: Mutex<HashMap<String, Handle>>,
     shutting_down: std::sync::atomic::AtomicBool,
     /// What finished children used, until their parent collects it.
@@ -121,6 +127,7 @@ impl JobManager {
         let http_clients = crate::capabilities::http::Clients::new()?;
         let permits = Arc::new(Semaphore::new(policy.server.max_concurrent_jobs.max(1)));
         let queue_slots = Arc::new(Semaphore::new(policy.server.max_queued_jobs));
+        let rate_limits = rate::RateLimits::from_policy(&policy);
         let (store_for_plane, registry_for_plane, policy_for_plane) =
             (store.clone(), Arc::clone(&registry), Arc::clone(&policy));
         Ok(Arc::new_cyclic(|me| Self {
@@ -130,6 +137,7 @@ impl JobManager {
             engine,
             permits,
             queue_slots,
+            rate_limits,
             handles: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             running: Arc::new(AtomicUsize::new(0)),
@@ -213,6 +221,7 @@ impl JobManager {
         if self.is_shutting_down() {
             return Err(JobError::ShuttingDown);
         }
+        self.rate_limits.check(principal).map_err(JobError::RateLimited)?;
         // Only a keyed request can be replayed, so only a keyed request needs its hash.
         let request_hash = req.idempotency_key.as_ref().map(|_| request_hash(&req));
         // An idempotent replay must return the original job even if the agent is gone now.

@@ -650,7 +650,8 @@ impl Store {
         .await
     }
 
-    /// Deletes up to `limit` messages that finished before `before`, with their history.
+    /// Deletes up to `limit` messages that finished before `before`, with their history and
+    /// their deliveries' audit rows.
     /// Returns how many were deleted (call again while it returns `limit`).
     pub fn prune_messages(
         &self,
@@ -668,6 +669,8 @@ impl Store {
             };
             for id in &ids {
                 tx.prepare_cached("DELETE FROM message_stages WHERE message_id = ?1")?.execute([id])?;
+                // A delivery's audit rows are keyed by its message's id.
+                tx.prepare_cached("DELETE FROM audit WHERE job_id = ?1")?.execute([id])?;
                 tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?.execute([id])?;
             }
             Ok(ids.len())
