@@ -84,6 +84,8 @@ pub struct Policy {
     pub retention: crate::retention::RetentionConfig,
     #[serde(default)]
     pub kv_quota: KvQuotaConfig,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
     /// Submissions per principal (a token bucket each; off when absent).
     pub rate_limit: Option<crate::jobs::RateLimit>,
     /// Whether `ceiling` uses templates; found once when the policy loads.

@@ -36,6 +36,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod sw4rm;
+pub mod telemetry;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

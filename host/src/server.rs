@@ -122,6 +122,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         }
     }
     let grpc_tls = grpc_tls(&policy)?;
+    let telemetry = crate::telemetry::init(&policy.telemetry).map_err(ServeError::Setup)?;
     let policy = Arc::new(policy);
     let Runtime { manager, registry, failures, _watch } = Runtime::open(
         Arc::clone(&policy),
@@ -204,6 +205,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     drop(manager);
     if let Err(e) = store.close().await {
         tracing::error!(error = %e, "closing the store failed");
+    }
+    if let Some(telemetry) = telemetry {
+        // Sends the spans still queued; blocks, so off the async workers.
+        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || telemetry.shutdown()))
+            .await;
     }
     tracing::info!("stopped");
     Ok(())

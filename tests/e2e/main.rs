@@ -28,4 +28,5 @@ mod openapi;
 mod operations;
 mod secrets;
 mod sw4rm;
+mod traces;
 mod waited_jobs;

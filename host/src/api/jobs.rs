@@ -15,6 +15,7 @@ use super::error::{ApiError, ErrorBody};
 use super::{AppState, Principal};
 use crate::jobs::SubmitRequest;
 use crate::store::{JobFilter, JobRecord, JobStatus};
+use crate::telemetry::TraceParent;
 
 /// Longest `?wait=` honoured, in milliseconds.
 pub const MAX_WAIT_MS: u64 = 60_000;
@@ -65,6 +66,9 @@ pub struct JobView {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// The W3C trace the job belongs to (from the submit's `traceparent`, or its parent's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl From<JobRecord> for JobView {
@@ -83,6 +87,7 @@ impl From<JobRecord> for JobView {
             created_at: crate::rfc3339(j.created_at),
             started_at: j.started_at.map(crate::rfc3339),
             finished_at: j.finished_at.map(crate::rfc3339),
+            trace_id: j.trace_parent.map(|t| t.trace_id()),
         }
     }
 }
@@ -102,6 +107,7 @@ impl From<JobRecord> for JobView {
 pub async fn submit(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<SubmitQuery>, QueryRejection>,
     body: Result<Json<SubmitBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -110,16 +116,22 @@ pub async fn submit(
     if query.wait.is_some_and(|w| w > MAX_WAIT_MS) {
         return Err(ApiError::bad_request("invalid_query", format!("wait must be at most {MAX_WAIT_MS} ms")));
     }
+    // A W3C `traceparent` makes the job part of the caller's trace; a malformed one is ignored.
+    let caller = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
+    let mut span = crate::telemetry::start("POST /v1/jobs", caller.as_ref(), Vec::new());
+    span.set("corral.agent", body.agent.clone());
     let req = SubmitRequest {
         agent: body.agent,
         input: body.input,
         lease: body.lease,
         idempotency_key: body.idempotency_key,
+        trace_parent: span.context().copied(),
     };
     let (job, replayed) = match query.wait.filter(|w| *w > 0) {
         Some(wait) => state.manager.submit_and_wait(&principal.0, req, Duration::from_millis(wait)).await?,
         None => state.manager.submit(&principal.0, req).await?,
     };
+    span.set("corral.job_id", job.id.clone());
     let status = if job.status.is_terminal() { StatusCode::OK } else { StatusCode::ACCEPTED };
     let mut response = (status, Json(JobView::from(job))).into_response();
     if replayed {

@@ -73,7 +73,8 @@ pub async fn invoke(
         let _ = session.outbound.send(refuse(ErrorCode::ResourceExhausted, message)).await;
         return None;
     }
-    let request = SubmitRequest { agent: invoke.tool, input: invoke.arguments, lease, idempotency_key };
+    let request =
+        SubmitRequest { agent: invoke.tool, input: invoke.arguments, lease, idempotency_key, trace_parent: None };
     let job = match session.manager.submit(&session.principal, request).await {
         Ok((job, _created)) => job,
         Err(e) => {

@@ -63,6 +63,8 @@ impl wit::Host for JobState {
             Err(e) => return Ok(Err(HostError::Invalid(format!("delegation input is not JSON: {e}")))),
         };
         self.ctx.before_effect().await?;
+        let attributes = vec![opentelemetry::KeyValue::new("corral.scope", "agent.delegate")];
+        let mut call = crate::telemetry::start("agent.delegate", self.ctx.trace.as_ref(), attributes);
         let manager = std::sync::Arc::clone(&self.ctx.manager);
         let limits = &self.ctx.lease.limits;
         let remaining = Limits {
@@ -73,7 +75,10 @@ impl wit::Host for JobState {
         };
         // The lease text is bounded (MAX_REQUEST_JSON_BYTES, REQUEST_CAP) before any pattern is
         // compiled, and parsed off the async workers when large.
-        let child = match manager.submit_child(&self.ctx, remaining, &agent, input, lease).await {
+        let child = match manager
+            .submit_child(&self.ctx, remaining, &agent, input, lease, call.context().copied())
+            .await
+        {
             Ok(child) => child,
             Err(JobError::Lease(e @ (LeaseError::WiderThanParent { .. } | LeaseError::DelegationDepthExhausted))) => {
                 let reason = format!("delegation refused: {e}");
@@ -86,6 +91,7 @@ impl wit::Host for JobState {
             Err(e) => return Ok(Err(HostError::Failed(format!("cannot start child job: {e}")))),
         };
         self.delegation.started += 1;
+        call.set("corral.child_id", child.id.clone());
         self.ctx.emit("delegated", serde_json::json!({ "child_id": child.id, "agent": agent }));
         let remaining = self.ctx.deadline.saturating_duration_since(Instant::now());
         let finished = manager.wait_finished(&child.id, remaining).await;

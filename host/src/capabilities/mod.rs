@@ -87,6 +87,9 @@ pub struct JobContext {
     /// The (scope, target) of the first denials issued to this job, so a denial the agent
     /// returns can be told apart from one it made up.
     denials: Vec<(Scope, String)>,
+    /// The job's trace context: its span (parent of its host calls' spans) when traces are
+    /// exported, else the context it was submitted with; `None` for a delivery or untraced job.
+    pub trace: Option<crate::telemetry::TraceParent>,
 }
 
 /// How many issued denials a job remembers.
@@ -127,6 +130,7 @@ impl JobContext {
             host_calls: 0,
             event_bytes: 0,
             denials: Vec::new(),
+            trace: None,
         }
     }
 
@@ -243,6 +247,15 @@ impl JobContext {
         let size = RECORD_OVERHEAD + target.len() + denial.map_or(0, str::len);
         self.charge_event_bytes(2 * size)?;
         crate::metrics::metrics().lease_decision(scope.as_str(), denial.is_none());
+        // A span per decided host call. An allowed delegation gets its own span instead, one
+        // that lasts until the child ends and is the child job's parent (`capabilities::jobs`).
+        if crate::telemetry::enabled() && self.trace.is_some() && (scope != Scope::AgentDelegate || denial.is_some()) {
+            let attributes = vec![
+                opentelemetry::KeyValue::new("corral.scope", scope.as_str()),
+                opentelemetry::KeyValue::new("corral.decision", if denial.is_some() { "deny" } else { "allow" }),
+            ];
+            drop(crate::telemetry::start(scope.as_str(), self.trace.as_ref(), attributes));
+        }
         let decision = match denial {
             Some(_) => {
                 tracing::info!(job = %self.job_id, agent = %self.agent, scope = scope.as_str(), target = %target, "capability denied");

@@ -248,6 +248,7 @@ mod tests {
             created_at: 1_000,
             started_at: Some(1_001),
             finished_at: None,
+            trace_parent: None,
         }
     }
 

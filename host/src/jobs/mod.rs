@@ -40,6 +40,9 @@ pub struct SubmitRequest {
     pub input: Value,
     /// The lease the submitter asks for, as sent (kept verbatim for idempotency).
     pub lease: Option<Value>,
+    /// The trace the job continues (not part of the request's identity: a retry with another
+    /// `traceparent` is the same request).
+    pub trace_parent: Option<crate::telemetry::TraceParent>,
     pub idempotency_key: Option<String>,
 }
 
@@ -341,6 +344,7 @@ impl JobManager {
         agent_ref: &str,
         input: Value,
         lease_request: Option<String>,
+        trace_parent: Option<crate::telemetry::TraceParent>,
     ) -> Result<JobRecord, JobError> {
         let agent = self.registry.resolve(agent_ref)?;
         let mut parent_lease = (*parent.lease).clone();
@@ -358,7 +362,8 @@ impl JobManager {
             Lease::effective(&child.declared, &ceiling, &request, Some(&parent_lease), time::OffsetDateTime::now_utc())
         })
         .await??;
-        let req = SubmitRequest { agent: agent_ref.to_string(), input, lease: None, idempotency_key: None };
+        let req =
+            SubmitRequest { agent: agent_ref.to_string(), input, lease: None, idempotency_key: None, trace_parent };
         let record = new_record(
             &parent.principal,
             &req,
@@ -701,6 +706,7 @@ fn new_record(
         created_at: crate::now_ms(),
         started_at: None,
         finished_at: None,
+        trace_parent: req.trace_parent,
     })
 }
 

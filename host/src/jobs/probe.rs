@@ -36,6 +36,7 @@ impl Probe {
             input: serde_json::Value::Null,
             lease: None,
             idempotency_key: None,
+            trace_parent: None,
         };
         let mut job = super::new_record(crate::config::LOCAL_PRINCIPAL, &req, &agent, &lease, None, None, 0)?;
         job.status = JobStatus::Running;

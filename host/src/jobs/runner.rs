@@ -34,6 +34,31 @@ enum Outcome {
     Cancelled,
 }
 
+impl Outcome {
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Completed(_) => "completed",
+            Outcome::Failed(_) => "failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The span of one run of `job`, under the trace context its record carries.
+fn job_span(job: &JobRecord, agent: &LoadedAgent) -> crate::telemetry::Span {
+    if !crate::telemetry::enabled() {
+        // Records nothing; hands the record's trace context on to host calls and children.
+        return crate::telemetry::start("job", job.trace_parent.as_ref(), Vec::new());
+    }
+    let attributes = vec![
+        opentelemetry::KeyValue::new("corral.job_id", job.id.clone()),
+        opentelemetry::KeyValue::new("corral.agent", agent.reference()),
+        opentelemetry::KeyValue::new("corral.attempt", i64::from(job.attempt)),
+    ];
+    crate::telemetry::start(format!("job {}", agent.manifest.name), job.trace_parent.as_ref(), attributes)
+}
+
 /// Where a waiting client is told how its job ended: the job as committed, `None` if the
 /// outcome did not apply (e.g. a cancel won the race; read the job back), or the write error.
 pub(super) type Reply = oneshot::Sender<Result<Option<JobRecord>, JobError>>;
@@ -73,7 +98,7 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
     let lease = Arc::new(lease);
     let identity =
         crate::capabilities::RunIdentity { id: job.id.clone(), principal: job.principal.clone(), depth: job.depth };
-    let ctx = JobContext::for_run(
+    let mut ctx = JobContext::for_run(
         identity,
         agent.reference(),
         Arc::clone(&lease),
@@ -81,6 +106,8 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
         Arc::clone(manager),
         Arc::clone(&journal),
     );
+    let mut span = job_span(&job, &agent);
+    ctx.trace = span.context().copied();
     let (outcome, host_calls, net_bytes, kv_bytes) = match sandbox(&manager.engine, ctx, &lease) {
         Ok(mut store) => {
             let call = Call::Handle(job.input.to_string());
@@ -102,7 +129,12 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
     if job.parent_id.is_some() {
         manager.record_usage(&job.id, super::Usage { host_calls, net_bytes, kv_bytes });
     }
+    span.set("corral.outcome", outcome.name());
+    if !matches!(outcome, Outcome::Completed(_)) {
+        span.fail(outcome.name());
+    }
     let finished = finish(&journal, &job, outcome, &lease, host_calls).await;
+    drop(span);
     if let Some(reply) = reply {
         let _ = reply.send(finished.map_err(JobError::from));
     }

@@ -91,6 +91,9 @@ pub struct JobRecord {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// The W3C trace context the job's span continues (the request's, or the parent's
+    /// delegation call's); see `telemetry`.
+    pub trace_parent: Option<crate::telemetry::TraceParent>,
 }
 
 /// Result of [`Store::insert_job`].
@@ -186,7 +189,7 @@ impl Transition {
 
 const JOB_COLUMNS: &str = "id, principal, agent, agent_name, agent_version, input, lease, status, \
      output, error, idempotency_key, request_hash, parent_id, depth, attempt, created_at, \
-     started_at, finished_at";
+     started_at, finished_at, trace_parent";
 
 fn parse_json(text: &str, what: &str, id: &str) -> Result<Value, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::json(format!("{what} of job {id}"), e))
@@ -225,6 +228,7 @@ fn job_from_row(row: &Row<'_>) -> Result<JobRecord, StoreError> {
         created_at: row.get(15)?,
         started_at: row.get(16)?,
         finished_at: row.get(17)?,
+        trace_parent: row.get::<_, Option<String>>(18)?.as_deref().and_then(crate::telemetry::TraceParent::parse),
         id,
     })
 }
@@ -292,7 +296,7 @@ impl Store {
             }
             let sql = format!(
                 "INSERT INTO jobs ({JOB_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
             );
             tx.prepare_cached(&sql)?.execute(params![
                 job.id,
@@ -313,6 +317,7 @@ impl Store {
                 job.created_at,
                 job.started_at,
                 job.finished_at,
+                job.trace_parent.map(|t| t.to_string()),
             ])?;
             ctx.new_job(&job.id);
             events::append(ctx, &job.id, "state", &state_event(JobStatus::Queued, None, None), job.created_at)?;

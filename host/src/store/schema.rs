@@ -112,6 +112,8 @@ const MIGRATIONS: &[&str] = &[
     super::followed::MIGRATION,
     // 5: who owns each kv row, and every owner's totals (kv quotas).
     super::kv::MIGRATION,
+    // 6: the trace context a job's span continues.
+    "ALTER TABLE jobs ADD COLUMN trace_parent TEXT;",
 ];
 
 /// The schema version this code writes.

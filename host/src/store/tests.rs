@@ -28,6 +28,7 @@ fn job(id: &str, principal: &str, key: Option<&str>) -> JobRecord {
         created_at: 1_000,
         started_at: None,
         finished_at: None,
+        trace_parent: None,
     }
 }
 
