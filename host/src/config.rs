@@ -111,6 +111,8 @@ pub struct ServerConfig {
     pub header_timeout_ms: u64,
     /// Open HTTP connections at most; beyond it new ones wait to be accepted.
     pub max_connections: usize,
+    /// Record Prometheus metrics and serve `/metrics`.
+    pub metrics: bool,
     /// Serve SW4RM over gRPC on this address (off when absent; `--grpc-listen` overrides).
     pub grpc_listen: Option<SocketAddr>,
     /// PEM certificate chain and private key for gRPC over TLS (both, or neither).
@@ -128,6 +130,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             header_timeout_ms: 15_000,
             max_connections: 4_096,
+            metrics: true,
             grpc_listen: None,
             grpc_tls_cert: None,
             grpc_tls_key: None,

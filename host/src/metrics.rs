@@ -7,6 +7,7 @@
 //! are fixed sets; no job id, principal or target is ever a label.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -57,7 +58,21 @@ pub struct Metrics {
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
-/// The host's metrics.
+/// Off only when the operator turned metrics off (`server.metrics = false`): then nothing is
+/// counted (what the benchmark's metrics-cost figure compares against).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns recording on or off for the process (at start).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// The host's metrics, if they are being recorded.
+pub fn recording() -> Option<&'static Metrics> {
+    ENABLED.load(Ordering::Relaxed).then(|| &*METRICS)
+}
+
+/// The host's metrics (recorded or not).
 pub fn metrics() -> &'static Metrics {
     &METRICS
 }

@@ -59,7 +59,9 @@ async fn pass(store: &Store, config: &RetentionConfig) -> Result<(), StoreError>
     loop {
         let round = store.prune_jobs(before, cursor, config.chunk.max(1)).await?;
         (cursor, jobs, events) = (round.cursor, jobs + round.jobs, events + round.events);
-        crate::metrics::metrics().jobs_pruned(round.jobs);
+        if let Some(m) = crate::metrics::recording() {
+            m.jobs_pruned(round.jobs);
+        }
         if round.done {
             break;
         }

@@ -123,6 +123,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     let grpc_tls = grpc_tls(&policy)?;
     let telemetry = crate::telemetry::init(&policy.telemetry).map_err(ServeError::Setup)?;
+    crate::metrics::set_enabled(policy.server.metrics);
     let policy = Arc::new(policy);
     let Runtime { manager, registry, failures, _watch } = Runtime::open(
         Arc::clone(&policy),

@@ -387,3 +387,12 @@ async fn metrics_are_prometheus_text_whose_numbers_move_as_jobs_run_and_only_ope
     assert_eq!(scrape(&guarded, Some("dev-token")).await.0, 403);
     assert_eq!(scrape(&guarded, Some("ops-token")).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_metrics_off_nothing_is_served_at_metrics_and_jobs_still_run() {
+    let host = Host::start_with_policy(&["echo"], Some("[server]\nmetrics = false\n"));
+    assert_eq!(host.run("echo", json!(1), None).await["status"], "completed");
+    let answer = host.request(reqwest::Method::GET, "/metrics", None, None).await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.code(), "metrics_off");
+}

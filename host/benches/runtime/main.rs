@@ -30,6 +30,7 @@ mod messages;
 mod park;
 mod report;
 mod rss_growth;
+mod soak;
 mod startup;
 mod throughput;
 
@@ -64,10 +65,11 @@ enum Group {
     Leases,
     Messages,
     Arcp,
+    Soak,
 }
 
 impl Group {
-    const ALL: [Group; 9] = [
+    const ALL: [Group; 10] = [
         Group::Throughput,
         Group::Latency,
         Group::Instantiate,
@@ -77,6 +79,7 @@ impl Group {
         Group::Leases,
         Group::Messages,
         Group::Arcp,
+        Group::Soak,
     ];
 
     fn name(self) -> &'static str {
@@ -90,6 +93,7 @@ impl Group {
             Group::Leases => "leases",
             Group::Messages => "messages",
             Group::Arcp => "arcp",
+            Group::Soak => "soak",
         }
     }
 }
@@ -270,5 +274,6 @@ fn run_group(group: Group, bench: &Bench, report: &mut Report) {
         Group::Leases => leases::measure(bench.opts.quick).into_iter().for_each(|f| report.push(f)),
         Group::Messages => messages::run(bench, report),
         Group::Arcp => arcp::run(bench, report),
+        Group::Soak => soak::run(bench, report),
     }
 }

@@ -220,6 +220,13 @@ async fn metrics(
             "metrics are for operators (policy: operator = true)",
         ));
     }
+    let Some(metrics) = crate::metrics::recording() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "metrics_off",
+            "metrics are off (policy: server.metrics = false)",
+        ));
+    };
     let manager = &state.manager;
     let snapshot = crate::metrics::Snapshot {
         jobs_running: manager.running_jobs(),
@@ -227,7 +234,7 @@ async fn metrics(
         agents_loaded: manager.registry().list().0.len(),
         store_bytes: manager.store().size_on_disk(),
     };
-    let text = crate::metrics::metrics().render(snapshot);
+    let text = metrics.render(snapshot);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
 }

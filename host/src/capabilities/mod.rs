@@ -246,7 +246,9 @@ impl JobContext {
         let target = clip(target, MAX_RECORDED_TARGET);
         let size = RECORD_OVERHEAD + target.len() + denial.map_or(0, str::len);
         self.charge_event_bytes(2 * size)?;
-        crate::metrics::metrics().lease_decision(scope.as_str(), denial.is_none());
+        if let Some(m) = crate::metrics::recording() {
+            m.lease_decision(scope.as_str(), denial.is_none());
+        }
         // A span per decided host call. An allowed delegation gets its own span instead, one
         // that lasts until the child ends and is the child job's parent (`capabilities::jobs`).
         if crate::telemetry::enabled() && self.trace.is_some() && (scope != Scope::AgentDelegate || denial.is_some()) {

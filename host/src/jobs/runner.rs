@@ -398,7 +398,9 @@ async fn finish(
     match &finished {
         Ok(_) => {
             let elapsed = std::time::Duration::from_millis(u64::try_from(now - job.created_at).unwrap_or(0));
-            crate::metrics::metrics().job_finished(&job.agent_name, status.as_str(), elapsed);
+            if let Some(m) = crate::metrics::recording() {
+                m.job_finished(&job.agent_name, status.as_str(), elapsed);
+            }
             tracing::debug!(job = %job.id, agent = %job.agent_name, %status, host_calls, "job finished");
         }
         Err(e) => {

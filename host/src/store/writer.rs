@@ -270,7 +270,9 @@ impl Writer {
 
         match &outcome {
             Ok(()) => {
-                crate::metrics::metrics().store_commit(op_count, started.elapsed());
+                if let Some(m) = crate::metrics::recording() {
+                    m.store_commit(op_count, started.elapsed());
+                }
                 for job in &terminal {
                     self.seqs.remove(job);
                 }
