@@ -13,7 +13,8 @@
 //!
 //! The database uses `auto_vacuum = INCREMENTAL` (set at open): deleted pages go to the free
 //! list, are reused by later writes (so the file stops growing under a steady load), and
-//! [`Store::reclaim_free_pages`] hands a bounded number back to the file system per round.
+//! [`Store::reclaim_free_pages`] hands back, a bounded number per pass, what is free beyond a
+//! quarter of the file (after a backlog was pruned, say).
 
 use rusqlite::{Transaction, params};
 
@@ -44,15 +45,20 @@ impl Store {
         self.write(move |ctx| prune_chunk(ctx.tx(), before, after, limit))
     }
 
-    /// Returns up to `pages` free pages to the file system (`PRAGMA incremental_vacuum`);
-    /// returns how many pages were free before.
+    /// Returns free pages to the file system (`PRAGMA incremental_vacuum`), at most `pages`,
+    /// and only those beyond a quarter of the file: under a steady load the freed pages are
+    /// what the next writes reuse, and handing them back only to grow the file again would move
+    /// pages for nothing. Returns how many pages were free before.
     pub fn reclaim_free_pages(&self, pages: u32) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static {
         self.write(move |ctx| {
             let tx = ctx.tx();
             let free: i64 = tx.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-            if free > 0 {
+            let total: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            // Free pages may stay up to a quarter of the file: free ≤ used / 3.
+            let excess = free.saturating_sub(total.saturating_sub(free) / 3).min(i64::from(pages));
+            if excess > 0 {
                 // Frees one page per step (rusqlite's `execute*` step once): step it to the end.
-                let mut stmt = tx.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
+                let mut stmt = tx.prepare(&format!("PRAGMA incremental_vacuum({excess})"))?;
                 let mut rows = stmt.query([])?;
                 while rows.next()?.is_some() {}
             }
@@ -87,6 +93,7 @@ fn prune_chunk(tx: &Transaction<'_>, before: i64, after: i64, limit: u32) -> Res
         rows.collect::<Result<_, _>>()?
     };
     let mut round = PruneRound { cursor: after, done: candidates.len() < limit as usize, ..PruneRound::default() };
+    let live = live_jobs(tx)?;
     for Candidate { rowid, id, parent, finished_at, created_at } in candidates {
         if created_at >= before {
             round.done = true;
@@ -94,7 +101,8 @@ fn prune_chunk(tx: &Transaction<'_>, before: i64, after: i64, limit: u32) -> Res
         }
         round.cursor = rowid;
         let finished_long_ago = finished_at.is_some_and(|at| at < before);
-        if !finished_long_ago || parent.as_deref().is_some_and(|p| is_live(tx, p)) || has_live_child(tx, &id)? {
+        let referenced = parent.as_deref().is_some_and(|p| live.ids.contains(p)) || live.parents.contains(&id);
+        if !finished_long_ago || referenced {
             continue;
         }
         round.events += tx.prepare_cached("DELETE FROM events WHERE job_id = ?1")?.execute([&id])?;
@@ -106,17 +114,22 @@ fn prune_chunk(tx: &Transaction<'_>, before: i64, after: i64, limit: u32) -> Res
     Ok(round)
 }
 
-/// Whether job `id` exists and is queued or running. An error reads as live: keep the row.
-fn is_live(tx: &Transaction<'_>, id: &str) -> bool {
-    let found = tx
-        .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1 AND status IN ('queued', 'running')")
-        .and_then(|mut stmt| stmt.exists([id]));
-    found.unwrap_or(true)
+/// The queued and running jobs, and the parents they name: what a pruned job may not be.
+/// Read once per chunk from the small `jobs_unfinished` index (a round runs in one writer op,
+/// so nothing changes under it).
+struct Live {
+    ids: std::collections::HashSet<String>,
+    parents: std::collections::HashSet<String>,
 }
 
-/// Whether some child of `id` is queued or running (walks the small `jobs_unfinished` index).
-fn has_live_child(tx: &Transaction<'_>, id: &str) -> Result<bool, StoreError> {
-    Ok(tx
-        .prepare_cached("SELECT 1 FROM jobs WHERE status IN ('queued', 'running') AND parent_id = ?1")?
-        .exists([id])?)
+fn live_jobs(tx: &Transaction<'_>) -> Result<Live, StoreError> {
+    let mut stmt = tx.prepare_cached("SELECT id, parent_id FROM jobs WHERE status IN ('queued', 'running')")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?;
+    let mut live = Live { ids: Default::default(), parents: Default::default() };
+    for row in rows {
+        let (id, parent) = row?;
+        live.ids.insert(id);
+        live.parents.extend(parent);
+    }
+    Ok(live)
 }

@@ -524,7 +524,9 @@ async fn pruned_pages_are_reused_and_handed_back_to_the_file_system() -> Result<
     assert_eq!(prune_all(&store, 5_000, 64).await?, 200);
     let free = store.reclaim_free_pages(1_000_000).await?;
     assert!(free > 400, "200 × 8 KiB of events left at least 400 free pages, got {free}");
-    assert_eq!(store.reclaim_free_pages(1_000_000).await?, 0, "every free page was handed back");
+    let left = store.reclaim_free_pages(1_000_000).await?;
+    assert!(left < free / 2, "most were handed back, a reserve kept for reuse: {left} of {free} left");
+    assert_eq!(store.reclaim_free_pages(1_000_000).await?, left, "the reserve (a quarter of the file) stays");
     store.close().await
 }
 
