@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod engine;
+pub mod fuzzing;
 pub mod jobs;
 pub mod lease;
 pub mod messages;

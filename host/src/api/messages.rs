@@ -206,36 +206,10 @@ pub async fn send(
     if let Err(reason) = ceiling.grants.decide(scope, target) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "denied", format!("{scope} denied for '{target}': {reason}")));
     }
-    let (payload, default_type) = match (body.payload, body.payload_base64) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("validation_error", "give payload or payload_base64, not both"));
-        }
-        (Some(v), None) => (v.to_string().into_bytes(), "application/json"),
-        (None, Some(b)) => (
-            base64::engine::general_purpose::STANDARD
-                .decode(b.as_bytes())
-                .map_err(|e| ApiError::bad_request("validation_error", format!("payload_base64 is not base64: {e}")))?,
-            "application/octet-stream",
-        ),
-        (None, None) => (Vec::new(), "application/octet-stream"),
-    };
-    let producer_id = body.producer_id.unwrap_or_else(|| principal.0.clone());
+    let (producer_id, out) = body.into_outgoing()?;
+    let producer_id = producer_id.unwrap_or_else(|| principal.0.clone());
     let reply_to = plane.externals_of(&principal.0).into_iter().find(|id| *id == producer_id);
     let producer = Producer { principal: principal.0.clone(), id: producer_id, reply_to };
-    let mut out = Outgoing::new(
-        body.recipient,
-        body.message_type.unwrap_or(MessageType::Data),
-        body.content_type.as_deref().unwrap_or(default_type),
-        payload,
-    );
-    out.content_length = body.content_length;
-    out.message_id = body.message_id;
-    out.correlation_id = body.correlation_id;
-    out.parent_correlation_id = body.parent_correlation_id;
-    out.idempotency_token = body.idempotency_token.filter(|t| !t.is_empty());
-    out.sequence_number = body.sequence_number;
-    out.hlc_timestamp = body.hlc_timestamp;
-    out.delivery = body.delivery;
     let accepted = plane.send(&producer, out).await.map_err(|e| {
         let retry = matches!(&e, SendError::Refused { code: ErrorCode::BufferFull, .. });
         (refused(e), retry)
@@ -253,6 +227,41 @@ pub async fn send(
     let status = if accepted.duplicate.is_some() { StatusCode::OK } else { StatusCode::ACCEPTED };
     let messages = accepted.messages.into_iter().map(|m| MessageView::new(m, None)).collect();
     Ok((status, Json(Sent { messages, duplicate: accepted.duplicate })).into_response())
+}
+
+impl SendBody {
+    /// The message this body asks to send, and the producer id it names (if any). Checks only
+    /// the body's own shape; routing, leases and limits are the message plane's.
+    pub fn into_outgoing(self) -> Result<(Option<String>, Outgoing), ApiError> {
+        let (payload, default_type) = match (self.payload, self.payload_base64) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request("validation_error", "give payload or payload_base64, not both"));
+            }
+            (Some(v), None) => (v.to_string().into_bytes(), "application/json"),
+            (None, Some(b)) => (
+                base64::engine::general_purpose::STANDARD.decode(b.as_bytes()).map_err(|e| {
+                    ApiError::bad_request("validation_error", format!("payload_base64 is not base64: {e}"))
+                })?,
+                "application/octet-stream",
+            ),
+            (None, None) => (Vec::new(), "application/octet-stream"),
+        };
+        let mut out = Outgoing::new(
+            self.recipient,
+            self.message_type.unwrap_or(MessageType::Data),
+            self.content_type.as_deref().unwrap_or(default_type),
+            payload,
+        );
+        out.content_length = self.content_length;
+        out.message_id = self.message_id;
+        out.correlation_id = self.correlation_id;
+        out.parent_correlation_id = self.parent_correlation_id;
+        out.idempotency_token = self.idempotency_token.filter(|t| !t.is_empty());
+        out.sequence_number = self.sequence_number;
+        out.hlc_timestamp = self.hlc_timestamp;
+        out.delivery = self.delivery;
+        Ok((self.producer_id, out))
+    }
 }
 
 /// Read a message with its full stage history.
