@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod arcp;
+pub mod asp;
 pub mod bindings;
 pub mod build;
 pub mod capabilities;

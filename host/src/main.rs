@@ -30,6 +30,9 @@ enum Command {
     Serve(ServeArgs),
     /// Build agent crates (a crate or a workspace) into components in an agents folder.
     Build(BuildArgs),
+    /// This host's Agent Swarm Protocol identity: agent id and public key (never the private
+    /// key). Made in the data folder on first use, as `serve` does.
+    Identity(IdentityArgs),
     #[command(flatten)]
     Client(corral::cli::ClientCommand),
 }
@@ -62,6 +65,16 @@ struct ServeArgs {
     /// CORRAL_SECRETS_KEY to the hex key. Without a key the host has no secrets.
     #[arg(long, env = "CORRAL_SECRETS_KEY_FILE", value_name = "FILE")]
     secrets_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct IdentityArgs {
+    /// Data folder of the host.
+    #[arg(long, default_value = "data", env = "CORRAL_DATA")]
+    data: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,7 +151,28 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Identity(args) => identity(&args),
         Command::Client(cmd) => runtime.block_on(corral::cli::run(cli.client, cmd)),
+    }
+}
+
+/// `corral identity`: the host's ASP agent id and public key.
+#[allow(clippy::print_stdout)] // the command's output
+fn identity(args: &IdentityArgs) -> ExitCode {
+    match corral::asp::identity::Identity::load_or_create(&args.data) {
+        Ok(identity) => {
+            let public_key = corral::asp::signing::public_key_b64(&identity.public_key());
+            if args.json {
+                println!("{}", serde_json::json!({ "agent_id": identity.agent_id, "public_key": public_key }));
+            } else {
+                println!("agent id    {}\npublic key  {public_key}", identity.agent_id);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

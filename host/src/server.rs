@@ -134,6 +134,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     )
     .await?;
     let store = manager.store().clone();
+    // The ASP identity exists from the first start on (`corral identity` shows it).
+    let identity =
+        crate::asp::identity::Identity::load_or_create(&opts.data_dir).map_err(|e| ServeError::Setup(e.to_string()))?;
     let recovered = manager.recover().await?;
     let redelivered = manager.messages().recover().await?;
     crate::retention::spawn(store.clone(), policy.retention.clone());
@@ -150,6 +153,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         requeued = recovered.requeued,
         failed = recovered.failed,
         redelivered,
+        asp_agent_id = %identity.agent_id,
         data = %opts.data_dir.display(),
         "corral ready"
     );

@@ -400,3 +400,27 @@ async fn invoke_follow_survives_a_dropped_stream() {
 
 #[allow(dead_code)]
 fn _uses(_: Conn, _: End) {}
+
+#[test]
+fn identity_is_made_once_in_the_data_folder_and_prints_only_the_public_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(["identity", "--json", "--data"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    let second = run();
+    assert_eq!(first, second, "the same identity on every run");
+    let shown: Value = serde_json::from_str(&first).unwrap();
+    assert!(shown["agent_id"].as_str().unwrap().starts_with("corral-"));
+    let seed = std::fs::read_to_string(dir.path().join("identity.key")).unwrap();
+    assert!(!first.contains(seed.trim()), "the private key is never printed");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.path().join("identity.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
