@@ -113,6 +113,8 @@ async fn without_an_exporter_the_traceparent_still_reaches_the_job_and_its_child
         .query_row("SELECT COUNT(*) FROM jobs WHERE trace_parent LIKE ?1", [format!("00-{trace_id}-%")], |r| r.get(0))
         .unwrap();
     assert_eq!(traced, 2, "the parent and its child both carry the trace");
+    let events = host.events(job["id"].as_str().unwrap()).await;
+    assert_eq!(events[0]["data"]["trace_id"], trace_id, "the first event names the trace: {:?}", events[0]);
     let untraced = host.run("echo", json!("plain"), None).await;
     assert!(untraced.get("trace_id").is_none(), "{untraced}");
 }

@@ -320,7 +320,12 @@ impl Store {
                 job.trace_parent.map(|t| t.to_string()),
             ])?;
             ctx.new_job(&job.id);
-            events::append(ctx, &job.id, "state", &state_event(JobStatus::Queued, None, None), job.created_at)?;
+            let mut queued = state_event(JobStatus::Queued, None, None);
+            if let (Some(trace), Some(map)) = (&job.trace_parent, queued.as_object_mut()) {
+                // The job's first event names its trace, for whoever reads only the stream.
+                map.insert("trace_id".into(), Value::String(trace.trace_id()));
+            }
+            events::append(ctx, &job.id, "state", &queued, job.created_at)?;
             if let (Some(started), true) = (job.started_at, job.status != JobStatus::Queued) {
                 events::append(ctx, &job.id, "state", &state_event(JobStatus::Running, None, None), started)?;
             }
