@@ -72,11 +72,6 @@ pub fn recording() -> Option<&'static Metrics> {
     ENABLED.load(Ordering::Relaxed).then(|| &*METRICS)
 }
 
-/// The host's metrics (recorded or not).
-pub fn metrics() -> &'static Metrics {
-    &METRICS
-}
-
 /// What the scrape-time gauges read.
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshot {
@@ -193,7 +188,7 @@ mod tests {
 
     #[test]
     fn the_exposition_names_every_metric_with_its_labels() {
-        let m = metrics();
+        let m = recording().unwrap();
         m.job_finished("echo", "completed", Duration::from_millis(3));
         m.lease_decision("kv.write", false);
         m.store_commit(4, Duration::from_micros(200));

@@ -1,6 +1,8 @@
 //! The retention task: finished jobs (with their events, audit rows and followed-stream rows)
-//! are deleted `retention.jobs_ms` after they finished, and the freed pages are handed back to
-//! the file system a bounded number at a time.
+//! are deleted `retention.jobs_ms` after they finished, finished messages (with their stage
+//! history) `messages.retention_ms` after, and freed pages beyond a reserve are handed back to
+//! the file system a bounded number at a time. One task for all of it, so pruning is paced in
+//! one place.
 //!
 //! Why a background task of small rounds: pruning shares the one writer with every client
 //! write, so each round is one bounded op (`retention.chunk` jobs looked at) and the task
@@ -34,27 +36,45 @@ impl Default for RetentionConfig {
     }
 }
 
-/// Starts the retention task (it ends when the store closes).
-pub fn spawn(store: Store, config: RetentionConfig) {
+/// Starts the retention task (it ends when the store closes): finished jobs per `config`, and
+/// finished messages `messages_ms` after they finished (`[messages] retention_ms`).
+pub fn spawn(store: Store, config: RetentionConfig, messages_ms: u64) {
     if config.jobs_ms == 0 {
-        tracing::info!("retention off (retention.jobs_ms = 0): finished jobs are kept forever");
-        return;
+        tracing::info!("retention.jobs_ms = 0: finished jobs are kept forever");
     }
     tokio::spawn(async move {
         loop {
-            match pass(&store, &config).await {
+            match pass(&store, &config, messages_ms).await {
                 Ok(()) => {}
                 Err(StoreError::Closed) => return,
-                Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed; retrying at the next pass"),
+                Err(e) => tracing::warn!(error = %e, "pruning failed; retrying at the next pass"),
             }
             tokio::time::sleep(Duration::from_millis(config.interval_ms.max(1))).await;
         }
     });
 }
 
-/// One pass: every job that finished more than `jobs_ms` ago and that nothing live refers to.
-async fn pass(store: &Store, config: &RetentionConfig) -> Result<(), StoreError> {
-    let before = crate::now_ms().saturating_sub(i64::try_from(config.jobs_ms).unwrap_or(i64::MAX));
+/// One pass: jobs, then messages, past their retention; then free pages beyond the reserve.
+async fn pass(store: &Store, config: &RetentionConfig, messages_ms: u64) -> Result<(), StoreError> {
+    if config.jobs_ms > 0 {
+        prune_jobs(store, config).await?;
+    }
+    let before = cutoff(messages_ms);
+    while store.prune_messages(before, config.chunk.max(1)).await? == config.chunk.max(1) as usize {
+        tokio::task::yield_now().await;
+    }
+    store.reclaim_free_pages(config.reclaim_pages).await?;
+    Ok(())
+}
+
+/// `age_ms` before now, in ms since the epoch.
+fn cutoff(age_ms: u64) -> i64 {
+    crate::now_ms().saturating_sub(i64::try_from(age_ms).unwrap_or(i64::MAX))
+}
+
+/// Every job that finished more than `jobs_ms` ago and that nothing live refers to.
+async fn prune_jobs(store: &Store, config: &RetentionConfig) -> Result<(), StoreError> {
+    let before = cutoff(config.jobs_ms);
     let (mut cursor, mut jobs, mut events) = (0, 0, 0);
     loop {
         let round = store.prune_jobs(before, cursor, config.chunk.max(1)).await?;
@@ -67,9 +87,8 @@ async fn pass(store: &Store, config: &RetentionConfig) -> Result<(), StoreError>
         }
         tokio::task::yield_now().await;
     }
-    let free = store.reclaim_free_pages(config.reclaim_pages).await?;
     if jobs > 0 {
-        tracing::info!(jobs, events, free_pages = free, "pruned finished jobs past retention");
+        tracing::info!(jobs, events, "pruned finished jobs past retention");
     }
     Ok(())
 }

@@ -139,7 +139,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         crate::asp::identity::Identity::load_or_create(&opts.data_dir).map_err(|e| ServeError::Setup(e.to_string()))?;
     let recovered = manager.recover().await?;
     let redelivered = manager.messages().recover().await?;
-    crate::retention::spawn(store.clone(), policy.retention.clone());
+    crate::retention::spawn(store.clone(), policy.retention.clone(), policy.messages.retention_ms);
 
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|source| ServeError::Listen { addr: listen, source })?;

@@ -184,11 +184,16 @@ pub struct Span {
     context: Option<TraceParent>,
 }
 
-/// Starts a span named `name` under `parent` (a new trace when `None`).
-pub fn start(name: impl Into<Cow<'static, str>>, parent: Option<&TraceParent>, attributes: Vec<KeyValue>) -> Span {
+/// Starts a span named `name` under `parent` (a new trace when `None`). `attributes` is called
+/// only when spans are recorded, so callers pay nothing for them when traces are off.
+pub fn start(
+    name: impl Into<Cow<'static, str>>,
+    parent: Option<&TraceParent>,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
+) -> Span {
     let Some(tracer) = TRACER.get() else { return Span { inner: None, context: parent.copied() } };
     let parent_context = parent.map_or_else(Context::new, TraceParent::context);
-    let span = tracer.span_builder(name).with_attributes(attributes).start_with_context(tracer, &parent_context);
+    let span = tracer.span_builder(name).with_attributes(attributes()).start_with_context(tracer, &parent_context);
     let sc = span.span_context();
     let context = TraceParent { trace_id: sc.trace_id(), span_id: sc.span_id(), sampled: sc.is_sampled() };
     Span { inner: Some(span), context: Some(context) }
@@ -205,9 +210,10 @@ impl Span {
         self.context.as_ref()
     }
 
-    pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+    /// Sets an attribute; `value` is called only when the span is recorded.
+    pub fn set<V: Into<opentelemetry::Value>>(&mut self, key: &'static str, value: impl FnOnce() -> V) {
         if let Some(span) = &mut self.inner {
-            span.set_attribute(KeyValue::new(key, value));
+            span.set_attribute(KeyValue::new(key, value()));
         }
     }
 
@@ -256,9 +262,9 @@ mod tests {
     #[test]
     fn without_an_exporter_a_span_passes_its_parent_on_and_records_nothing() {
         let parent = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        let span = start("job", Some(&parent), Vec::new());
+        let span = start("job", Some(&parent), || panic!("attributes are not built when traces are off"));
         assert_eq!(span.context(), Some(&parent));
         assert!(span.inner.is_none());
-        assert!(start("request", None, Vec::new()).context().is_none());
+        assert!(start("request", None, Vec::new).context().is_none());
     }
 }

@@ -51,6 +51,18 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
     })
 }
 
+/// Runs `orchestrator` with one `echo` child, sending `traceparent`; returns the finished job.
+async fn orchestrate_one_echo(host: &Host, traceparent: &str) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/jobs?wait=30000", host.url))
+        .header("traceparent", traceparent)
+        .json(&json!({"agent": "orchestrator", "input": {"tasks": [{"agent": "echo", "input": 1}]}}))
+        .send()
+        .await
+        .unwrap();
+    response.json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traced_request_its_job_host_calls_and_child_job_are_exported_as_one_trace() {
     let (collector, endpoint) = start_collector().await;
@@ -58,14 +70,7 @@ async fn a_traced_request_its_job_host_calls_and_child_job_are_exported_as_one_t
     let host = Host::start_with_policy(&["orchestrator", "echo"], Some(&policy));
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/jobs?wait=30000", host.url))
-        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .json(&json!({"agent": "orchestrator", "input": {"tasks": [{"agent": "echo", "input": 1}]}}))
-        .send()
-        .await
-        .unwrap();
-    let job: serde_json::Value = response.json().await.unwrap();
+    let job = orchestrate_one_echo(&host, &format!("00-{trace_id}-{caller_span}-01")).await;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["trace_id"], trace_id, "the job's record names its trace: {job}");
     let job_id = job["id"].as_str().unwrap().to_owned();
@@ -99,14 +104,7 @@ async fn a_traced_request_its_job_host_calls_and_child_job_are_exported_as_one_t
 async fn without_an_exporter_the_traceparent_still_reaches_the_job_and_its_children() {
     let host = Host::start(&["orchestrator", "echo"]);
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/jobs?wait=30000", host.url))
-        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
-        .json(&json!({"agent": "orchestrator", "input": {"tasks": [{"agent": "echo", "input": 1}]}}))
-        .send()
-        .await
-        .unwrap();
-    let job: serde_json::Value = response.json().await.unwrap();
+    let job = orchestrate_one_echo(&host, &format!("00-{trace_id}-b7ad6b7169203331-01")).await;
     assert_eq!(job["trace_id"], trace_id, "{job}");
     let traced: i64 = host
         .db()

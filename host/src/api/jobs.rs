@@ -118,8 +118,8 @@ pub async fn submit(
     }
     // A W3C `traceparent` makes the job part of the caller's trace; a malformed one is ignored.
     let caller = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
-    let mut span = crate::telemetry::start("POST /v1/jobs", caller.as_ref(), Vec::new());
-    span.set("corral.agent", body.agent.clone());
+    let mut span = crate::telemetry::start("POST /v1/jobs", caller.as_ref(), Vec::new);
+    span.set("corral.agent", || body.agent.clone());
     let req = SubmitRequest {
         agent: body.agent,
         input: body.input,
@@ -131,7 +131,7 @@ pub async fn submit(
         Some(wait) => state.manager.submit_and_wait(&principal.0, req, Duration::from_millis(wait)).await?,
         None => state.manager.submit(&principal.0, req).await?,
     };
-    span.set("corral.job_id", job.id.clone());
+    span.set("corral.job_id", || job.id.clone());
     let status = if job.status.is_terminal() { StatusCode::OK } else { StatusCode::ACCEPTED };
     let mut response = (status, Json(JobView::from(job))).into_response();
     if replayed {

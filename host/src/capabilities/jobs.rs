@@ -63,7 +63,7 @@ impl wit::Host for JobState {
             Err(e) => return Ok(Err(HostError::Invalid(format!("delegation input is not JSON: {e}")))),
         };
         self.ctx.before_effect().await?;
-        let attributes = vec![opentelemetry::KeyValue::new("corral.scope", "agent.delegate")];
+        let attributes = || vec![opentelemetry::KeyValue::new("corral.scope", "agent.delegate")];
         let mut call = crate::telemetry::start("agent.delegate", self.ctx.trace.as_ref(), attributes);
         let manager = std::sync::Arc::clone(&self.ctx.manager);
         let limits = &self.ctx.lease.limits;
@@ -91,7 +91,7 @@ impl wit::Host for JobState {
             Err(e) => return Ok(Err(HostError::Failed(format!("cannot start child job: {e}")))),
         };
         self.delegation.started += 1;
-        call.set("corral.child_id", child.id.clone());
+        call.set("corral.child_id", || child.id.clone());
         self.ctx.emit("delegated", serde_json::json!({ "child_id": child.id, "agent": agent }));
         let remaining = self.ctx.deadline.saturating_duration_since(Instant::now());
         let finished = manager.wait_finished(&child.id, remaining).await;

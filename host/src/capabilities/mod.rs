@@ -251,11 +251,13 @@ impl JobContext {
         }
         // A span per decided host call. An allowed delegation gets its own span instead, one
         // that lasts until the child ends and is the child job's parent (`capabilities::jobs`).
-        if crate::telemetry::enabled() && self.trace.is_some() && (scope != Scope::AgentDelegate || denial.is_some()) {
-            let attributes = vec![
-                opentelemetry::KeyValue::new("corral.scope", scope.as_str()),
-                opentelemetry::KeyValue::new("corral.decision", if denial.is_some() { "deny" } else { "allow" }),
-            ];
+        if self.trace.is_some() && (scope != Scope::AgentDelegate || denial.is_some()) {
+            let attributes = || {
+                vec![
+                    opentelemetry::KeyValue::new("corral.scope", scope.as_str()),
+                    opentelemetry::KeyValue::new("corral.decision", if denial.is_some() { "deny" } else { "allow" }),
+                ]
+            };
             drop(crate::telemetry::start(scope.as_str(), self.trace.as_ref(), attributes));
         }
         let decision = match denial {

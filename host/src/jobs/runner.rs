@@ -49,13 +49,15 @@ impl Outcome {
 fn job_span(job: &JobRecord, agent: &LoadedAgent) -> crate::telemetry::Span {
     if !crate::telemetry::enabled() {
         // Records nothing; hands the record's trace context on to host calls and children.
-        return crate::telemetry::start("job", job.trace_parent.as_ref(), Vec::new());
+        return crate::telemetry::start("job", job.trace_parent.as_ref(), Vec::new);
     }
-    let attributes = vec![
-        opentelemetry::KeyValue::new("corral.job_id", job.id.clone()),
-        opentelemetry::KeyValue::new("corral.agent", agent.reference()),
-        opentelemetry::KeyValue::new("corral.attempt", i64::from(job.attempt)),
-    ];
+    let attributes = || {
+        vec![
+            opentelemetry::KeyValue::new("corral.job_id", job.id.clone()),
+            opentelemetry::KeyValue::new("corral.agent", agent.reference()),
+            opentelemetry::KeyValue::new("corral.attempt", i64::from(job.attempt)),
+        ]
+    };
     crate::telemetry::start(format!("job {}", agent.manifest.name), job.trace_parent.as_ref(), attributes)
 }
 
@@ -129,7 +131,7 @@ pub(super) async fn run(manager: &Arc<JobManager>, run: Run, mut cancelled: watc
     if job.parent_id.is_some() {
         manager.record_usage(&job.id, super::Usage { host_calls, net_bytes, kv_bytes });
     }
-    span.set("corral.outcome", outcome.name());
+    span.set("corral.outcome", || outcome.name());
     if !matches!(outcome, Outcome::Completed(_)) {
         span.fail(outcome.name());
     }

@@ -177,8 +177,8 @@ impl MessagePlane {
         self.lock().externals.owned_by(principal)
     }
 
-    /// Re-queues every message without an outcome (after a restart), loads external agents,
-    /// and starts the retention task. Call once, after the agents are loaded.
+    /// Re-queues every message without an outcome (after a restart) and loads external agents.
+    /// Call once, after the agents are loaded. (Finished messages are pruned by `retention`.)
     pub async fn recover(self: &Arc<Self>) -> Result<usize, StoreError> {
         for agent in self.store.external_agents().await? {
             self.lock().externals.restore(agent);
@@ -188,31 +188,9 @@ impl MessagePlane {
         for message in pending {
             self.requeue_after_restart(message).await;
         }
-        let plane = Arc::clone(self);
-        tokio::spawn(async move { plane.prune_forever().await });
         if count > 0 {
             tracing::info!(count, "messages without an outcome queued for delivery again");
         }
         Ok(count)
-    }
-
-    /// Deletes finished messages older than the retention, a chunk at a time, every minute.
-    async fn prune_forever(self: Arc<Self>) {
-        const CHUNK: u32 = 500;
-        loop {
-            let before = crate::now_ms().saturating_sub(i64::try_from(self.config().retention_ms).unwrap_or(i64::MAX));
-            loop {
-                match self.store.prune_messages(before, CHUNK).await {
-                    Ok(n) if n == CHUNK as usize => tokio::task::yield_now().await,
-                    Ok(_) => break,
-                    Err(StoreError::Closed) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pruning finished messages failed; retrying later");
-                        break;
-                    }
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-        }
     }
 }

@@ -197,23 +197,26 @@ fn usage(conn: &rusqlite::Connection, kind: OwnerKind, owner: &str) -> Result<Kv
     Ok(KvUsage { bytes: u64::try_from(bytes).unwrap_or(0), keys: u64::try_from(keys).unwrap_or(0) })
 }
 
-/// Adds to an owner's totals (an empty owner — rows from before quotas — is not tracked).
+/// Adds to an owner's totals and returns them (an empty owner — rows from before quotas — is
+/// not tracked).
 fn add_usage(
     tx: &rusqlite::Transaction<'_>,
     kind: OwnerKind,
     owner: &str,
     bytes: i64,
     keys: i64,
-) -> Result<(), StoreError> {
+) -> Result<KvUsage, StoreError> {
     if owner.is_empty() {
-        return Ok(());
+        return Ok(KvUsage::default());
     }
-    tx.prepare_cached(
-        "INSERT INTO kv_usage (kind, owner, bytes, keys) VALUES (?1, ?2, MAX(?3, 0), MAX(?4, 0)) \
-         ON CONFLICT (kind, owner) DO UPDATE SET bytes = MAX(bytes + ?3, 0), keys = MAX(keys + ?4, 0)",
-    )?
-    .execute(params![kind.as_str(), owner, bytes, keys])?;
-    Ok(())
+    let (bytes, keys): (i64, i64) = tx
+        .prepare_cached(
+            "INSERT INTO kv_usage (kind, owner, bytes, keys) VALUES (?1, ?2, MAX(?3, 0), MAX(?4, 0)) \
+             ON CONFLICT (kind, owner) DO UPDATE SET bytes = MAX(bytes + ?3, 0), keys = MAX(keys + ?4, 0) \
+             RETURNING bytes, keys",
+        )?
+        .query_row(params![kind.as_str(), owner, bytes, keys], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(KvUsage { bytes: u64::try_from(bytes).unwrap_or(0), keys: u64::try_from(keys).unwrap_or(0) })
 }
 
 /// The row at (`ns`, `key`), as usage sees it: its size and owners.
@@ -256,22 +259,24 @@ fn charge(tx: &rusqlite::Transaction<'_>, owner: &KvOwner, old: Option<&Stored>,
             }
             None => (size, 1),
         };
-        if name.is_empty() {
-            continue;
-        }
-        let now = usage(tx, kind, name)?;
-        let over_bytes = bytes > 0 && now.bytes.saturating_add(bytes.unsigned_abs()) > quota.bytes;
-        let over_keys = keys > 0 && now.keys.saturating_add(1) > quota.keys;
+        // Added first, checked after: a refusal is an `Err`, which rolls the op back whole
+        // (its savepoint), usage included.
+        let after = add_usage(tx, kind, name, bytes, keys)?;
+        let over_bytes = bytes > 0 && after.bytes > quota.bytes;
+        let over_keys = keys > 0 && after.keys > quota.keys;
         if over_bytes || over_keys {
             return Err(StoreError::KvQuota {
                 kind: kind.as_str(),
                 owner: name.clone(),
                 what: if over_keys { "keys" } else { "bytes" },
-                used: if over_keys { now.keys } else { now.bytes },
+                used: if over_keys {
+                    after.keys.saturating_sub(1)
+                } else {
+                    after.bytes.saturating_sub(bytes.unsigned_abs())
+                },
                 limit: if over_keys { quota.keys } else { quota.bytes },
             });
         }
-        add_usage(tx, kind, name, bytes, keys)?;
     }
     Ok(())
 }
