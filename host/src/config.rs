@@ -88,6 +88,9 @@ pub struct Policy {
     pub telemetry: crate::telemetry::TelemetryConfig,
     /// Submissions per principal (a token bucket each; off when absent).
     pub rate_limit: Option<crate::jobs::RateLimit>,
+    /// Federation over ASP (`crate::asp::config`).
+    #[serde(default)]
+    pub swarm: crate::asp::config::SwarmConfig,
     /// Whether `ceiling` uses templates; found once when the policy loads.
     #[serde(skip)]
     ceiling_templated: bool,
@@ -248,6 +251,13 @@ impl Policy {
         let mut policy: Policy =
             toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
         for p in &policy.principals {
+            if p.name.starts_with(crate::asp::config::PEER_PREFIX) {
+                return Err(invalid(format!(
+                    "principal '{}': names starting with '{}' are peer hosts; give their ceilings in [[swarm.peers]]",
+                    p.name,
+                    crate::asp::config::PEER_PREFIX
+                )));
+            }
             if p.token.is_none() && p.token_sha256.is_none() {
                 return Err(invalid(format!("principal '{}' has neither `token` nor `token_sha256`", p.name)));
             }
@@ -317,6 +327,17 @@ impl Policy {
     /// agent, e.g. what a principal may send to), with its templates (`{agent}`,
     /// `{principal}`) expanded. Borrowed when the ceiling has none.
     pub fn ceiling_for(&self, principal: &str, agent: Option<&str>) -> Cow<'_, LeaseCeiling> {
+        if let Some(peer) = principal.strip_prefix(crate::asp::config::PEER_PREFIX) {
+            // A peer host: its own ceiling, or nothing granted (deny by default).
+            return match self.swarm.peer_ceiling(peer) {
+                Some(ceiling) => Cow::Borrowed(ceiling),
+                None => Cow::Owned(LeaseCeiling {
+                    grants: crate::lease::Grants::default(),
+                    limits: self.ceiling.limits,
+                    max_ttl_ms: None,
+                }),
+            };
+        }
         let own = self.principals.iter().find(|p| p.name == principal);
         let (ceiling, templated) = match own.and_then(|p| p.ceiling.as_ref().map(|c| (c, p.ceiling_templated))) {
             Some(own) => own,
@@ -336,15 +357,33 @@ fn inherit_limits(policy: &mut toml::Table) {
     let Some(toml::Value::Table(defaults)) = policy.get("ceiling").and_then(|c| c.get("limits")).cloned() else {
         return;
     };
-    let Some(toml::Value::Array(principals)) = policy.get_mut("principals") else { return };
-    for principal in principals {
-        if let Some(toml::Value::Table(ceiling)) = principal.get_mut("ceiling") {
-            let mut limits = defaults.clone();
-            if let Some(toml::Value::Table(own)) = ceiling.remove("limits") {
-                merge(&mut limits, own);
+    let principals = match policy.get_mut("principals") {
+        Some(toml::Value::Array(principals)) => std::mem::take(principals),
+        _ => Vec::new(),
+    };
+    let peers = match policy.get_mut("swarm").and_then(|s| s.get_mut("peers")) {
+        Some(toml::Value::Array(peers)) => std::mem::take(peers),
+        _ => Vec::new(),
+    };
+    let inherit = |mut entries: Vec<toml::Value>| {
+        for entry in &mut entries {
+            if let Some(toml::Value::Table(ceiling)) = entry.get_mut("ceiling") {
+                let mut limits = defaults.clone();
+                if let Some(toml::Value::Table(own)) = ceiling.remove("limits") {
+                    merge(&mut limits, own);
+                }
+                ceiling.insert("limits".into(), toml::Value::Table(limits));
             }
-            ceiling.insert("limits".into(), toml::Value::Table(limits));
         }
+        entries
+    };
+    if !principals.is_empty() {
+        policy.insert("principals".into(), toml::Value::Array(inherit(principals)));
+    }
+    if !peers.is_empty()
+        && let Some(toml::Value::Table(swarm)) = policy.get_mut("swarm")
+    {
+        swarm.insert("peers".into(), toml::Value::Array(inherit(peers)));
     }
 }
 

@@ -32,14 +32,17 @@ pub struct ConnectionLimits {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish (for
-/// at most `drain`).
+/// at most `drain`). With `tls`, every connection is a TLS one (its handshake must finish
+/// within the header timeout).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
     builder
@@ -77,11 +80,28 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
         }
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service.clone()).into_owned();
-        let connection = graceful.watch(connection);
+        let Some(acceptor) = tls.clone() else {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service.clone()).into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                let _slot = slot;
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
+        let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = connection.await {
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!("TLS handshake timed out"),
+            };
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

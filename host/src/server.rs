@@ -175,8 +175,19 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         None => None,
     };
 
+    let (swarm_stop, swarm_stopped) = tokio::sync::oneshot::channel::<()>();
+    let swarm = match policy.swarm.listen {
+        Some(addr) => {
+            let stopped = async {
+                let _ = swarm_stopped.await;
+            };
+            Some(start_swarm(&manager, &policy, &opts.data_dir, identity, addr, stopped).await?)
+        }
+        None => None,
+    };
+
     // A machine-readable line for scripts and tests that listen on port 0 — the last thing
-    // printed at start (after the gRPC line, if any): once it is out, everything is bound.
+    // printed at start (after the gRPC and swarm lines, if any): once it is out, everything is bound.
     #[allow(clippy::print_stdout)]
     {
         println!("corral listening on http://{local}");
@@ -192,7 +203,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         let _ = stop_rx.await;
     };
     // Open event streams would hold graceful shutdown forever; give them a moment.
-    let server = tokio::spawn(crate::connections::serve(listener, app, limits, stopped, Duration::from_secs(1)));
+    let server = tokio::spawn(crate::connections::serve(listener, app, limits, None, stopped, Duration::from_secs(1)));
 
     shutdown_signal().await;
     let grace = Duration::from_millis(policy.server.shutdown_grace_ms);
@@ -203,6 +214,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     let _ = stop_tx.send(());
     let _ = grpc_stop.send(());
+    let _ = swarm_stop.send(());
+    if let Some((server, outbox)) = swarm {
+        outbox.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     if let Some(grpc) = grpc {
         let _ = tokio::time::timeout(Duration::from_secs(1), grpc).await;
@@ -218,6 +234,47 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts federation: the ASP endpoint over HTTPS on `addr` and the outbox. Prints
+/// `corral swarm listening on <endpoint>` once bound.
+async fn start_swarm(
+    manager: &Arc<JobManager>,
+    policy: &Policy,
+    data_dir: &std::path::Path,
+    identity: crate::asp::identity::Identity,
+    addr: SocketAddr,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> Result<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>), ServeError> {
+    let config = &policy.swarm;
+    let tls = crate::asp::tls::server_config(config, data_dir, addr).map_err(ServeError::Setup)?;
+    let client = crate::asp::tls::client(config).map_err(ServeError::Setup)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Listen { addr, source })?;
+    manager.add_listener(local);
+    let endpoint = config.endpoint.clone().unwrap_or_else(|| format!("https://{local}/swarm"));
+    let federation = crate::asp::federation::Federation::new(
+        identity,
+        manager.store().clone(),
+        config.clone(),
+        endpoint.clone(),
+        client,
+    );
+    manager.set_federation(Arc::clone(&federation));
+    let outbox = crate::asp::outbox::spawn(Arc::clone(&federation));
+    let limits = crate::connections::ConnectionLimits {
+        header_timeout: Duration::from_millis(policy.server.header_timeout_ms),
+        max_connections: policy.server.max_connections,
+    };
+    let app = crate::asp::http::router(federation);
+    let server =
+        tokio::spawn(crate::connections::serve(listener, app, limits, Some(tls), stopped, Duration::from_secs(1)));
+    tracing::info!(%local, %endpoint, "ASP swarm endpoint ready");
+    #[allow(clippy::print_stdout)]
+    {
+        println!("corral swarm listening on {endpoint}");
+    }
+    Ok((server, outbox))
 }
 
 /// The gRPC listener's TLS identity from the policy's PEM files, if configured.

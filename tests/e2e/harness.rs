@@ -38,6 +38,8 @@ pub struct Host {
     pub token: Option<String>,
     /// `host:port` of the SW4RM gRPC listener, for hosts started with [`Host::start_grpc`].
     pub grpc: Option<String>,
+    /// The ASP endpoint (`https://…/swarm`), for hosts whose policy sets `[swarm] listen`.
+    pub swarm: Option<String>,
     /// `CORRAL_SECRETS_KEY` of the process ([`TEST_SECRETS_KEY`] unless a test changes it).
     pub secrets_key: Option<String>,
 }
@@ -82,6 +84,7 @@ impl Host {
             client: reqwest::Client::new(),
             token: None,
             grpc: grpc.then(String::new),
+            swarm: None,
             secrets_key: Some(TEST_SECRETS_KEY.to_owned()),
         };
         host.spawn();
@@ -126,10 +129,16 @@ impl Host {
             }
         });
         let (tx, rx) = std::sync::mpsc::channel();
+        // Printed before the HTTP line, so set by the time that one arrives.
+        let swarm = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let swarm_line = std::sync::Arc::clone(&swarm);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("corral gRPC listening on ") {
                     let _ = tx.send((true, addr.trim().to_string()));
+                }
+                if let Some(url) = line.strip_prefix("corral swarm listening on ") {
+                    *swarm_line.lock().unwrap() = Some(url.trim().to_string());
                 }
                 if let Some(url) = line.strip_prefix("corral listening on ") {
                     let _ = tx.send((false, url.trim().to_string()));
@@ -150,6 +159,7 @@ impl Host {
             }
         }
         self.url = http.unwrap_or_default();
+        self.swarm = swarm.lock().unwrap().take();
     }
 
     /// Everything the host wrote to stderr so far.

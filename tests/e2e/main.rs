@@ -20,6 +20,7 @@ mod api_errors;
 mod arcp;
 mod cli;
 mod durability;
+mod federation;
 mod lease_escapes;
 mod leases;
 mod limits;

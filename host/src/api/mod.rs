@@ -11,6 +11,7 @@ pub mod events;
 pub mod jobs;
 pub mod messages;
 pub mod secrets;
+pub mod swarm;
 
 use std::sync::Arc;
 
@@ -45,7 +46,9 @@ pub struct Principal(pub String);
         jobs::submit, jobs::get, jobs::list, jobs::cancel, events::stream, agents, healthz, readyz,
         messages::send, messages::get, messages::list,
         messages::register, messages::heartbeat, messages::deregister, messages::inbox, messages::release,
-        secrets::list, secrets::set, secrets::remove
+        secrets::list, secrets::set, secrets::remove,
+        swarm::identity, swarm::list, swarm::create, swarm::get, swarm::invite, swarm::join, swarm::leave,
+        swarm::kick, swarm::transfer, swarm::mute, swarm::send, swarm::inbox, swarm::outbox
     ),
     components(schemas(
         jobs::SubmitBody, jobs::JobView, jobs::JobList, error::ErrorBody, error::ErrorDetail,
@@ -56,7 +59,10 @@ pub struct Principal(pub String);
         crate::messages::ExternalAgent, crate::messages::Release, crate::messages::MessageType,
         crate::messages::AckStage, crate::messages::ErrorCode, crate::messages::CommClass,
         crate::store::RecipientKind,
-        secrets::SetSecretBody, secrets::SecretList, crate::secrets::SecretView, crate::secrets::Injection
+        secrets::SetSecretBody, secrets::SecretList, crate::secrets::SecretView, crate::secrets::Injection,
+        swarm::SwarmList, swarm::CreateBody, swarm::InviteBody, swarm::JoinBody, swarm::MemberBody, swarm::MuteBody,
+        swarm::SendSwarmBody, swarm::Queued, swarm::Inbox, swarm::InboxMessage, swarm::Outbox, swarm::OutboxEntry,
+        crate::asp::federation::SwarmView, crate::asp::federation::MemberView, crate::asp::federation::InviteView
     )),
     modifiers(&BearerAuth)
 )]
@@ -94,6 +100,18 @@ pub fn router(manager: Arc<JobManager>) -> Router {
         .route("/v1/external-agents/{id}/inbox/{seq}/ack", post(messages::release))
         .route("/v1/secrets", get(secrets::list))
         .route("/v1/secrets/{name}", axum::routing::put(secrets::set).delete(secrets::remove))
+        .route("/v1/swarms", get(swarm::list).post(swarm::create))
+        .route("/v1/swarms/join", post(swarm::join))
+        .route("/v1/swarms/{id}", get(swarm::get))
+        .route("/v1/swarms/{id}/invites", post(swarm::invite))
+        .route("/v1/swarms/{id}/leave", post(swarm::leave))
+        .route("/v1/swarms/{id}/kick", post(swarm::kick))
+        .route("/v1/swarms/{id}/transfer", post(swarm::transfer))
+        .route("/v1/swarms/{id}/mute", post(swarm::mute))
+        .route("/v1/swarms/{id}/messages", post(swarm::send))
+        .route("/v1/swarm/identity", get(swarm::identity))
+        .route("/v1/swarm/inbox", get(swarm::inbox))
+        .route("/v1/swarm/outbox", get(swarm::outbox))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()

@@ -188,7 +188,7 @@ pub(crate) mod tests {
             assert_eq!(asp010_timestamp(given).unwrap(), expected.as_str().unwrap(), "{given}");
         }
         assert_eq!(instant("2026-02-05T16:30:00.000+02:00").unwrap(), instant("2026-02-05T14:30:00Z").unwrap());
-        assert_eq!(asp010_timestamp("yesterday").unwrap_err().code(), "MALFORMED");
+        assert_eq!(asp010_timestamp("yesterday").unwrap_err().code(), "INVALID_FORMAT");
     }
 
     #[test]

@@ -484,6 +484,30 @@ impl Client {
         self.send_json(self.request(reqwest::Method::DELETE, url), "secret removal").await.map(|_| ())
     }
 
+    /// A federation call (`corral swarm …`): `segments` are the path under `/v1/`, each
+    /// escaped as one segment.
+    pub async fn swarm_call(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let mut url = self.url("v1/")?;
+        url.path_segments_mut()
+            .map_err(|()| ClientError::InvalidServerUrl { url: self.server().to_owned(), reason: "no path".into() })?
+            .pop_if_empty()
+            .extend(segments);
+        for (key, value) in query {
+            url.query_pairs_mut().append_pair(key, value);
+        }
+        let mut req = self.request(method, url);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        self.send_json(req, "swarm answer").await
+    }
+
     fn secret_url(&self, name: &str) -> Result<Url, ClientError> {
         let mut url = self.url("v1/secrets/")?;
         url.path_segments_mut()

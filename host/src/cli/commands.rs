@@ -146,6 +146,7 @@ async fn execute(client: &Client, cmd: ClientCommand, json: bool) -> Result<Done
             super::messages::list(client, &query, json).await
         }
         ClientCommand::Secret { action } => super::secrets::run(client, action, json).await,
+        ClientCommand::Swarm { action } => super::swarm::run(client, action, json).await,
         ClientCommand::Arcp {
             action: ArcpCommand::Invoke { agent, url, input, lease, cost_budget, idempotency_key },
         } => {

@@ -39,6 +39,7 @@ mod commands;
 mod messages;
 mod render;
 mod secrets;
+mod swarm;
 
 use std::process::ExitCode;
 
@@ -213,6 +214,72 @@ pub enum ClientCommand {
         #[command(subcommand)]
         action: SecretCommand,
     },
+
+    /// Federation over Agent Swarm Protocol: swarms, members, messages (operators only).
+    Swarm {
+        #[command(subcommand)]
+        action: SwarmCommand,
+    },
+}
+
+/// `corral swarm ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SwarmCommand {
+    /// Create a swarm with this host as its master.
+    Create { name: String },
+    /// List the swarms this host is in.
+    List,
+    /// Issue an invite to a swarm this host is master of; prints the `swarm://` URL.
+    Invite {
+        swarm: String,
+        /// Lifetime in ms (default: the policy's `swarm.invite_ttl_ms`, 24 h).
+        #[arg(long, value_name = "MS")]
+        ttl_ms: Option<u64>,
+        /// Joins it admits at most.
+        #[arg(long, value_name = "N")]
+        max_uses: Option<u64>,
+    },
+    /// Join a swarm by invite (token or `swarm://` URL); the invite is verified against its
+    /// master's key first.
+    Join { invite: String },
+    /// Leave a swarm (a master hands its role over first).
+    Leave { swarm: String },
+    /// Remove a member (master only).
+    Kick { swarm: String, agent_id: String },
+    /// Hand the master role to a member (master only).
+    Transfer { swarm: String, agent_id: String },
+    /// Mute a swarm, or one member with --agent, on this host; --off unmutes.
+    Mute {
+        swarm: String,
+        #[arg(long, value_name = "AGENT_ID")]
+        agent: Option<String>,
+        #[arg(long)]
+        off: bool,
+    },
+    /// List a swarm's members with their keys and signature schemes.
+    Members { swarm: String },
+    /// Send a message to a member (its agent id) or to `broadcast`.
+    Send {
+        swarm: String,
+        recipient: String,
+        content: String,
+        /// `message` or `notification`.
+        #[arg(long = "type", value_name = "TYPE", default_value = "message")]
+        kind: String,
+    },
+    /// Messages received from swarms, oldest first.
+    Inbox {
+        #[arg(long, value_name = "SWARM")]
+        swarm: Option<String>,
+        /// Only after this seq.
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        after: i64,
+        /// Include muted swarms and members.
+        #[arg(long)]
+        muted: bool,
+    },
+    /// Messages waiting for delivery (and dead ones, with their last error).
+    Outbox,
 }
 
 /// `corral arcp ...`.

@@ -109,6 +109,8 @@ pub struct JobManager {
     own_addresses: std::sync::RwLock<OwnAddresses>,
     /// The message plane (its deliveries run through this manager's runner).
     messages: Arc<crate::messages::MessagePlane>,
+    /// Federation over ASP, when `[swarm] listen` is set (installed once by `serve`).
+    federation: std::sync::OnceLock<Arc<crate::asp::federation::Federation>>,
     /// A weak self-reference so `&self` methods can hand `Arc`s to spawned jobs.
     me: Weak<JobManager>,
 }
@@ -155,6 +157,7 @@ impl JobManager {
                 policy_for_plane,
                 me.clone(),
             )),
+            federation: std::sync::OnceLock::new(),
             me: me.clone(),
         }))
     }
@@ -186,6 +189,16 @@ impl JobManager {
     /// The message plane.
     pub fn messages(&self) -> &Arc<crate::messages::MessagePlane> {
         &self.messages
+    }
+
+    /// Installs the host's federation (once; a second call is ignored).
+    pub fn set_federation(&self, federation: Arc<crate::asp::federation::Federation>) {
+        let _ = self.federation.set(federation);
+    }
+
+    /// The host's federation, if ASP is served.
+    pub fn federation(&self) -> Option<&Arc<crate::asp::federation::Federation>> {
+        self.federation.get()
     }
 
     pub fn registry(&self) -> &Arc<Registry> {

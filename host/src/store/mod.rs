@@ -33,6 +33,7 @@ mod kv;
 mod messages;
 mod retention;
 mod schema;
+mod swarm;
 mod writer;
 
 #[cfg(test)]
@@ -58,6 +59,7 @@ pub use messages::{
     RecipientKind, StageRecord,
 };
 pub use retention::PruneRound;
+pub use swarm::{Admission, InboundRecord, MemberRecord, MembershipChange, NewOutbox, OutboxRecord, SwarmRecord};
 pub use writer::MAX_BATCH;
 pub(crate) use writer::WriteCtx;
 

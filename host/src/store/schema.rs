@@ -114,6 +114,8 @@ const MIGRATIONS: &[&str] = &[
     super::kv::MIGRATION,
     // 6: the trace context a job's span continues.
     "ALTER TABLE jobs ADD COLUMN trace_parent TEXT;",
+    // 7: federation (swarms, members, invites, seen ids, inbox, outbox).
+    super::swarm::MIGRATION,
 ];
 
 /// The schema version this code writes.

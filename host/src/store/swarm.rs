@@ -1,0 +1,534 @@
+//! Federation state: the swarms this host is in, their members and keys, the invites it
+//! issued (with their uses), the ASP messages it received, the ids it has seen (replay
+//! protection) and the outbox of messages still to deliver.
+//!
+//! Why each change is one write op: a received message is remembered as seen, stored in the
+//! inbox and applied to the membership in the same transaction, so a crash can neither apply a
+//! `member_kicked` without remembering it (it would be applied again) nor remember it without
+//! applying it. An admission checks the invite's uses, adds the member, counts the use and
+//! queues the `member_joined` broadcasts together: `max_uses` holds under concurrent joins.
+
+use rusqlite::{OptionalExtension as _, Transaction, params};
+
+use super::{Store, StoreError};
+
+pub(super) const MIGRATION: &str = r#"
+    CREATE TABLE swarms (
+        swarm_id  TEXT PRIMARY KEY,
+        name      TEXT NOT NULL,
+        master    TEXT NOT NULL,
+        muted     INTEGER NOT NULL DEFAULT 0,
+        joined_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE swarm_members (
+        swarm_id   TEXT NOT NULL,
+        agent_id   TEXT NOT NULL,
+        endpoint   TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        scheme     TEXT NOT NULL,
+        muted      INTEGER NOT NULL DEFAULT 0,
+        joined_at  INTEGER NOT NULL,
+        PRIMARY KEY (swarm_id, agent_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE swarm_invites (
+        token_sha256 TEXT PRIMARY KEY,
+        swarm_id     TEXT NOT NULL,
+        max_uses     INTEGER,
+        uses         INTEGER NOT NULL DEFAULT 0,
+        expires_at   INTEGER,
+        created_at   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE swarm_seen (
+        message_id TEXT PRIMARY KEY,
+        until      INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX swarm_seen_until ON swarm_seen(until);
+    CREATE TABLE swarm_inbox (
+        seq         INTEGER PRIMARY KEY,
+        message_id  TEXT NOT NULL,
+        swarm_id    TEXT NOT NULL,
+        sender      TEXT NOT NULL,
+        recipient   TEXT NOT NULL,
+        type        TEXT NOT NULL,
+        content     TEXT NOT NULL,
+        wire        TEXT NOT NULL,
+        muted       INTEGER NOT NULL,
+        received_at INTEGER NOT NULL
+    );
+    CREATE TABLE swarm_outbox (
+        id         INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        peer       TEXT NOT NULL,
+        endpoint   TEXT NOT NULL,
+        body       TEXT NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        next_at    INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_error TEXT,
+        dead       INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX swarm_outbox_due ON swarm_outbox(next_at) WHERE dead = 0;
+"#;
+
+/// A swarm this host is a member of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmRecord {
+    pub swarm_id: String,
+    pub name: String,
+    /// The agent id of the master (the only one who admits, kicks and transfers).
+    pub master: String,
+    /// Muted locally: its messages are kept but not listed by default.
+    pub muted: bool,
+    pub joined_at: i64,
+}
+
+/// A member of a swarm and the key its messages are verified with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub swarm_id: String,
+    pub agent_id: String,
+    pub endpoint: String,
+    /// Base64 of the raw Ed25519 key.
+    pub public_key: String,
+    /// The signature scheme it signs with (and gets): `asp-0.1.0` or `corral-lp/1`.
+    pub scheme: String,
+    pub muted: bool,
+    pub joined_at: i64,
+}
+
+/// A received message as stored in the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundRecord {
+    /// Assigned by the store; ignored on insert.
+    pub seq: i64,
+    pub message_id: String,
+    pub swarm_id: String,
+    pub sender: String,
+    pub recipient: String,
+    pub kind: String,
+    pub content: String,
+    /// The message as it arrived (JSON).
+    pub wire: String,
+    pub muted: bool,
+    pub received_at: i64,
+}
+
+/// A message to deliver to one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOutbox {
+    pub message_id: String,
+    pub peer: String,
+    pub endpoint: String,
+    /// The signed message (JSON), exactly as it is posted.
+    pub body: String,
+}
+
+/// An outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    pub id: i64,
+    pub message_id: String,
+    pub peer: String,
+    pub endpoint: String,
+    pub body: String,
+    pub attempts: u32,
+    pub next_at: i64,
+    pub created_at: i64,
+    pub last_error: Option<String>,
+    pub dead: bool,
+}
+
+/// What a verified message (or a local operation) does to the membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    Nothing,
+    Add(MemberRecord),
+    Remove {
+        swarm_id: String,
+        agent_id: String,
+    },
+    /// This host is no longer in the swarm (it left, or was kicked).
+    Forget {
+        swarm_id: String,
+    },
+    SetMaster {
+        swarm_id: String,
+        agent_id: String,
+    },
+    MuteMember {
+        swarm_id: String,
+        agent_id: String,
+        muted: bool,
+    },
+    MuteSwarm {
+        swarm_id: String,
+        muted: bool,
+    },
+}
+
+/// The outcome of a join at the master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Admitted; the members now (the new one included).
+    Admitted(Vec<MemberRecord>),
+    UnknownSwarm,
+    /// The token verifies but this host has no record of issuing it.
+    UnknownInvite,
+    Exhausted(u64),
+    AlreadyMember,
+}
+
+const MEMBER_COLUMNS: &str = "swarm_id, agent_id, endpoint, public_key, scheme, muted, joined_at";
+
+fn member_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MemberRecord> {
+    Ok(MemberRecord {
+        swarm_id: row.get(0)?,
+        agent_id: row.get(1)?,
+        endpoint: row.get(2)?,
+        public_key: row.get(3)?,
+        scheme: row.get(4)?,
+        muted: row.get(5)?,
+        joined_at: row.get(6)?,
+    })
+}
+
+fn members_of(conn: &rusqlite::Connection, swarm_id: &str) -> Result<Vec<MemberRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MEMBER_COLUMNS} FROM swarm_members WHERE swarm_id = ?1 ORDER BY joined_at, agent_id"
+    ))?;
+    let rows = stmt.query_map([swarm_id], member_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn insert_member(tx: &Transaction<'_>, m: &MemberRecord) -> Result<(), StoreError> {
+    tx.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO swarm_members ({MEMBER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))?
+    .execute(params![m.swarm_id, m.agent_id, m.endpoint, m.public_key, m.scheme, m.muted, m.joined_at])?;
+    Ok(())
+}
+
+fn forget(tx: &Transaction<'_>, swarm_id: &str) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM swarm_members WHERE swarm_id = ?1", [swarm_id])?;
+    tx.execute("DELETE FROM swarm_invites WHERE swarm_id = ?1", [swarm_id])?;
+    tx.execute("DELETE FROM swarms WHERE swarm_id = ?1", [swarm_id])?;
+    Ok(())
+}
+
+fn apply(tx: &Transaction<'_>, change: &MembershipChange) -> Result<(), StoreError> {
+    match change {
+        MembershipChange::Nothing => {}
+        MembershipChange::Add(member) => insert_member(tx, member)?,
+        MembershipChange::Remove { swarm_id, agent_id } => {
+            tx.execute("DELETE FROM swarm_members WHERE swarm_id = ?1 AND agent_id = ?2", [swarm_id, agent_id])?;
+        }
+        MembershipChange::Forget { swarm_id } => forget(tx, swarm_id)?,
+        MembershipChange::SetMaster { swarm_id, agent_id } => {
+            tx.execute("UPDATE swarms SET master = ?2 WHERE swarm_id = ?1", [swarm_id, agent_id])?;
+        }
+        MembershipChange::MuteMember { swarm_id, agent_id, muted } => {
+            tx.execute(
+                "UPDATE swarm_members SET muted = ?3 WHERE swarm_id = ?1 AND agent_id = ?2",
+                params![swarm_id, agent_id, muted],
+            )?;
+        }
+        MembershipChange::MuteSwarm { swarm_id, muted } => {
+            tx.execute("UPDATE swarms SET muted = ?2 WHERE swarm_id = ?1", params![swarm_id, muted])?;
+        }
+    }
+    Ok(())
+}
+
+fn enqueue(tx: &Transaction<'_>, rows: &[NewOutbox], now: i64) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO swarm_outbox (message_id, peer, endpoint, body, next_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    )?;
+    for row in rows {
+        stmt.execute(params![row.message_id, row.peer, row.endpoint, row.body, now])?;
+    }
+    Ok(())
+}
+
+fn outbox_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRecord> {
+    Ok(OutboxRecord {
+        id: row.get(0)?,
+        message_id: row.get(1)?,
+        peer: row.get(2)?,
+        endpoint: row.get(3)?,
+        body: row.get(4)?,
+        attempts: row.get(5)?,
+        next_at: row.get(6)?,
+        created_at: row.get(7)?,
+        last_error: row.get(8)?,
+        dead: row.get(9)?,
+    })
+}
+
+const OUTBOX_COLUMNS: &str = "id, message_id, peer, endpoint, body, attempts, next_at, created_at, last_error, dead";
+
+impl Store {
+    /// Records a swarm and its members as they are now (creating or joining it), together
+    /// with messages to send about it.
+    pub async fn swarm_save(
+        &self,
+        swarm: SwarmRecord,
+        members: Vec<MemberRecord>,
+        outbox: Vec<NewOutbox>,
+    ) -> Result<(), StoreError> {
+        self.write(move |ctx| {
+            let tx = ctx.tx();
+            forget(tx, &swarm.swarm_id)?;
+            tx.prepare_cached(
+                "INSERT INTO swarms (swarm_id, name, master, muted, joined_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![swarm.swarm_id, swarm.name, swarm.master, swarm.muted, swarm.joined_at])?;
+            for member in &members {
+                insert_member(tx, member)?;
+            }
+            enqueue(tx, &outbox, super::now_ms())
+        })
+        .await
+    }
+
+    /// A swarm and its members.
+    pub async fn swarm(&self, swarm_id: &str) -> Result<Option<(SwarmRecord, Vec<MemberRecord>)>, StoreError> {
+        let id = swarm_id.to_owned();
+        self.read(move |conn| {
+            let swarm = conn
+                .prepare_cached("SELECT swarm_id, name, master, muted, joined_at FROM swarms WHERE swarm_id = ?1")?
+                .query_row([&id], swarm_row)
+                .optional()?;
+            match swarm {
+                Some(swarm) => Ok(Some((swarm, members_of(conn, &id)?))),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Every swarm this host is in.
+    pub async fn swarms(&self) -> Result<Vec<SwarmRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT swarm_id, name, master, muted, joined_at FROM swarms ORDER BY joined_at")?;
+            let rows = stmt.query_map([], swarm_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Applies a local membership change and queues the messages announcing it.
+    pub async fn swarm_change(&self, change: MembershipChange, outbox: Vec<NewOutbox>) -> Result<(), StoreError> {
+        self.write(move |ctx| {
+            apply(ctx.tx(), &change)?;
+            enqueue(ctx.tx(), &outbox, super::now_ms())
+        })
+        .await
+    }
+
+    /// Remembers an invite this host issued (by the token's sha256), so its uses can be counted.
+    pub async fn swarm_record_invite(
+        &self,
+        token_sha256: String,
+        swarm_id: String,
+        max_uses: Option<u64>,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let max_uses = max_uses.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.write(move |ctx| {
+            ctx.tx()
+                .prepare_cached(
+                    "INSERT INTO swarm_invites (token_sha256, swarm_id, max_uses, expires_at, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![token_sha256, swarm_id, max_uses, expires_at, super::now_ms()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Admits `member` with the invite whose token hashes to `token_sha256`: checks the invite's
+    /// uses and that the agent is not a member yet, then adds it, counts the use and queues what
+    /// `announce` makes of the members as they were (the `member_joined` broadcasts) — all in
+    /// one transaction, or nothing.
+    pub async fn swarm_admit<F>(
+        &self,
+        token_sha256: String,
+        member: MemberRecord,
+        announce: F,
+    ) -> Result<Admission, StoreError>
+    where
+        F: FnOnce(&[MemberRecord]) -> Vec<NewOutbox> + Send + 'static,
+    {
+        self.write(move |ctx| {
+            let tx = ctx.tx();
+            let known: Option<String> = tx
+                .prepare_cached("SELECT swarm_id FROM swarms WHERE swarm_id = ?1")?
+                .query_row([&member.swarm_id], |r| r.get(0))
+                .optional()?;
+            if known.is_none() {
+                return Ok(Admission::UnknownSwarm);
+            }
+            let invite: Option<(String, Option<i64>, i64)> = tx
+                .prepare_cached("SELECT swarm_id, max_uses, uses FROM swarm_invites WHERE token_sha256 = ?1")?
+                .query_row([&token_sha256], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((invite_swarm, max_uses, uses)) = invite else { return Ok(Admission::UnknownInvite) };
+            if invite_swarm != member.swarm_id {
+                return Ok(Admission::UnknownInvite);
+            }
+            if max_uses.is_some_and(|max| uses >= max) {
+                return Ok(Admission::Exhausted(u64::try_from(uses).unwrap_or_default()));
+            }
+            let before = members_of(tx, &member.swarm_id)?;
+            if before.iter().any(|m| m.agent_id == member.agent_id) {
+                return Ok(Admission::AlreadyMember);
+            }
+            let outbox = announce(&before);
+            insert_member(tx, &member)?;
+            tx.execute("UPDATE swarm_invites SET uses = uses + 1 WHERE token_sha256 = ?1", [&token_sha256])?;
+            enqueue(tx, &outbox, super::now_ms())?;
+            let mut after = before;
+            after.push(member);
+            Ok(Admission::Admitted(after))
+        })
+        .await
+    }
+
+    /// Takes a verified message: remembers its id until `seen_until`, stores it in the inbox
+    /// and applies `change`, in one transaction. `None` when the id was seen before (a replay):
+    /// then nothing is written.
+    pub async fn swarm_accept(
+        &self,
+        message: InboundRecord,
+        seen_until: i64,
+        change: MembershipChange,
+    ) -> Result<Option<i64>, StoreError> {
+        self.write(move |ctx| {
+            let tx = ctx.tx();
+            let fresh = tx
+                .prepare_cached("INSERT INTO swarm_seen (message_id, until) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+                .execute(params![message.message_id, seen_until])?;
+            if fresh == 0 {
+                return Ok(None);
+            }
+            tx.prepare_cached(
+                "INSERT INTO swarm_inbox (message_id, swarm_id, sender, recipient, type, content, wire, muted, received_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                message.message_id,
+                message.swarm_id,
+                message.sender,
+                message.recipient,
+                message.kind,
+                message.content,
+                message.wire,
+                message.muted,
+                message.received_at
+            ])?;
+            let seq = tx.last_insert_rowid();
+            apply(tx, &change)?;
+            Ok(Some(seq))
+        })
+        .await
+    }
+
+    /// Received messages after `after_seq`, oldest first; muted ones only with `muted`.
+    pub async fn swarm_inbox(
+        &self,
+        swarm_id: Option<String>,
+        after_seq: i64,
+        limit: u32,
+        muted: bool,
+    ) -> Result<Vec<InboundRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, message_id, swarm_id, sender, recipient, type, content, wire, muted, received_at \
+                 FROM swarm_inbox WHERE seq > ?1 AND (?2 IS NULL OR swarm_id = ?2) AND (?3 OR muted = 0) \
+                 ORDER BY seq LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(params![after_seq, swarm_id, muted, limit], |row| {
+                Ok(InboundRecord {
+                    seq: row.get(0)?,
+                    message_id: row.get(1)?,
+                    swarm_id: row.get(2)?,
+                    sender: row.get(3)?,
+                    recipient: row.get(4)?,
+                    kind: row.get(5)?,
+                    content: row.get(6)?,
+                    wire: row.get(7)?,
+                    muted: row.get(8)?,
+                    received_at: row.get(9)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Queues messages for delivery.
+    pub async fn outbox_enqueue(&self, rows: Vec<NewOutbox>) -> Result<(), StoreError> {
+        self.write(move |ctx| enqueue(ctx.tx(), &rows, super::now_ms())).await
+    }
+
+    /// Live outbox rows due at `now`, oldest first.
+    pub async fn outbox_due(&self, now: i64, limit: u32) -> Result<Vec<OutboxRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {OUTBOX_COLUMNS} FROM swarm_outbox WHERE dead = 0 AND next_at <= ?1 ORDER BY next_at, id LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![now, limit], outbox_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Every outbox row (live ones first), for operators.
+    pub async fn outbox_list(&self, limit: u32) -> Result<Vec<OutboxRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {OUTBOX_COLUMNS} FROM swarm_outbox ORDER BY dead, id LIMIT ?1"))?;
+            let rows = stmt.query_map([limit], outbox_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// The peer has the message: it leaves the outbox.
+    pub async fn outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
+        self.write(move |ctx| {
+            ctx.tx().prepare_cached("DELETE FROM swarm_outbox WHERE id = ?1")?.execute([id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// An attempt failed: try again at `next_at`, or (`dead`) never again.
+    pub async fn outbox_failed(&self, id: i64, error: String, next_at: i64, dead: bool) -> Result<(), StoreError> {
+        self.write(move |ctx| {
+            ctx.tx()
+                .prepare_cached(
+                    "UPDATE swarm_outbox SET attempts = attempts + 1, last_error = ?2, next_at = ?3, dead = ?4 WHERE id = ?1",
+                )?
+                .execute(params![id, error, next_at, dead])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets message ids whose timestamps are too old to be accepted anyway.
+    pub async fn swarm_prune_seen(&self, now: i64) -> Result<usize, StoreError> {
+        self.write(move |ctx| Ok(ctx.tx().execute("DELETE FROM swarm_seen WHERE until < ?1", [now])?)).await
+    }
+}
+
+fn swarm_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SwarmRecord> {
+    Ok(SwarmRecord {
+        swarm_id: row.get(0)?,
+        name: row.get(1)?,
+        master: row.get(2)?,
+        muted: row.get(3)?,
+        joined_at: row.get(4)?,
+    })
+}

@@ -1,0 +1,569 @@
+//! Federation over ASP: several real `corral serve` processes on loopback, each with an HTTPS
+//! swarm endpoint (a certificate the test makes), forming swarms by invite and messaging each
+//! other; and a hostile peer (this test, signing with keys it controls or steals from a host's
+//! data dir) whose every forgery is refused with a stable code and changes nothing.
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use corral::asp::signing::{self, Scheme};
+use corral::asp::{Message, Sender, invite};
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+
+use crate::harness::{Host, eventually};
+
+/// One certificate (for `localhost` and 127.0.0.1) every test host serves and trusts.
+struct Tls {
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+    pem: String,
+}
+
+fn tls() -> Tls {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    Tls { _dir: dir, cert, key, pem: made.cert.pem() }
+}
+
+/// A port nobody listens on right now (for hosts that must come back on the same endpoint).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn policy(tls: &Tls, port: u16, extra: &str) -> String {
+    format!(
+        "[swarm]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\npeer_ca = [{:?}]\nmax_skew_ms = 60000\n\
+         max_body_bytes = 65536\noutbox_interval_ms = 50\noutbox_max_backoff_ms = 500\n{extra}",
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
+        tls.cert.display().to_string()
+    )
+}
+
+fn start(tls: &Tls, agents: &[&str], extra: &str) -> Host {
+    let host = Host::start_with_policy(agents, Some(&policy(tls, 0, extra)));
+    assert!(host.swarm.is_some(), "no swarm endpoint:\n{}", host.logs());
+    host
+}
+
+/// A client that trusts the test certificate (what a peer uses).
+fn peer_client(tls: &Tls) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(tls.pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn agent_id(host: &Host) -> String {
+    let (status, info) = host.get("/v1/swarm/identity").await;
+    assert_eq!(status, 200, "{info}");
+    info["agent_id"].as_str().unwrap().to_owned()
+}
+
+/// The host's own signing key, read from its data dir (to act as that host).
+fn stolen_key(host: &Host) -> SigningKey {
+    let hex_seed = std::fs::read_to_string(host.data_dir().join("identity.key")).unwrap();
+    let seed: [u8; 32] = hex::decode(hex_seed.trim()).unwrap().try_into().unwrap();
+    SigningKey::from_bytes(&seed)
+}
+
+async fn create(host: &Host, name: &str) -> String {
+    let (status, swarm) = host.post("/v1/swarms", &json!({ "name": name })).await;
+    assert_eq!(status, 200, "{swarm}");
+    swarm["swarm_id"].as_str().unwrap().to_owned()
+}
+
+async fn invite_url(host: &Host, swarm: &str, body: Value) -> String {
+    let (status, invite) = host.post(&format!("/v1/swarms/{swarm}/invites"), &body).await;
+    assert_eq!(status, 200, "{invite}");
+    invite["url"].as_str().unwrap().to_owned()
+}
+
+async fn join(host: &Host, invite: &str) -> (u16, Value) {
+    host.post("/v1/swarms/join", &json!({ "invite": invite })).await
+}
+
+async fn members(host: &Host, swarm: &str) -> Vec<String> {
+    let (status, view) = host.get(&format!("/v1/swarms/{swarm}")).await;
+    if status != 200 {
+        return Vec::new();
+    }
+    let mut ids: Vec<String> =
+        view["members"].as_array().unwrap().iter().map(|m| m["agent_id"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    ids
+}
+
+async fn inbox(host: &Host) -> Vec<Value> {
+    let (status, inbox) = host.get("/v1/swarm/inbox?muted=true").await;
+    assert_eq!(status, 200, "{inbox}");
+    inbox["messages"].as_array().unwrap().clone()
+}
+
+/// Waits until every host lists exactly `expected` as the swarm's members.
+async fn converge(hosts: &[&Host], swarm: &str, expected: &[String]) {
+    let mut expected = expected.to_vec();
+    expected.sort();
+    for host in hosts {
+        eventually("membership converges", || {
+            let expected = expected.clone();
+            async move { (members(host, swarm).await == expected).then_some(()) }
+        })
+        .await;
+    }
+}
+
+/// A message from `sender` (with `key`) to `recipient`, signed under `scheme`.
+fn signed(
+    key: &SigningKey,
+    sender: (&str, &str),
+    swarm: &str,
+    recipient: &str,
+    kind: &str,
+    content: &str,
+    scheme: Scheme,
+) -> Message {
+    let mut m = Message {
+        protocol_version: "0.1.0".into(),
+        message_id: uuid::Uuid::now_v7().to_string(),
+        timestamp: corral::asp::federation::timestamp(corral::store::now_ms()),
+        sender: Sender { agent_id: sender.0.into(), endpoint: sender.1.into() },
+        recipient: recipient.into(),
+        swarm_id: swarm.into(),
+        kind: kind.into(),
+        content: content.into(),
+        signature: String::new(),
+        extra: serde_json::Map::new(),
+    };
+    m.signature = signing::sign(scheme, key, &m).unwrap();
+    m
+}
+
+async fn post_raw(client: &reqwest::Client, endpoint: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+    let resp = client
+        .post(format!("{endpoint}/{path}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn deliver(client: &reqwest::Client, host: &Host, message: &Message) -> (u16, Value) {
+    post_raw(client, host.swarm.as_deref().unwrap(), "message", serde_json::to_vec(message).unwrap()).await
+}
+
+fn refused(answer: &(u16, Value), status: u16, code: &str) {
+    assert_eq!(answer.0, status, "{}", answer.1);
+    assert_eq!(answer.1["error"]["code"], code, "{}", answer.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_form_a_swarm_by_invite_and_messages_flow_between_them() {
+    let tls = tls();
+    let (a, b, c) = (start(&tls, &[], ""), start(&tls, &[], ""), start(&tls, &[], ""));
+    let (ida, idb, idc) = (agent_id(&a).await, agent_id(&b).await, agent_id(&c).await);
+    let swarm = create(&a, "trio").await;
+    let url = invite_url(&a, &swarm, json!({ "max_uses": 2 })).await;
+    assert!(url.starts_with(&format!("swarm://{swarm}@127.0.0.1:")), "{url}");
+    let joined = join(&b, &url).await;
+    assert_eq!(joined.0, 200, "{}", joined.1);
+    // The CLI does the same as the API.
+    let out = c.cli(&["swarm", "join", &url]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&format!("joined swarm {swarm}")), "{out:?}");
+    let everyone = vec![ida.clone(), idb.clone(), idc.clone()];
+    converge(&[&a, &b, &c], &swarm, &everyone).await;
+
+    // Between corral hosts every member signs with the unambiguous scheme.
+    let (_, view) = b.get(&format!("/v1/swarms/{swarm}")).await;
+    for m in view["members"].as_array().unwrap() {
+        assert_eq!(m["signature_scheme"], "corral-lp/1", "{view}");
+    }
+    assert_eq!(view["master"], ida.as_str());
+    let info: Value = peer_client(&tls)
+        .get(format!("{}/info", a.swarm.as_deref().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["agent_id"], ida.as_str());
+    assert_eq!(info["signature_schemes"][0], "corral-lp/1");
+
+    // Direct and broadcast messages arrive once each, from who sent them.
+    let (status, sent) =
+        b.post(&format!("/v1/swarms/{swarm}/messages"), &json!({ "recipient": idc, "content": "hello C" })).await;
+    assert_eq!(status, 200, "{sent}");
+    let out = c.cli(&["swarm", "send", &swarm, "broadcast", "hello all", "--type", "notification"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    eventually("C has B's message", || async {
+        inbox(&c).await.iter().any(|m| m["sender"] == idb.as_str() && m["content"] == "hello C").then_some(())
+    })
+    .await;
+    for host in [&a, &b] {
+        eventually("the broadcast reached every other member", || async {
+            inbox(host)
+                .await
+                .iter()
+                .any(|m| m["sender"] == idc.as_str() && m["content"] == "hello all" && m["type"] == "notification")
+                .then_some(())
+        })
+        .await;
+    }
+    let out = a.cli(&["swarm", "inbox"]).await;
+    assert!(out.stdout.contains("hello all"), "{out:?}");
+    let out = a.cli(&["swarm", "members", &swarm]).await;
+    assert!(out.stdout.contains("master") && out.stdout.contains(&idc), "{out:?}");
+    // A's outbox drained: every member_joined was delivered.
+    eventually("A's outbox is empty", || async {
+        let (_, outbox) = a.get("/v1/swarm/outbox").await;
+        outbox["entries"].as_array().unwrap().is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_stale_and_oversize_messages_are_refused_with_stable_codes_and_change_nothing() {
+    let tls = tls();
+    let (a, b) = (start(&tls, &[], ""), start(&tls, &[], ""));
+    let (ida, idb) = (agent_id(&a).await, agent_id(&b).await);
+    let swarm = create(&a, "guarded").await;
+    let url = invite_url(&a, &swarm, json!({})).await;
+    assert_eq!(join(&b, &url).await.0, 200);
+    converge(&[&a, &b], &swarm, &[ida.clone(), idb.clone()]).await;
+    let client = peer_client(&tls);
+    let b_key = stolen_key(&b);
+    let b_sender = (idb.as_str(), b.swarm.as_deref().unwrap());
+    let lp1 = Scheme::CorralLp1;
+
+    // The genuine article is accepted (B's key, B's scheme).
+    let good = signed(&b_key, b_sender, &swarm, &ida, "message", "genuine", lp1);
+    let answer = deliver(&client, &a, &good).await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    assert_eq!(answer.1, json!({ "status": "queued", "message_id": good.message_id }));
+
+    // An exact replay.
+    refused(&deliver(&client, &a, &good).await, 409, "DUPLICATE_MESSAGE");
+    // An all-zero signature.
+    let mut zero = signed(&b_key, b_sender, &swarm, &ida, "message", "zero", lp1);
+    zero.signature = base64::engine::general_purpose::STANDARD.encode([0u8; 64]);
+    refused(&deliver(&client, &a, &zero).await, 401, "INVALID_SIGNATURE");
+    // The wrong key, claiming to be B.
+    let stranger = SigningKey::from_bytes(&[7u8; 32]);
+    refused(
+        &deliver(&client, &a, &signed(&stranger, b_sender, &swarm, &ida, "message", "x", lp1)).await,
+        401,
+        "INVALID_SIGNATURE",
+    );
+    // B's key under ASP 0.1.0: B advertised corral-lp/1, so no downgrade.
+    refused(
+        &deliver(&client, &a, &signed(&b_key, b_sender, &swarm, &ida, "message", "x", Scheme::Asp010)).await,
+        401,
+        "INVALID_SIGNATURE",
+    );
+    // A non-member, and an unknown swarm.
+    let outsider = ("corral-0000000000000000", "https://127.0.0.1:1/swarm");
+    refused(
+        &deliver(&client, &a, &signed(&stranger, outsider, &swarm, &ida, "message", "x", lp1)).await,
+        403,
+        "NOT_AUTHORIZED",
+    );
+    let nowhere = uuid::Uuid::now_v7().to_string();
+    refused(
+        &deliver(&client, &a, &signed(&b_key, b_sender, &nowhere, &ida, "message", "x", lp1)).await,
+        404,
+        "SWARM_NOT_FOUND",
+    );
+    // A stale timestamp (well signed), and a passed expires_at.
+    let mut stale = signed(&b_key, b_sender, &swarm, &ida, "message", "old", lp1);
+    stale.timestamp = corral::asp::federation::timestamp(corral::store::now_ms() - 10 * 60_000);
+    stale.signature = signing::sign(lp1, &b_key, &stale).unwrap();
+    refused(&deliver(&client, &a, &stale).await, 400, "STALE_MESSAGE");
+    let mut expired = signed(&b_key, b_sender, &swarm, &ida, "message", "late", lp1);
+    expired
+        .extra
+        .insert("expires_at".into(), json!(corral::asp::federation::timestamp(corral::store::now_ms() - 1_000)));
+    refused(&deliver(&client, &a, &expired).await, 400, "MESSAGE_EXPIRED");
+
+    // The ambiguous twin: under 0.1.0 both sign the same bytes; under corral-lp/1 they do not.
+    // (`<A>/message` + `message` + `/x` and `<A>/` + `message` + `message/x`: both for A.)
+    let original = signed(&b_key, b_sender, &swarm, &format!("{ida}/message"), "message", "/x", lp1);
+    let mut twin = original.clone();
+    twin.recipient = format!("{ida}/");
+    twin.content = "message/x".into();
+    assert_eq!(signing::payload(Scheme::Asp010, &original).unwrap(), signing::payload(Scheme::Asp010, &twin).unwrap());
+    refused(&deliver(&client, &a, &twin).await, 401, "INVALID_SIGNATURE");
+
+    // A non-member forging member_kicked of B; B (a member) forging master-only actions.
+    let kick_b = json!({ "action": "member_kicked", "agent_id": idb }).to_string();
+    refused(
+        &deliver(&client, &a, &signed(&stranger, outsider, &swarm, "broadcast", "system", &kick_b, lp1)).await,
+        403,
+        "NOT_AUTHORIZED",
+    );
+    let take_over = json!({ "action": "master_transferred", "agent_id": idb }).to_string();
+    refused(
+        &deliver(&client, &a, &signed(&b_key, b_sender, &swarm, "broadcast", "system", &take_over, lp1)).await,
+        403,
+        "NOT_AUTHORIZED",
+    );
+    let fake_member = json!({
+        "action": "member_joined", "agent_id": "corral-ffffffffffffffff", "endpoint": "https://127.0.0.1:1/swarm",
+        "public_key": signing::public_key_b64(&stranger.verifying_key()),
+    })
+    .to_string();
+    refused(
+        &deliver(&client, &a, &signed(&b_key, b_sender, &swarm, "broadcast", "system", &fake_member, lp1)).await,
+        403,
+        "NOT_AUTHORIZED",
+    );
+    let kick_a = json!({ "action": "member_kicked", "agent_id": ida }).to_string();
+    refused(
+        &deliver(&client, &a, &signed(&b_key, b_sender, &swarm, "broadcast", "system", &kick_a, lp1)).await,
+        403,
+        "NOT_AUTHORIZED",
+    );
+
+    // Oversize and malformed bodies.
+    let big = signed(&b_key, b_sender, &swarm, &ida, "message", &"x".repeat(100_000), lp1);
+    refused(&deliver(&client, &a, &big).await, 413, "PAYLOAD_TOO_LARGE");
+    let endpoint = a.swarm.as_deref().unwrap();
+    refused(&post_raw(&client, endpoint, "message", b"{\"message_id\": ".to_vec()).await, 400, "INVALID_FORMAT");
+    refused(&post_raw(&client, endpoint, "message", b"[1, 2]".to_vec()).await, 400, "INVALID_FORMAT");
+
+    // Nothing changed: the same members, the same master, one message in the inbox.
+    assert_eq!(members(&a, &swarm).await, {
+        let mut both = vec![ida.clone(), idb.clone()];
+        both.sort();
+        both
+    });
+    let (_, view) = a.get(&format!("/v1/swarms/{swarm}")).await;
+    assert_eq!(view["master"], ida.as_str());
+    let received = inbox(&a).await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0]["content"], "genuine");
+    // Every refusal is in the audit table with its code.
+    let codes: Vec<String> = eventually("refusals audited", || async {
+        let db = a.db();
+        let mut stmt =
+            db.prepare("SELECT reason FROM audit WHERE scope = 'swarm.receive' AND decision = 'deny'").unwrap();
+        let rows: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        (rows.len() >= 15).then_some(rows)
+    })
+    .await;
+    for code in [
+        "DUPLICATE_MESSAGE",
+        "INVALID_SIGNATURE",
+        "NOT_AUTHORIZED",
+        "SWARM_NOT_FOUND",
+        "STALE_MESSAGE",
+        "MESSAGE_EXPIRED",
+        "PAYLOAD_TOO_LARGE",
+        "INVALID_FORMAT",
+    ] {
+        assert!(codes.iter().any(|r| r.starts_with(code)), "{code} not audited: {codes:?}");
+    }
+}
+
+/// Re-encodes an invite's claims with `change` applied, keeping the original signature.
+fn spliced(token: &str, change: impl FnOnce(&mut Value)) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    change(&mut claims);
+    format!("{}.{}.{}", parts[0], b64.encode(serde_json::to_vec(&claims).unwrap()), parts[2])
+}
+
+fn token_of(url: &str) -> String {
+    url.rsplit_once("token=").unwrap().1.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_are_verified_before_their_endpoint_is_trusted_and_counted_durably_by_the_master() {
+    let tls = tls();
+    let (a, b, c) = (start(&tls, &[], ""), start(&tls, &[], ""), start(&tls, &[], ""));
+    let ida = agent_id(&a).await;
+    let swarm = create(&a, "gated").await;
+    let client = peer_client(&tls);
+
+    // Expired: refused by the joiner (it verifies first) and by the master.
+    let expired = invite_url(&a, &swarm, json!({ "ttl_ms": 1 })).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let answer = join(&b, &expired).await;
+    refused(&answer, 401, "INVITE_EXPIRED");
+    let join_body = |token: &str, host: &Host, key: &SigningKey| {
+        json!({
+            "type": "system", "action": "join_request", "invite_token": token,
+            "sender": { "agent_id": corral::asp::identity::agent_id(&key.verifying_key()),
+                        "endpoint": host.swarm.as_deref().unwrap(),
+                        "public_key": signing::public_key_b64(&key.verifying_key()) },
+        })
+    };
+    let b_key = stolen_key(&b);
+    let direct = post_raw(
+        &client,
+        a.swarm.as_deref().unwrap(),
+        "join",
+        serde_json::to_vec(&join_body(&token_of(&expired), &b, &b_key)).unwrap(),
+    )
+    .await;
+    refused(&direct, 401, "INVITE_EXPIRED");
+
+    // Forged: a token claiming A as master, signed by someone else.
+    let forger = SigningKey::from_bytes(&[9u8; 32]);
+    let claims = invite::unverified_claims(&token_of(&expired)).unwrap();
+    let forged = invite::issue(&forger, &invite::InviteClaims { expires_at: None, ..claims.clone() }).unwrap();
+    refused(&join(&b, &forged).await, 401, "INVALID_SIGNATURE");
+    let direct = post_raw(
+        &client,
+        a.swarm.as_deref().unwrap(),
+        "join",
+        serde_json::to_vec(&join_body(&forged, &b, &b_key)).unwrap(),
+    )
+    .await;
+    refused(&direct, 401, "INVALID_SIGNATURE");
+
+    // Spliced: A's genuine token with C's endpoint in it. C is not A: the joiner refuses before
+    // sending anything to C. And a token naming A's endpoint but signed by C: refused too.
+    let once = invite_url(&a, &swarm, json!({ "max_uses": 1 })).await;
+    let c_endpoint = c.swarm.clone().unwrap();
+    let redirected = spliced(&token_of(&once), |claims| claims["endpoint"] = json!(c_endpoint));
+    refused(&join(&b, &redirected).await, 401, "INVALID_TOKEN");
+    let c_key = stolen_key(&c);
+    let signed_by_c = invite::issue(&c_key, &invite::InviteClaims { expires_at: None, ..claims }).unwrap();
+    refused(&join(&b, &signed_by_c).await, 401, "INVALID_SIGNATURE");
+    assert!(members(&b, &swarm).await.is_empty());
+
+    // max_uses = 1: B gets in; C, with the same invite, does not — nor directly.
+    let (status, joined) = join(&b, &once).await;
+    assert_eq!(status, 200, "{joined}");
+    let second = join(&c, &once).await;
+    assert_eq!(second.0, 502, "{}", second.1);
+    assert!(second.1["error"]["message"].as_str().unwrap().contains("INVITE_EXHAUSTED"), "{}", second.1);
+    let direct = post_raw(
+        &client,
+        a.swarm.as_deref().unwrap(),
+        "join",
+        serde_json::to_vec(&join_body(&token_of(&once), &c, &c_key)).unwrap(),
+    )
+    .await;
+    refused(&direct, 403, "INVITE_EXHAUSTED");
+    // A joiner may not claim a corral id that is not its key's.
+    let multi = invite_url(&a, &swarm, json!({})).await;
+    let mut impostor = join_body(&token_of(&multi), &c, &c_key);
+    impostor["sender"]["agent_id"] = json!(agent_id(&b).await);
+    refused(
+        &post_raw(&client, a.swarm.as_deref().unwrap(), "join", serde_json::to_vec(&impostor).unwrap()).await,
+        403,
+        "NOT_AUTHORIZED",
+    );
+    let mut expected = vec![ida.clone(), agent_id(&b).await];
+    expected.sort();
+    assert_eq!(members(&a, &swarm).await, expected);
+    assert!(members(&c, &swarm).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_master_changes_membership_and_every_member_follows_its_signed_word() {
+    let tls = tls();
+    let (a, b, c) = (start(&tls, &[], ""), start(&tls, &[], ""), start(&tls, &[], ""));
+    let (ida, idb, idc) = (agent_id(&a).await, agent_id(&b).await, agent_id(&c).await);
+    let swarm = create(&a, "ruled").await;
+    let url = invite_url(&a, &swarm, json!({})).await;
+    assert_eq!(join(&b, &url).await.0, 200);
+    assert_eq!(join(&c, &url).await.0, 200);
+    converge(&[&a, &b, &c], &swarm, &[ida.clone(), idb.clone(), idc.clone()]).await;
+
+    // A non-master may not kick; the master may, and everyone (the kicked too) follows.
+    refused(&b.post(&format!("/v1/swarms/{swarm}/kick"), &json!({ "agent_id": idc })).await, 403, "NOT_AUTHORIZED");
+    let out = a.cli(&["swarm", "kick", &swarm, &idc]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    converge(&[&a, &b], &swarm, &[ida.clone(), idb.clone()]).await;
+    eventually("C forgot the swarm", || async { (c.get(&format!("/v1/swarms/{swarm}")).await.0 == 404).then_some(()) })
+        .await;
+
+    // The master role moves to B; B now admits and A's word no longer counts.
+    refused(&a.post(&format!("/v1/swarms/{swarm}/leave"), &json!({})).await, 403, "NOT_AUTHORIZED");
+    let out = a.cli(&["swarm", "transfer", &swarm, &idb]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    eventually("B is master on B", || async {
+        let (_, view) = b.get(&format!("/v1/swarms/{swarm}")).await;
+        (view["master"] == idb.as_str()).then_some(())
+    })
+    .await;
+    refused(&a.post(&format!("/v1/swarms/{swarm}/invites"), &json!({})).await, 403, "NOT_AUTHORIZED");
+    let again = invite_url(&b, &swarm, json!({})).await;
+    assert_eq!(join(&c, &again).await.0, 200);
+    converge(&[&a, &b, &c], &swarm, &[ida.clone(), idb.clone(), idc.clone()]).await;
+
+    // A leaves: the others drop it; A forgets the swarm.
+    let out = a.cli(&["swarm", "leave", &swarm]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    converge(&[&b, &c], &swarm, &[idb.clone(), idc.clone()]).await;
+    assert_eq!(a.get(&format!("/v1/swarms/{swarm}")).await.0, 404);
+
+    // Muting is local: C's messages to B are kept but listed only on request.
+    assert_eq!(b.post(&format!("/v1/swarms/{swarm}/mute"), &json!({ "agent_id": idc })).await.0, 200);
+    assert_eq!(
+        c.post(&format!("/v1/swarms/{swarm}/messages"), &json!({ "recipient": idb, "content": "psst" })).await.0,
+        200
+    );
+    eventually("B kept C's muted message", || async {
+        inbox(&b).await.iter().any(|m| m["content"] == "psst" && m["muted"] == true).then_some(())
+    })
+    .await;
+    let (_, unmuted) = b.get("/v1/swarm/inbox").await;
+    assert!(!unmuted["messages"].as_array().unwrap().iter().any(|m| m["content"] == "psst"), "{unmuted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_the_outbox_survive_kill_9_of_the_sender_and_arrive_exactly_once() {
+    let tls = tls();
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = Host::start_with_policy(&[], Some(&policy(&tls, port_a, "")));
+    let mut b = Host::start_with_policy(&[], Some(&policy(&tls, port_b, "")));
+    let (ida, idb) = (agent_id(&a).await, agent_id(&b).await);
+    let swarm = create(&a, "durable").await;
+    let url = invite_url(&a, &swarm, json!({})).await;
+    assert_eq!(join(&b, &url).await.0, 200);
+    converge(&[&a, &b], &swarm, &[ida.clone(), idb.clone()]).await;
+
+    // B goes down; A queues five messages it cannot deliver, then is killed.
+    b.kill_9();
+    for i in 0..5 {
+        let (status, sent) = a
+            .post(&format!("/v1/swarms/{swarm}/messages"), &json!({ "recipient": idb, "content": format!("m{i}") }))
+            .await;
+        assert_eq!(status, 200, "{sent}");
+    }
+    eventually("A tried and failed", || async {
+        let (_, outbox) = a.get("/v1/swarm/outbox").await;
+        let entries = outbox["entries"].as_array().unwrap().clone();
+        (entries.len() == 5 && entries.iter().all(|e| e["attempts"].as_u64() >= Some(1))).then_some(())
+    })
+    .await;
+    a.kill_9();
+
+    // Both come back on the same endpoints; the outbox delivers, the receiver dedupes.
+    b.spawn();
+    a.spawn();
+    eventually("all five arrived", || async { (inbox(&b).await.len() >= 5).then_some(()) }).await;
+    eventually("A's outbox drained", || async {
+        let (_, outbox) = a.get("/v1/swarm/outbox").await;
+        outbox["entries"].as_array().unwrap().is_empty().then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut contents: Vec<String> = inbox(&b).await.iter().map(|m| m["content"].as_str().unwrap().to_owned()).collect();
+    contents.sort();
+    assert_eq!(contents, ["m0", "m1", "m2", "m3", "m4"]);
+}
