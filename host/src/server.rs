@@ -259,6 +259,7 @@ async fn start_swarm(
         config.clone(),
         endpoint.clone(),
         client,
+        Arc::downgrade(manager),
     );
     manager.set_federation(Arc::clone(&federation));
     let outbox = crate::asp::outbox::spawn(Arc::clone(&federation));

@@ -567,3 +567,85 @@ async fn messages_in_the_outbox_survive_kill_9_of_the_sender_and_arrive_exactly_
     contents.sort();
     assert_eq!(contents, ["m0", "m1", "m2", "m3", "m4"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_agent_delegates_to_an_agent_on_another_host_under_both_hosts_policies() {
+    let tls = tls();
+    // A's jobs may delegate to echo and counter on any swarm host; nothing else remote.
+    let a = start(
+        &tls,
+        &["orchestrator"],
+        "[ceiling.grants]\n\"log\" = [\"**\"]\n\"events\" = [\"**\"]\n\"agent.delegate\" = [\"**\"]\n\
+         \"swarm.delegate\" = [\"*/*/echo\", \"*/*/counter\"]\n",
+    );
+    let ida = agent_id(&a).await;
+    // B lets A run echo (with nothing but logs), not counter.
+    let b = start(
+        &tls,
+        &["echo", "counter"],
+        &format!(
+            "[[swarm.peers]]\nagent_id = \"{ida}\"\nagents = [\"echo\"]\n[swarm.peers.ceiling.grants]\n\"log\" = [\"**\"]\n"
+        ),
+    );
+    let idb = agent_id(&b).await;
+    let swarm = create(&a, "across").await;
+    assert_eq!(join(&b, &invite_url(&a, &swarm, json!({})).await).await.0, 200);
+    converge(&[&a, &b], &swarm, &[ida.clone(), idb.clone()]).await;
+
+    // Within both: the orchestrator on A gets echo's output from B.
+    let remote_echo = format!("{swarm}/{idb}/echo");
+    let job =
+        a.run("orchestrator", json!({ "tasks": [{ "agent": remote_echo, "input": { "from": "A" } }] }), None).await;
+    assert_eq!(job["status"], "completed", "{job}\n{}\n{}", a.logs(), b.logs());
+    assert_eq!(job["output"]["results"][0]["echo"]["from"], "A", "{job}");
+    // On B it ran as an ordinary job of the peer principal.
+    let peer_jobs: i64 = b
+        .db()
+        .query_row(
+            "SELECT count(*) FROM jobs WHERE principal = ?1 AND agent LIKE 'echo%' AND status = 'completed'",
+            [format!("peer:{ida}")],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(peer_jobs, 1);
+
+    // Outside A's lease (greeter is not granted): denied on A, B never asked.
+    let job = a
+        .run("orchestrator", json!({ "tasks": [{ "agent": format!("{swarm}/{idb}/greeter"), "input": {} }] }), None)
+        .await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"]["message"].as_str().unwrap().contains("swarm.delegate"), "{job}");
+    let denied_on_a: Vec<(String, String)> = {
+        let db = a.db();
+        let mut stmt = db
+            .prepare("SELECT target, reason FROM audit WHERE scope = 'swarm.delegate' AND decision = 'deny'")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(denied_on_a.iter().any(|(t, _)| t.ends_with("/greeter")), "{denied_on_a:?}");
+
+    // Allowed by A, outside B's policy for A (counter is not in its agents): denied by B,
+    // typed on A, audited on both.
+    let job = a
+        .run("orchestrator", json!({ "tasks": [{ "agent": format!("{swarm}/{idb}/counter"), "input": {} }] }), None)
+        .await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(message.contains("refused by the remote host") && message.contains("may not run 'counter'"), "{job}");
+    let denied_on_b: i64 = b
+        .db()
+        .query_row("SELECT count(*) FROM audit WHERE scope = 'swarm.delegate' AND decision = 'deny' AND target = 'counter' AND principal = ?1", [format!("peer:{ida}")], |r| r.get(0))
+        .unwrap();
+    assert_eq!(denied_on_b, 1);
+    let denied_on_a: i64 = a
+        .db()
+        .query_row("SELECT count(*) FROM audit WHERE scope = 'swarm.delegate' AND decision = 'deny' AND target LIKE '%/counter'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(denied_on_a, 1);
+    let counter_jobs: i64 =
+        b.db().query_row("SELECT count(*) FROM jobs WHERE agent LIKE 'counter%'", [], |r| r.get(0)).unwrap();
+    assert_eq!(counter_jobs, 0, "nothing ran on B");
+}

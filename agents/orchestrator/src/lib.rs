@@ -5,7 +5,8 @@
 //! `(i, n, "delegating to <agent>")`; each child's output is streamed as one result chunk (its
 //! JSON text); a final progress `(n, n, "done")` closes the run. Output `{"results": [...]}`,
 //! the children's outputs in order. The first delegation error fails the job with that error.
-//! Scopes: `log`, `events`, `agent.delegate` (target: the agent reference).
+//! Scopes: `log`, `events`, `agent.delegate` (target: the agent reference), and
+//! `swarm.delegate` for a task whose agent is on another host (`<swarm>/<host>/<agent>`).
 
 use corral_guest::{Agent, Error, Value, events, jobs, json, log};
 
@@ -47,4 +48,4 @@ impl Agent for Orchestrator {
     }
 }
 
-corral_guest::export_agent!(Orchestrator, scopes = ["log", "events", "agent.delegate"]);
+corral_guest::export_agent!(Orchestrator, scopes = ["log", "events", "agent.delegate", "swarm.delegate"]);

@@ -32,6 +32,7 @@ mod report;
 mod rss_growth;
 mod soak;
 mod startup;
+mod swarm;
 mod throughput;
 
 use std::path::{Path, PathBuf};
@@ -66,10 +67,11 @@ enum Group {
     Messages,
     Arcp,
     Soak,
+    Swarm,
 }
 
 impl Group {
-    const ALL: [Group; 10] = [
+    const ALL: [Group; 11] = [
         Group::Throughput,
         Group::Latency,
         Group::Instantiate,
@@ -80,6 +82,7 @@ impl Group {
         Group::Messages,
         Group::Arcp,
         Group::Soak,
+        Group::Swarm,
     ];
 
     fn name(self) -> &'static str {
@@ -94,6 +97,7 @@ impl Group {
             Group::Messages => "messages",
             Group::Arcp => "arcp",
             Group::Soak => "soak",
+            Group::Swarm => "swarm",
         }
     }
 }
@@ -275,5 +279,6 @@ fn run_group(group: Group, bench: &Bench, report: &mut Report) {
         Group::Messages => messages::run(bench, report),
         Group::Arcp => arcp::run(bench, report),
         Group::Soak => soak::run(bench, report),
+        Group::Swarm => swarm::run(bench, report),
     }
 }

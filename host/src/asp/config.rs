@@ -11,6 +11,7 @@
 //!
 //! [[swarm.peers]]                               # deny by default: a peer not listed may
 //! agent_id = "corral-0123456789abcdef"          # message this host but run nothing here
+//! agents = ["echo"]                             # the agents it may run (`*`: any)
 //! [swarm.peers.ceiling.grants]
 //! "log" = ["**"]
 //! ```
@@ -78,12 +79,23 @@ impl Default for SwarmConfig {
     }
 }
 
-/// One peer host's ceiling: jobs it asks this host to run get at most this lease.
+/// What one peer host may run here: which agents, and at most which lease.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerPolicy {
     pub agent_id: String,
+    /// Agent names it may run (`*` for any); none when empty.
+    #[serde(default)]
+    pub agents: Vec<String>,
     pub ceiling: LeaseCeiling,
+}
+
+impl PeerPolicy {
+    /// Whether this peer may run `agent` (`name` or `name@version`).
+    pub fn may_run(&self, agent: &str) -> bool {
+        let name = agent.split_once('@').map_or(agent, |(name, _)| name);
+        self.agents.iter().any(|a| a == "*" || a == name || a == agent)
+    }
 }
 
 /// The principal a peer host acts as on this host.
@@ -97,6 +109,11 @@ pub const PEER_PREFIX: &str = "peer:";
 impl SwarmConfig {
     /// The ceiling of a peer principal: its own, or nothing at all.
     pub fn peer_ceiling(&self, agent_id: &str) -> Option<&LeaseCeiling> {
-        self.peers.iter().find(|p| p.agent_id == agent_id).map(|p| &p.ceiling)
+        self.peer(agent_id).map(|p| &p.ceiling)
+    }
+
+    /// A peer's policy, if the operator gave one.
+    pub fn peer(&self, agent_id: &str) -> Option<&PeerPolicy> {
+        self.peers.iter().find(|p| p.agent_id == agent_id)
     }
 }

@@ -18,13 +18,16 @@
 //!   covered); ASP 0.1.0 peers get and give 0.1.0 signatures. A member recorded with
 //!   `corral-lp/1` is never downgraded.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, Weak};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
 
 use super::config::SwarmConfig;
 use super::identity::{self, Identity};
+use super::remote::RemoteOutcome;
 use super::signing::{self, Scheme};
 use super::{AspError, Message, PROTOCOL_VERSION, Sender, invite, verify};
 use crate::store::{Admission, InboundRecord, MemberRecord, MembershipChange, NewOutbox, Store, SwarmRecord, now_ms};
@@ -120,6 +123,12 @@ pub struct Federation {
     limiter: governor::DefaultKeyedRateLimiter<String>,
     /// Wakes the outbox when something was queued.
     pub(super) wake: tokio::sync::Notify,
+    /// Remote job calls waiting for their answer: request message id → (the host that must
+    /// answer, where to send the outcome).
+    waiters: std::sync::Mutex<HashMap<String, (String, oneshot::Sender<RemoteOutcome>)>>,
+    /// The engine remote job requests run on.
+    manager: Weak<crate::jobs::JobManager>,
+    me: Weak<Federation>,
 }
 
 impl std::fmt::Debug for Federation {
@@ -130,6 +139,10 @@ impl std::fmt::Debug for Federation {
             .finish()
     }
 }
+
+/// The rate-limit bucket shared by every request whose sender is not (yet) known to be a
+/// member: malformed bodies, unknown swarms, non-members, joins.
+pub const STRANGERS: &str = "<strangers>";
 
 /// The timestamp form ASP messages carry.
 pub fn timestamp(ms: i64) -> String {
@@ -171,13 +184,14 @@ impl Federation {
         config: SwarmConfig,
         endpoint: String,
         client: reqwest::Client,
+        manager: Weak<crate::jobs::JobManager>,
     ) -> Arc<Federation> {
         let quota = governor::Quota::per_second(std::num::NonZeroU32::new(config.rate_limit.per_s.max(1)).unwrap_or(
             // per_s.max(1) is never zero.
             std::num::NonZeroU32::MIN,
         ))
         .allow_burst(std::num::NonZeroU32::new(config.rate_limit.burst).unwrap_or(std::num::NonZeroU32::MIN));
-        Arc::new(Federation {
+        Arc::new_cyclic(|me| Federation {
             identity: Arc::new(identity),
             store,
             config,
@@ -185,7 +199,61 @@ impl Federation {
             client,
             limiter: governor::RateLimiter::keyed(quota),
             wake: tokio::sync::Notify::new(),
+            waiters: std::sync::Mutex::new(HashMap::new()),
+            manager,
+            me: me.clone(),
         })
+    }
+
+    pub(super) fn me(&self) -> Option<Arc<Federation>> {
+        self.me.upgrade()
+    }
+
+    pub(super) fn manager(&self) -> Option<Arc<crate::jobs::JobManager>> {
+        self.manager.upgrade()
+    }
+
+    /// Queues a message to `host` whose answer (a `job.result` naming its id, from `host`)
+    /// the returned receiver gets.
+    pub(super) async fn send_awaiting(
+        &self,
+        swarm_id: &str,
+        recipient: &str,
+        content: String,
+        host: &str,
+    ) -> Result<(String, oneshot::Receiver<RemoteOutcome>), AspError> {
+        let (_, members) = self.swarm_of(swarm_id).await?;
+        let member = members
+            .iter()
+            .find(|m| m.agent_id == host)
+            .ok_or_else(|| AspError::NotMember { swarm: swarm_id.to_owned(), agent: host.to_owned() })?;
+        let message = self.message(swarm_id, recipient, "message", content);
+        let row = self.outbox_for(&message, member)?;
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(message.message_id.clone(), (host.to_owned(), tx));
+        if let Err(e) = self.store.outbox_enqueue(vec![row]).await {
+            self.forget_waiter(&message.message_id);
+            return Err(e.into());
+        }
+        self.wake.notify_one();
+        Ok((message.message_id, rx))
+    }
+
+    pub(super) fn forget_waiter(&self, request: &str) {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner).remove(request);
+    }
+
+    /// Hands `outcome` to the call waiting for `request`, if `from` is the host it asked.
+    pub(super) fn answer_waiter(&self, request: &str, from: &str, outcome: RemoteOutcome) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        if waiters.get(request).is_some_and(|(host, _)| host == from)
+            && let Some((_, tx)) = waiters.remove(request)
+        {
+            let _ = tx.send(outcome);
+        }
     }
 
     pub fn agent_id(&self) -> &str {
@@ -648,12 +716,26 @@ impl Federation {
     pub async fn receive(&self, message: &Message, wire: String) -> Result<(), AspError> {
         verify::shape(message)?;
         if message.sender.agent_id == self.identity.agent_id {
+            self.check_rate(STRANGERS)?;
             return Err(AspError::NotAllowed("a message may not claim to come from this host".into()));
         }
-        let (swarm, members) = self.swarm_of(&message.swarm_id).await?;
-        let member = members.iter().find(|m| m.agent_id == message.sender.agent_id).ok_or_else(|| {
-            AspError::NotMember { swarm: message.swarm_id.clone(), agent: message.sender.agent_id.clone() }
-        })?;
+        // Rate limits: a member has its own bucket; everyone else (whose id is only a claim
+        // so far) shares one, so inventing sender ids buys no extra requests.
+        let (swarm, members) = match self.swarm_of(&message.swarm_id).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.check_rate(STRANGERS)?;
+                return Err(e);
+            }
+        };
+        let Some(member) = members.iter().find(|m| m.agent_id == message.sender.agent_id) else {
+            self.check_rate(STRANGERS)?;
+            return Err(AspError::NotMember {
+                swarm: message.swarm_id.clone(),
+                agent: message.sender.agent_id.clone(),
+            });
+        };
+        self.check_rate(&member.agent_id)?;
         verify::signature(message, member)?;
         let seen_until = verify::clock(message, now_ms(), self.config.max_skew_ms)?;
         let own = &self.identity.agent_id;
@@ -681,7 +763,17 @@ impl Federation {
             received_at: now_ms(),
         };
         match self.store.swarm_accept(inbound, seen_until, change).await? {
-            Some(_) => Ok(()),
+            Some(_) => {
+                if message.kind == "message" {
+                    self.after_accept(
+                        &message.swarm_id,
+                        &message.sender.agent_id,
+                        &message.message_id,
+                        &message.content,
+                    );
+                }
+                Ok(())
+            }
             None => Err(AspError::Replay(message.message_id.clone())),
         }
     }

@@ -1,6 +1,7 @@
 //! The ASP endpoint (`https://host:port/swarm`): `POST /swarm/message`, `POST /swarm/join`,
 //! `GET /swarm/info`, `GET /swarm/health`, as the reference serves them. Handlers are thin:
-//! bound the body, rate-limit the sender, parse, call [`Federation`], answer.
+//! bound the body, parse, call [`Federation`] (which rate-limits a sender by its own bucket
+//! once it is known to be a member, everyone else by one shared bucket), answer.
 //!
 //! Every refusal is `{"error": {"code", "message"}}` with a 4xx (`Retry-After` on 429) and
 //! an audit row (`scope = swarm.receive` or `swarm.join`, principal `peer:<sender>`), and
@@ -16,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::config::peer_principal;
-use super::federation::{Federation, JoinRequest, timestamp};
+use super::federation::{Federation, JoinRequest, STRANGERS, timestamp};
 use super::{AspError, Message, PROTOCOL_VERSION};
 use crate::store::{AuditRecord, Decision, now_ms};
 
@@ -78,16 +79,13 @@ async fn message(State(federation): State<Arc<Federation>>, body: Body) -> Respo
         Ok(message) => message,
         Err(e) => {
             let error = AspError::Malformed { what: "message", detail: e.to_string() };
-            if let Err(limited) = federation.check_rate("<malformed>") {
+            if let Err(limited) = federation.check_rate(STRANGERS) {
                 return refusal(&limited);
             }
             audit(&federation, "swarm.receive", "", "message", "", &error);
             return refusal(&error);
         }
     };
-    if let Err(limited) = federation.check_rate(&message.sender.agent_id) {
-        return refusal(&limited);
-    }
     let wire = String::from_utf8_lossy(&bytes).into_owned();
     match federation.receive(&message, wire).await {
         Ok(()) => axum::Json(serde_json::json!({"status": "queued", "message_id": message.message_id})).into_response(),
@@ -112,7 +110,7 @@ async fn join(State(federation): State<Arc<Federation>>, body: Body) -> Response
         }
     };
     let sender = request.sender.agent_id.clone();
-    if let Err(limited) = federation.check_rate(&format!("join:{sender}")) {
+    if let Err(limited) = federation.check_rate(STRANGERS) {
         return refusal(&limited);
     }
     match federation.admit(request).await {

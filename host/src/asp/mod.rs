@@ -11,6 +11,7 @@ pub mod http;
 pub mod identity;
 pub mod invite;
 pub mod outbox;
+pub mod remote;
 pub mod signing;
 pub mod tls;
 pub mod verify;

@@ -6,7 +6,8 @@
 //! child more than it holds. A request wider than the parent's lease is refused with a
 //! denial naming what is not covered. Depth (`limits.delegation_depth`) and fan-out
 //! (`limits.max_children`) are capped by the parent's limits, and a child never outlives
-//! its parent's deadline.
+//! its parent's deadline. A reference with slashes (`<swarm>/<host>/<agent>`) names an agent
+//! on another host: that is scope `swarm.delegate`, served by `capabilities::swarm`.
 
 use std::time::Instant;
 
@@ -35,6 +36,18 @@ impl DelegationState {
     pub fn new(lease: &Lease) -> Self {
         Self { max_children: lease.limits.max_children, started: 0 }
     }
+
+    /// Counts one more child (local or remote), or says why the fan-out limit refuses it.
+    pub fn take_child(&mut self) -> Result<(), String> {
+        if self.started >= self.max_children {
+            return Err(format!(
+                "fan-out limit reached: this job may start {} children (limits.max_children)",
+                self.max_children
+            ));
+        }
+        self.started += 1;
+        Ok(())
+    }
 }
 
 impl wit::Host for JobState {
@@ -44,6 +57,10 @@ impl wit::Host for JobState {
         input: String,
         lease: Option<String>,
     ) -> wasmtime::Result<Result<String, HostError>> {
+        // `<swarm>/<host>/<agent>`: an agent on another host (scope `swarm.delegate`).
+        if agent.contains('/') {
+            return super::swarm::delegate(self, agent, input, lease).await;
+        }
         if let Err(denied) = self.ctx.authorize(Scope::AgentDelegate, &agent)? {
             return Ok(Err(denied));
         }

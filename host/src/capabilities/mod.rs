@@ -17,6 +17,7 @@ pub mod kv;
 pub mod limits;
 pub mod log;
 pub mod messaging;
+pub mod swarm;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -36,11 +36,14 @@ pub enum Scope {
     /// `secret.use` — have the host inject a named secret into an outbound request; the target
     /// is the secret's name. The value never reaches the guest (see `crate::secrets`).
     SecretUse,
+    /// `swarm.delegate` — run an agent on another host of a swarm this host is in; the target
+    /// is `<swarm id>/<host agent id>/<agent>` (see `crate::asp::remote`).
+    SwarmDelegate,
 }
 
 impl Scope {
     /// Every scope, in a stable order (also the order of error messages and serialization).
-    pub const ALL: [Scope; 9] = [
+    pub const ALL: [Scope; 10] = [
         Scope::Log,
         Scope::KvRead,
         Scope::KvWrite,
@@ -50,6 +53,7 @@ impl Scope {
         Scope::AgentSend,
         Scope::TopicPublish,
         Scope::SecretUse,
+        Scope::SwarmDelegate,
     ];
 
     /// The wire name, e.g. `"kv.read"`.
@@ -64,6 +68,7 @@ impl Scope {
             Scope::AgentSend => "agent.send",
             Scope::TopicPublish => "topic.publish",
             Scope::SecretUse => "secret.use",
+            Scope::SwarmDelegate => "swarm.delegate",
         }
     }
 
@@ -125,7 +130,7 @@ mod tests {
         assert!(err.contains("unknown scope 'kv.wrte'"), "{err}");
         assert!(
             err.contains(
-                "log, kv.read, kv.write, net.fetch, agent.delegate, events, agent.send, topic.publish, secret.use"
+                "log, kv.read, kv.write, net.fetch, agent.delegate, events, agent.send, topic.publish, secret.use, swarm.delegate"
             ),
             "{err}"
         );

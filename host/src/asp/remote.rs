@@ -1,0 +1,243 @@
+//! Agents across hosts: a job on host A runs an agent on host B of a swarm they share.
+//!
+//! The wire is two ordinary signed ASP messages (type `message`), so every check of
+//! `federation` applies to them — membership, signature, replay, skew:
+//!
+//! - A → B, recipient `<B>/<agent>`: `{"corral": "job.request", "agent", "input", "lease"?,
+//!   "timeout_ms"}`;
+//! - B → A, recipient `<A>`: `{"corral": "job.result", "request": <the request's message id>,
+//!   "status": "completed" | "failed" | "denied", "output"?, "error"?}`.
+//!
+//! Authority is checked on both sides. On A the calling job's lease must grant
+//! `swarm.delegate` for `<swarm>/<B>/<agent>` (`capabilities::swarm`). On B the peer is the
+//! principal `peer:<A>`: its `[[swarm.peers]]` entry must list the agent, and the job runs
+//! under that entry's ceiling (a peer without one runs nothing). A refusal on B is audited on
+//! B and comes back to A's guest as a typed denial, audited on A too. The job on B is an
+//! ordinary job of B's engine (submitted with the request's id as its idempotency key, so a
+//! redelivered request never runs twice).
+//!
+//! Not durable across a restart of either side mid-call: A's waiter lives in memory (a
+//! result arriving after A restarted is kept in A's inbox, and A's job is recovered like any
+//! other), and B's answer is sent by the task that waited for the job.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::AspError;
+use super::config::peer_principal;
+use super::federation::Federation;
+use crate::jobs::SubmitRequest;
+use crate::store::{AuditRecord, Decision, JobStatus, now_ms};
+
+/// `content` of a request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub corral: String,
+    pub agent: String,
+    #[serde(default)]
+    pub input: Value,
+    #[serde(default)]
+    pub lease: Option<Value>,
+    pub timeout_ms: u64,
+}
+
+/// `content` of an answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobResult {
+    pub corral: String,
+    pub request: String,
+    pub status: String,
+    #[serde(default)]
+    pub output: Option<Value>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+const REQUEST: &str = "job.request";
+const RESULT: &str = "job.result";
+
+/// How a remote call ended, as the calling job sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemoteOutcome {
+    Completed(Value),
+    /// Refused by the remote host's policy (nothing ran there).
+    Denied(String),
+    Failed(String),
+}
+
+/// A parsed `swarm.delegate` target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub swarm: &'a str,
+    pub host: &'a str,
+    pub agent: &'a str,
+}
+
+/// Parses `<swarm>/<host>/<agent>`.
+pub fn parse_target(target: &str) -> Result<Target<'_>, String> {
+    let mut parts = target.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(swarm), Some(host), Some(agent))
+            if !swarm.is_empty() && !host.is_empty() && !agent.is_empty() && !agent.contains('/') =>
+        {
+            Ok(Target { swarm, host, agent })
+        }
+        _ => Err(format!("'{target}' is not a remote agent reference: expected <swarm id>/<host agent id>/<agent>")),
+    }
+}
+
+impl Federation {
+    /// Runs `target`'s agent on its host and waits (at most `timeout`) for the result.
+    pub async fn delegate(
+        &self,
+        target: &str,
+        input: Value,
+        lease: Option<Value>,
+        timeout: Duration,
+    ) -> Result<RemoteOutcome, AspError> {
+        let parsed = parse_target(target).map_err(|detail| AspError::Malformed { what: "target", detail })?;
+        if parsed.host == self.agent_id() {
+            return Err(AspError::NotAllowed("a remote delegation to this host itself; delegate locally".into()));
+        }
+        let content = serde_json::to_string(&JobRequest {
+            corral: REQUEST.into(),
+            agent: parsed.agent.to_owned(),
+            input,
+            lease,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        })
+        .map_err(|e| AspError::Internal(e.to_string()))?;
+        let recipient = format!("{}/{}", parsed.host, parsed.agent);
+        let (message_id, answer) = self.send_awaiting(parsed.swarm, &recipient, content, parsed.host).await?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(_)) => Ok(RemoteOutcome::Failed("the host stopped waiting for the answer".into())),
+            Err(_) => {
+                self.forget_waiter(&message_id);
+                Ok(RemoteOutcome::Failed(format!("no answer from {} within {} ms", parsed.host, timeout.as_millis())))
+            }
+        }
+    }
+
+    /// After a message was accepted: a job request for a local agent is run; a job result
+    /// wakes the job waiting for it. Anything else just stays in the inbox.
+    pub(super) fn after_accept(&self, swarm_id: &str, sender: &str, message_id: &str, content: &str) {
+        let Ok(value) = serde_json::from_str::<Value>(content) else { return };
+        match value.get("corral").and_then(Value::as_str) {
+            Some(REQUEST) => {
+                let Ok(request) = serde_json::from_value::<JobRequest>(value) else { return };
+                let Some(me) = self.me() else { return };
+                let (swarm, sender, id) = (swarm_id.to_owned(), sender.to_owned(), message_id.to_owned());
+                tokio::spawn(async move { me.serve_job(swarm, sender, id, request).await });
+            }
+            Some(RESULT) => {
+                let Ok(result) = serde_json::from_value::<JobResult>(value) else { return };
+                let outcome = match result.status.as_str() {
+                    "completed" => RemoteOutcome::Completed(result.output.unwrap_or(Value::Null)),
+                    "denied" => RemoteOutcome::Denied(result.error.unwrap_or_default()),
+                    _ => RemoteOutcome::Failed(result.error.unwrap_or_default()),
+                };
+                self.answer_waiter(&result.request, sender, outcome);
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs a peer's job request and sends the answer back.
+    async fn serve_job(&self, swarm_id: String, sender: String, request_id: String, request: JobRequest) {
+        let outcome = self.run_for_peer(&sender, &request_id, request).await;
+        let (status, output, error) = match outcome {
+            RemoteOutcome::Completed(output) => ("completed", Some(output), None),
+            RemoteOutcome::Denied(reason) => ("denied", None, Some(reason)),
+            RemoteOutcome::Failed(reason) => ("failed", None, Some(reason)),
+        };
+        let result =
+            JobResult { corral: RESULT.into(), request: request_id.clone(), status: status.into(), output, error };
+        let content = match serde_json::to_string(&result) {
+            Ok(content) => content,
+            Err(e) => return tracing::warn!(error = %e, "cannot encode a job result"),
+        };
+        if let Err(e) = self.send(&swarm_id, &sender, "message", content).await {
+            tracing::warn!(peer = %sender, request = %request_id, error = %e, "cannot answer a peer's job request");
+        }
+    }
+
+    async fn run_for_peer(&self, peer: &str, request_id: &str, request: JobRequest) -> RemoteOutcome {
+        let Some(manager) = self.manager() else {
+            return RemoteOutcome::Failed("the host is shutting down".into());
+        };
+        let refusal = match manager.policy().swarm.peer(peer) {
+            None => Some(format!(
+                "peer '{peer}' has no [[swarm.peers]] entry on {}: it may run nothing here",
+                self.agent_id()
+            )),
+            Some(policy) if !policy.may_run(&request.agent) => Some(format!(
+                "peer '{peer}' may not run '{}' on {} (not in its [[swarm.peers]] agents)",
+                request.agent,
+                self.agent_id()
+            )),
+            Some(_) => None,
+        };
+        if let Some(reason) = refusal {
+            let record = AuditRecord {
+                id: None,
+                job_id: format!("asp:{request_id}"),
+                principal: peer_principal(peer),
+                scope: crate::lease::Scope::SwarmDelegate.as_str().to_owned(),
+                target: request.agent.clone(),
+                decision: Decision::Deny,
+                reason: Some(reason.clone()),
+                at: now_ms(),
+            };
+            drop(self.store().record_audit(record));
+            return RemoteOutcome::Denied(reason);
+        }
+        let submit = SubmitRequest {
+            agent: request.agent.clone(),
+            input: request.input,
+            lease: request.lease,
+            trace_parent: None,
+            idempotency_key: Some(format!("asp:{request_id}")),
+        };
+        let principal = peer_principal(peer);
+        let job = match manager.submit(&principal, submit).await {
+            Ok((job, _)) => job,
+            Err(e) => return RemoteOutcome::Failed(format!("cannot start '{}': {e}", request.agent)),
+        };
+        let timeout = Duration::from_millis(request.timeout_ms.min(24 * 3_600_000));
+        match manager.wait_finished(&job.id, timeout).await {
+            Ok(Some(done)) if done.status == JobStatus::Completed => {
+                RemoteOutcome::Completed(done.output.unwrap_or(Value::Null))
+            }
+            Ok(Some(done)) if !matches!(done.status, JobStatus::Queued | JobStatus::Running) => {
+                let message = done
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.get("message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("no error message")
+                    .to_owned();
+                RemoteOutcome::Failed(format!("job {} ({}) ended {}: {message}", done.id, request.agent, done.status))
+            }
+            Ok(_) => RemoteOutcome::Failed(format!("job {} did not finish in time", job.id)),
+            Err(e) => RemoteOutcome::Failed(format!("waiting for job {}: {e}", job.id)),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_names_a_swarm_a_host_and_one_agent() {
+        let t = parse_target("660e8400-e29b-41d4-a716-446655440001/corral-ab/echo@0.1.0").unwrap();
+        assert_eq!((t.swarm, t.host, t.agent), ("660e8400-e29b-41d4-a716-446655440001", "corral-ab", "echo@0.1.0"));
+        for bad in ["echo", "s/h", "s//echo", "/h/echo", "s/h/", "s/h/a/b"] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+    }
+}
