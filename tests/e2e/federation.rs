@@ -649,3 +649,205 @@ async fn a_wasm_agent_delegates_to_an_agent_on_another_host_under_both_hosts_pol
         b.db().query_row("SELECT count(*) FROM jobs WHERE agent LIKE 'counter%'", [], |r| r.get(0)).unwrap();
     assert_eq!(counter_jobs, 0, "nothing ran on B");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_agent_messages_an_agent_on_another_host_and_its_stages_come_back() {
+    let tls = tls();
+    let a = start(
+        &tls,
+        &["relay"],
+        "[ceiling.grants]\n\"log\" = [\"**\"]\n\"kv.read\" = [\"relay/**\"]\n\"kv.write\" = [\"relay/**\"]\n\
+         \"swarm.send\" = [\"*/*/greeter\", \"*/*/echo\"]\n",
+    );
+    let ida = agent_id(&a).await;
+    // B lets A message greeter, which may count in its own kv namespace; not echo.
+    let b = start(
+        &tls,
+        &["greeter", "echo"],
+        &format!(
+            "[[swarm.peers]]\nagent_id = \"{ida}\"\nagents = [\"greeter\"]\n[swarm.peers.ceiling.grants]\n\"log\" = [\"**\"]\n\
+             \"kv.read\" = [\"greeter/**\"]\n\"kv.write\" = [\"greeter/**\"]\n"
+        ),
+    );
+    let idb = agent_id(&b).await;
+    let swarm = create(&a, "chatty").await;
+    assert_eq!(join(&b, &invite_url(&a, &swarm, json!({})).await).await.0, 200);
+    converge(&[&a, &b], &swarm, &[ida.clone(), idb.clone()]).await;
+
+    let job = a
+        .run("relay", json!({ "send": { "to": format!("{swarm}/{idb}/greeter"), "payload": { "name": "ada" } } }), None)
+        .await;
+    assert_eq!(job["status"], "completed", "{job}\n{}", a.logs());
+    let id = job["output"]["ids"][0].as_str().unwrap().to_owned();
+    // On B it went through the message plane, from A's principal, and was FULFILLED; A sees it.
+    let stages = eventually("A hears FULFILLED", || async {
+        let (_, view) = a.get(&format!("/v1/swarm/messages/{id}")).await;
+        let stages: Vec<String> =
+            view["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap().to_owned()).collect();
+        stages.contains(&"FULFILLED".to_owned()).then_some(stages)
+    })
+    .await;
+    assert_eq!(stages, ["RECEIVED", "FULFILLED"]);
+    let (principal, stage): (String, String) = b
+        .db()
+        .query_row("SELECT principal, stage FROM messages WHERE idempotency_token = ?1", [&id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((principal.as_str(), stage.as_str()), (format!("peer:{ida}").as_str(), "FULFILLED"));
+    let out = a.cli(&["swarm", "message", &id]).await;
+    assert!(out.stdout.contains("FULFILLED"), "{out:?}");
+
+    // Outside A's lease: denied on A, typed, nothing sent.
+    let job = a.run("relay", json!({ "send": { "to": format!("{swarm}/{idb}/counter"), "payload": {} } }), None).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"]["message"].as_str().unwrap().contains("swarm.send"), "{job}");
+    // Allowed by A, refused by B (echo is not in A's entry there): the outbox reports it.
+    let job = a.run("relay", json!({ "send": { "to": format!("{swarm}/{idb}/echo"), "payload": {} } }), None).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let refused_id = job["output"]["ids"][0].as_str().unwrap().to_owned();
+    let note = eventually("A's outbox gives up", || async {
+        let (_, view) = a.get(&format!("/v1/swarm/messages/{refused_id}")).await;
+        view["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == "FAILED")
+            .map(|s| s["note"].as_str().unwrap_or_default().to_owned())
+    })
+    .await;
+    assert!(note.contains("403") && note.contains("may not message 'echo'"), "{note}");
+    let on_b: i64 = b
+        .db()
+        .query_row("SELECT count(*) FROM messages WHERE idempotency_token = ?1", [&refused_id], |r| r.get(0))
+        .unwrap();
+    assert_eq!(on_b, 0);
+}
+
+/// The Python peer (tests/asp-python/peer.py), killed with the test.
+struct PythonPeer {
+    child: std::process::Child,
+    endpoint: String,
+    agent_id: String,
+    control: reqwest::Client,
+}
+
+impl Drop for PythonPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PythonPeer {
+    fn start(tls: &Tls) -> PythonPeer {
+        use std::io::BufRead as _;
+        let python = crate::harness::repo().join("target/py/bin/python");
+        assert!(python.exists(), "no {} — run ./dev test (it installs the Python tools)", python.display());
+        let mut child = std::process::Command::new(python)
+            .arg(crate::harness::repo().join("tests/asp-python/peer.py"))
+            .args(["--port", &free_port().to_string(), "--seed", &"42".repeat(32)])
+            .arg("--cert")
+            .arg(&tls.cert)
+            .arg("--key")
+            .arg(&tls.key)
+            .arg("--ca")
+            .arg(&tls.cert)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        std::thread::spawn(move || lines.for_each(drop));
+        PythonPeer {
+            child,
+            endpoint: ready["ready"].as_str().unwrap().to_owned(),
+            agent_id: ready["agent_id"].as_str().unwrap().to_owned(),
+            control: peer_client(tls),
+        }
+    }
+
+    async fn call(&self, path: &str, body: Option<Value>) -> Value {
+        let base = self.endpoint.trim_end_matches("/swarm");
+        let request = match body {
+            Some(body) => self.control.post(format!("{base}/control/{path}")).json(&body),
+            None => self.control.get(format!("{base}/control/{path}")),
+        };
+        request.send().await.unwrap().json().await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_asp_peer_joins_and_messages_a_corral_host_and_corral_joins_and_messages_it() {
+    let tls = tls();
+    let corral = start(&tls, &[], "");
+    let idc = agent_id(&corral).await;
+    let python = PythonPeer::start(&tls);
+
+    // The peer joins corral's swarm with corral's invite, and messages it (0.1.0 signatures,
+    // Python's JSON: non-ASCII escaped).
+    let swarm = create(&corral, "mixed").await;
+    let url = invite_url(&corral, &swarm, json!({ "max_uses": 1 })).await;
+    let joined = python.call("join", Some(json!({ "invite": url }))).await;
+    assert_eq!(joined["status"], "accepted", "{joined}");
+    let (_, view) = corral.get(&format!("/v1/swarms/{swarm}")).await;
+    let member =
+        view["members"].as_array().unwrap().iter().find(|m| m["agent_id"] == python.agent_id.as_str()).cloned();
+    assert_eq!(member.unwrap()["signature_scheme"], "asp-0.1.0", "{view}");
+    let content = "héllo ✓ 🐝 \"quoted\" \\ back\nnewline";
+    let sent = python.call("send", Some(json!({ "swarm_id": swarm, "recipient": idc, "content": content }))).await;
+    assert_eq!(sent["status"], 200, "{sent}");
+    let received = inbox(&corral).await;
+    assert!(
+        received.iter().any(|m| m["sender"] == python.agent_id.as_str() && m["content"] == content),
+        "{received:?}"
+    );
+
+    // corral answers; the peer verifies corral's 0.1.0 signature (it advertised no other scheme).
+    let (status, queued) = corral
+        .post(
+            &format!("/v1/swarms/{swarm}/messages"),
+            &json!({ "recipient": python.agent_id, "content": "hi python ✓" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{queued}");
+    eventually("the peer verified corral's message", || async {
+        let got = python.call("received", None).await;
+        got["received"].as_array().unwrap().iter().any(|m| m["content"] == "hi python ✓").then_some(())
+    })
+    .await;
+
+    // The reverse: corral joins the peer's swarm (verifying its invite against its /info key).
+    let state = python.call("state", None).await;
+    let theirs = state["swarm_id"].as_str().unwrap();
+    let (status, joined) = join(&corral, state["invite"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{joined}");
+    assert_eq!(joined["master"], python.agent_id.as_str());
+    let sent = python.call("send", Some(json!({ "swarm_id": theirs, "recipient": idc, "content": "welcome" }))).await;
+    assert_eq!(sent["status"], 200, "{sent}");
+    let (status, _) = corral
+        .post(&format!("/v1/swarms/{theirs}/messages"), &json!({ "recipient": python.agent_id, "content": "thanks" }))
+        .await;
+    assert_eq!(status, 200);
+    eventually("the peer got corral's message in its own swarm", || async {
+        let got = python.call("received", None).await;
+        got["received"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["content"] == "thanks" && m["swarm_id"] == theirs)
+            .then_some(())
+    })
+    .await;
+    // A message the peer signs wrongly is still refused.
+    let forged = signed(
+        &SigningKey::from_bytes(&[3u8; 32]),
+        (python.agent_id.as_str(), python.endpoint.as_str()),
+        &swarm,
+        &idc,
+        "message",
+        "x",
+        Scheme::Asp010,
+    );
+    refused(&deliver(&peer_client(&tls), &corral, &forged).await, 401, "INVALID_SIGNATURE");
+}

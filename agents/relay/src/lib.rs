@@ -12,7 +12,8 @@
 //! As a consumer: every ACKNOWLEDGEMENT it receives is stored at
 //! `relay/ack/<message id>` (the ack's stage), so a test can see what the producer saw; other
 //! messages are forwarded to `greeter`. Scopes: `log`, `agent.send`, `topic.publish`,
-//! kv on `relay/**`.
+//! `swarm.send` (a `to` of the form `<swarm>/<host>/<agent>`: an agent on another host), kv on
+//! `relay/**`.
 
 use corral_guest::messaging::{self, Ack, Consumer, Envelope, ErrorCode, Message, MessageType};
 use corral_guest::{Agent, Error, Value, json, kv};
@@ -106,6 +107,6 @@ impl Consumer for Relay {
 
 corral_guest::export_consumer!(
     Relay,
-    scopes = ["log", "agent.send", "topic.publish", "kv.read:relay/**", "kv.write:relay/**"],
+    scopes = ["log", "agent.send", "topic.publish", "swarm.send", "kv.read:relay/**", "kv.write:relay/**"],
     capabilities = ["relay"],
 );

@@ -48,7 +48,7 @@ pub struct Principal(pub String);
         messages::register, messages::heartbeat, messages::deregister, messages::inbox, messages::release,
         secrets::list, secrets::set, secrets::remove,
         swarm::identity, swarm::list, swarm::create, swarm::get, swarm::invite, swarm::join, swarm::leave,
-        swarm::kick, swarm::transfer, swarm::mute, swarm::send, swarm::inbox, swarm::outbox
+        swarm::kick, swarm::transfer, swarm::mute, swarm::send, swarm::inbox, swarm::outbox, swarm::stages
     ),
     components(schemas(
         jobs::SubmitBody, jobs::JobView, jobs::JobList, error::ErrorBody, error::ErrorDetail,
@@ -61,7 +61,7 @@ pub struct Principal(pub String);
         crate::store::RecipientKind,
         secrets::SetSecretBody, secrets::SecretList, crate::secrets::SecretView, crate::secrets::Injection,
         swarm::SwarmList, swarm::CreateBody, swarm::InviteBody, swarm::JoinBody, swarm::MemberBody, swarm::MuteBody,
-        swarm::SendSwarmBody, swarm::Queued, swarm::Inbox, swarm::InboxMessage, swarm::Outbox, swarm::OutboxEntry,
+        swarm::SendSwarmBody, swarm::Queued, swarm::Inbox, swarm::InboxMessage, swarm::Outbox, swarm::OutboxEntry, swarm::SentMessage, crate::asp::remote::StageReport,
         crate::asp::federation::SwarmView, crate::asp::federation::MemberView, crate::asp::federation::InviteView
     )),
     modifiers(&BearerAuth)
@@ -112,6 +112,7 @@ pub fn router(manager: Arc<JobManager>) -> Router {
         .route("/v1/swarm/identity", get(swarm::identity))
         .route("/v1/swarm/inbox", get(swarm::inbox))
         .route("/v1/swarm/outbox", get(swarm::outbox))
+        .route("/v1/swarm/messages/{id}", get(swarm::stages))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()

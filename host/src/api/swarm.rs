@@ -344,3 +344,23 @@ pub async fn outbox(
         .collect();
     Ok(Json(Outbox { entries }))
 }
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SentMessage {
+    pub message_id: String,
+    /// The stage reports its recipient sent back (oldest first), and FAILED/UNDELIVERED if the
+    /// outbox gave up on it.
+    pub stages: Vec<crate::asp::remote::StageReport>,
+}
+
+/// What became of a message this host sent to an agent on another host.
+#[utoipa::path(get, path = "/v1/swarm/messages/{id}", tag = "swarm", operation_id = "swarm_message_stages",
+    responses((status = 200, body = SentMessage), (status = 403, body = ErrorBody)))]
+pub async fn stages(
+    State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<SentMessage>, ApiError> {
+    let stages = federation(&state, &principal)?.stages(&id).await.map_err(asp_error)?;
+    Ok(Json(SentMessage { message_id: id, stages }))
+}

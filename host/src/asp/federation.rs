@@ -750,6 +750,9 @@ impl Federation {
         } else {
             MembershipChange::Nothing
         };
+        if message.kind == "message" {
+            self.admit_agent_message(&message.sender.agent_id, &message.recipient, &message.content)?;
+        }
         let inbound = InboundRecord {
             seq: 0,
             message_id: message.message_id.clone(),
@@ -769,6 +772,7 @@ impl Federation {
                         &message.swarm_id,
                         &message.sender.agent_id,
                         &message.message_id,
+                        &message.recipient,
                         &message.content,
                     );
                 }

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::federation::Federation;
-use crate::store::{OutboxRecord, now_ms};
+use crate::store::{OutboxFailure, OutboxRecord, now_ms};
 
-/// Rows taken per pass.
-const BATCH: u32 = 64;
+/// Rows taken (and attempted concurrently) per pass.
+const BATCH: u32 = 256;
 
 /// How often seen ids past their window are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -65,25 +65,27 @@ async fn pass(federation: &Federation) -> Result<usize, crate::store::StoreError
         let outcome = attempt(federation, &row).await;
         (row, outcome)
     });
+    let (mut delivered, mut failed) = (Vec::new(), Vec::new());
+    let config = federation.config();
     for (row, outcome) in futures::future::join_all(attempts).await {
-        let store = federation.store();
         match outcome {
-            Attempt::Delivered => store.outbox_delivered(row.id).await?,
+            Attempt::Delivered => delivered.push(row.id),
             Attempt::Refused(error) => {
                 tracing::warn!(peer = %row.peer, message_id = %row.message_id, %error, "peer refused a message; not retrying");
-                store.outbox_failed(row.id, error, row.next_at, true).await?;
+                failed.push(OutboxFailure { id: row.id, error, next_at: row.next_at, dead: true });
             }
             Attempt::Retry(error) => {
-                let config = federation.config();
                 let dead = row.attempts.saturating_add(1) >= config.outbox_max_attempts;
                 if dead {
                     tracing::warn!(peer = %row.peer, message_id = %row.message_id, %error, "giving up on a message");
                 }
-                let next = now_ms().saturating_add(backoff_ms(row.attempts, config.outbox_max_backoff_ms));
-                store.outbox_failed(row.id, error, next, dead).await?;
+                let next_at = now_ms().saturating_add(backoff_ms(row.attempts, config.outbox_max_backoff_ms));
+                failed.push(OutboxFailure { id: row.id, error, next_at, dead });
             }
         }
     }
+    // One write (one fsync) for the whole pass.
+    federation.store().outbox_settle(delivered, failed).await?;
     Ok(n)
 }
 

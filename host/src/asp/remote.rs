@@ -16,6 +16,15 @@
 //! ordinary job of B's engine (submitted with the request's id as its idempotency key, so a
 //! redelivered request never runs twice).
 //!
+//! Messages to agents: A's guest `messaging.send("<swarm>/<B>/<agent>", …)` (scope `swarm.send`
+//! on A) becomes a signed `message` to `<B>/<agent>` whose content is the payload text. B takes
+//! it only if A's `[[swarm.peers]]` entry lists the agent (else `403 NOT_AUTHORIZED`, and A's
+//! outbox keeps it as dead with that error), then hands it to its message plane as producer
+//! `<A>` under principal `peer:<A>` (idempotency token = the ASP message id), and reports each
+//! stage back: `{"corral": "message.stage", "message": <id>, "stage", "code"?, "note"?}` —
+//! RECEIVED when the plane took it, then its outcome. A keeps the reports (its inbox) and
+//! serves them per message (`GET /v1/swarm/messages/{id}`).
+//!
 //! Not durable across a restart of either side mid-call: A's waiter lives in memory (a
 //! result arriving after A restarted is kept in A's inbox, and A's job is recovered like any
 //! other), and B's answer is sent by the task that waited for the job.
@@ -57,6 +66,30 @@ pub struct JobResult {
 
 const REQUEST: &str = "job.request";
 const RESULT: &str = "job.result";
+const STAGE: &str = "message.stage";
+
+/// `content` of a stage report.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StageReport {
+    pub corral: String,
+    /// The ASP message id of the message reported on.
+    pub message: String,
+    /// RECEIVED, READ, FULFILLED, REJECTED, FAILED or TIMED_OUT (SW4RM's names).
+    pub stage: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The `corral` tag of a content, if it is one of corral's own (job request, result, report).
+fn corral_kind(content: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(content).ok()?;
+    value.get("corral").and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Longest a message's outcome is waited for, to report it.
+const STAGE_WATCH: Duration = Duration::from_secs(600);
 
 /// How a remote call ended, as the calling job sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,10 +154,43 @@ impl Federation {
         }
     }
 
+    /// A guest's message to an agent on another host: queued for it, signed; returns its id.
+    pub async fn send_to_agent(&self, target: &str, content_type: &str, text: String) -> Result<String, AspError> {
+        let parsed = parse_target(target).map_err(|detail| AspError::Malformed { what: "recipient", detail })?;
+        if corral_kind(&text).is_some() {
+            return Err(AspError::Malformed {
+                what: "payload",
+                detail: "a top-level \"corral\" key is reserved for corral's own messages".into(),
+            });
+        }
+        tracing::debug!(recipient = target, content_type, "message to an agent on another host");
+        self.send(parsed.swarm, &format!("{}/{}", parsed.host, parsed.agent), "message", text).await
+    }
+
+    /// Before a message to one of this host's agents is accepted: the sender's
+    /// `[[swarm.peers]]` entry must list the agent. (Job requests are answered instead.)
+    pub(super) fn admit_agent_message(&self, sender: &str, recipient: &str, content: &str) -> Result<(), AspError> {
+        let Some(agent) = recipient.split_once('/').map(|(_, agent)| agent) else { return Ok(()) };
+        if corral_kind(content).is_some() {
+            return Ok(());
+        }
+        let allowed =
+            self.manager().is_some_and(|m| m.policy().swarm.peer(sender).is_some_and(|peer| peer.may_run(agent)));
+        if allowed {
+            Ok(())
+        } else {
+            Err(AspError::NotAllowed(format!(
+                "peer '{sender}' may not message '{agent}' on {} (not in its [[swarm.peers]] agents)",
+                self.agent_id()
+            )))
+        }
+    }
+
     /// After a message was accepted: a job request for a local agent is run; a job result
-    /// wakes the job waiting for it. Anything else just stays in the inbox.
-    pub(super) fn after_accept(&self, swarm_id: &str, sender: &str, message_id: &str, content: &str) {
-        let Ok(value) = serde_json::from_str::<Value>(content) else { return };
+    /// wakes the job waiting for it; a message to a local agent enters the message plane.
+    /// Anything else just stays in the inbox.
+    pub(super) fn after_accept(&self, swarm_id: &str, sender: &str, message_id: &str, recipient: &str, content: &str) {
+        let value = serde_json::from_str::<Value>(content).unwrap_or(Value::Null);
         match value.get("corral").and_then(Value::as_str) {
             Some(REQUEST) => {
                 let Ok(request) = serde_json::from_value::<JobRequest>(value) else { return };
@@ -141,8 +207,99 @@ impl Federation {
                 };
                 self.answer_waiter(&result.request, sender, outcome);
             }
-            _ => {}
+            Some(_) => {}
+            None => {
+                let Some((_, agent)) = recipient.split_once('/') else { return };
+                let Some(me) = self.me() else { return };
+                let (swarm, sender, id, agent, text) = (
+                    swarm_id.to_owned(),
+                    sender.to_owned(),
+                    message_id.to_owned(),
+                    agent.to_owned(),
+                    content.to_owned(),
+                );
+                tokio::spawn(async move { me.deliver_to_plane(swarm, sender, id, agent, text).await });
+            }
         }
+    }
+
+    /// Hands a peer's message to the local message plane and reports its stages back.
+    async fn deliver_to_plane(&self, swarm_id: String, sender: String, asp_id: String, agent: String, text: String) {
+        use crate::messages::{MessageType, Outgoing, Producer, Recipient, SendError};
+        let Some(manager) = self.manager() else { return };
+        let plane = std::sync::Arc::clone(manager.messages());
+        let principal = peer_principal(&sender);
+        let producer = Producer { principal: principal.clone(), id: sender.clone(), reply_to: None };
+        let content_type = if serde_json::from_str::<Value>(&text).is_ok() { "application/json" } else { "text/plain" };
+        let mut out = Outgoing::new(Recipient::Agent(agent), MessageType::Data, content_type, text.into_bytes());
+        out.idempotency_token = Some(asp_id.clone());
+        let report = |stage: &str, code: Option<String>, note: Option<String>| StageReport {
+            corral: STAGE.into(),
+            message: asp_id.clone(),
+            stage: stage.into(),
+            code,
+            note,
+        };
+        let local = match plane.send(&producer, out).await {
+            Ok(accepted) => match accepted.messages.into_iter().next() {
+                Some(first) => first.id,
+                None => return,
+            },
+            Err(SendError::Refused { code, reason, .. }) => {
+                let rejected = report("REJECTED", Some(code.as_str().to_owned()), Some(reason));
+                return self.report_stage(&swarm_id, &sender, rejected).await;
+            }
+            Err(SendError::Store(e)) => {
+                let failed = report("FAILED", None, Some(format!("could not be stored: {e}")));
+                return self.report_stage(&swarm_id, &sender, failed).await;
+            }
+        };
+        self.report_stage(&swarm_id, &sender, report("RECEIVED", None, None)).await;
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < STAGE_WATCH {
+            match plane.get(&principal, &local).await {
+                Ok(Some(m)) if m.stage.is_outcome() => {
+                    let done = report(m.stage.as_str(), m.error_code.map(|c| c.as_str().to_owned()), m.note);
+                    return self.report_stage(&swarm_id, &sender, done).await;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn report_stage(&self, swarm_id: &str, to: &str, report: StageReport) {
+        let Ok(content) = serde_json::to_string(&report) else { return };
+        if let Err(e) = self.send(swarm_id, to, "message", content).await {
+            tracing::warn!(peer = %to, message = %report.message, error = %e, "cannot report a message's stage");
+        }
+    }
+
+    /// What this host knows about a message it sent: the stage reports its recipient sent back,
+    /// oldest first, and — while it is still in the outbox — its delivery state (a refusal by
+    /// the peer shows as FAILED with the peer's answer).
+    pub async fn stages(&self, message_id: &str) -> Result<Vec<StageReport>, AspError> {
+        let mut reports: Vec<StageReport> = self
+            .store()
+            .swarm_reports(message_id.to_owned())
+            .await?
+            .iter()
+            .filter_map(|content| serde_json::from_str::<StageReport>(content).ok())
+            .filter(|r| r.corral == STAGE && r.message == message_id)
+            .collect();
+        for row in self.store().outbox_list(10_000).await? {
+            if row.message_id == message_id && row.dead {
+                reports.push(StageReport {
+                    corral: STAGE.into(),
+                    message: message_id.to_owned(),
+                    stage: "FAILED".into(),
+                    code: Some("UNDELIVERED".into()),
+                    note: row.last_error,
+                });
+            }
+        }
+        Ok(reports)
     }
 
     /// Runs a peer's job request and sends the answer back.

@@ -1,5 +1,7 @@
 //! Scopes `agent.send` (target: the recipient — an agent reference or an external agent id)
-//! and `topic.publish` (target: the topic).
+//! and `topic.publish` (target: the topic). A recipient `<swarm>/<host>/<agent>` is an agent on
+//! another host: `send` then checks `swarm.send` instead and hands the message to
+//! `capabilities::swarm`.
 //!
 //! A guest's side of the message plane: `send`, `publish`, `request` (send and wait for the
 //! correlated reply) and `reply`. Every call is checked against the lease before anything is
@@ -95,6 +97,13 @@ impl JobState {
 
 impl wit::Host for JobState {
     async fn send(&mut self, recipient: String, msg: Message) -> wasmtime::Result<Result<String, SendError>> {
+        // `<swarm>/<host>/<agent>`: an agent on another host (scope `swarm.send`).
+        if recipient.contains('/') {
+            return match super::swarm::send(self, recipient, msg.content_type, msg.payload).await? {
+                Ok(id) => Ok(Ok(id)),
+                Err(e) => Ok(Err(from_host_error(e))),
+            };
+        }
         if let Err(e) = self.authorize_send(Scope::AgentSend, &recipient).await? {
             return Ok(Err(e));
         }

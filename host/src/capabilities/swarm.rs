@@ -1,7 +1,9 @@
-//! Scope `swarm.delegate`; target: `<swarm id>/<host agent id>/<agent>`.
+//! Scopes `swarm.delegate` and `swarm.send`; target of both: `<swarm id>/<host agent id>/<agent>`.
 //!
 //! A job may run an agent on another host of a swarm this host is in, through the same
-//! `jobs.delegate` import as a local child: a reference with slashes names a remote agent.
+//! `jobs.delegate` import as a local child — a reference with slashes names a remote agent —
+//! and send one a message through `messaging.send` (the message enters the remote host's
+//! message plane; its stages come back as reports, see `crate::asp::remote`).
 //! The check here is this host's (the job's lease); the remote host then applies its own
 //! policy for this host (`[[swarm.peers]]`), and a refusal there comes back as a denial of
 //! this scope, recorded here too. The call counts against `limits.max_children` like a local
@@ -51,5 +53,30 @@ pub async fn delegate(
         }
         Ok(RemoteOutcome::Failed(reason)) => Err(HostError::Failed(format!("remote job {target}: {reason}"))),
         Err(e) => Err(HostError::Failed(format!("cannot reach {target}: {e}"))),
+    })
+}
+
+/// Sends a message to `target`'s agent on its host; what `messaging.send` does for a remote
+/// recipient. Returns the ASP message id once the message is in this host's outbox.
+pub async fn send(
+    state: &mut JobState,
+    target: String,
+    content_type: String,
+    payload: Vec<u8>,
+) -> wasmtime::Result<Result<String, HostError>> {
+    if let Err(denied) = state.ctx.authorize(Scope::SwarmSend, &target)? {
+        return Ok(Err(denied));
+    }
+    let Some(federation) = state.ctx.manager.federation().cloned() else {
+        return Ok(Err(HostError::Failed("this host is in no swarm (no [swarm] listen in its policy)".to_owned())));
+    };
+    let Ok(text) = String::from_utf8(payload) else {
+        return Ok(Err(HostError::Invalid("a message to another host carries text (ASP content is a string)".into())));
+    };
+    state.ctx.before_effect().await?;
+    Ok(match federation.send_to_agent(&target, &content_type, text).await {
+        Ok(id) => Ok(id),
+        Err(crate::asp::AspError::Malformed { detail, .. }) => Err(HostError::Invalid(detail)),
+        Err(e) => Err(HostError::Failed(format!("cannot send to {target}: {e}"))),
     })
 }

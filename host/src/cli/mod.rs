@@ -280,6 +280,8 @@ pub enum SwarmCommand {
     },
     /// Messages waiting for delivery (and dead ones, with their last error).
     Outbox,
+    /// The stages a message sent to an agent on another host went through, as reported back.
+    Message { id: String },
 }
 
 /// `corral arcp ...`.

@@ -138,6 +138,18 @@ pub(super) async fn run(client: &Client, action: SwarmCommand, json: bool) -> Re
             };
             (v, Some(table))
         }
+        SwarmCommand::Message { id } => {
+            let v = client.swarm_call(Method::GET, &["swarm", "messages", &id], &[], None).await?;
+            let stages = v.get("stages").and_then(Value::as_array).cloned().unwrap_or_default();
+            let rows: Vec<Vec<String>> =
+                stages.iter().map(|s| vec![text(s, "stage"), text(s, "code"), text(s, "note")]).collect();
+            let table = if rows.is_empty() {
+                "no stage reported yet".to_owned()
+            } else {
+                render::table(&["STAGE", "CODE", "NOTE"], &rows).trim_end().to_owned()
+            };
+            (v, Some(table))
+        }
     };
     if json {
         stdout_line(&render::pretty(&answer))?;

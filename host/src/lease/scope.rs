@@ -39,11 +39,14 @@ pub enum Scope {
     /// `swarm.delegate` — run an agent on another host of a swarm this host is in; the target
     /// is `<swarm id>/<host agent id>/<agent>` (see `crate::asp::remote`).
     SwarmDelegate,
+    /// `swarm.send` — send a message to an agent on another host of a swarm this host is in;
+    /// the target is `<swarm id>/<host agent id>/<agent>`.
+    SwarmSend,
 }
 
 impl Scope {
     /// Every scope, in a stable order (also the order of error messages and serialization).
-    pub const ALL: [Scope; 10] = [
+    pub const ALL: [Scope; 11] = [
         Scope::Log,
         Scope::KvRead,
         Scope::KvWrite,
@@ -54,6 +57,7 @@ impl Scope {
         Scope::TopicPublish,
         Scope::SecretUse,
         Scope::SwarmDelegate,
+        Scope::SwarmSend,
     ];
 
     /// The wire name, e.g. `"kv.read"`.
@@ -69,6 +73,7 @@ impl Scope {
             Scope::TopicPublish => "topic.publish",
             Scope::SecretUse => "secret.use",
             Scope::SwarmDelegate => "swarm.delegate",
+            Scope::SwarmSend => "swarm.send",
         }
     }
 
@@ -130,7 +135,7 @@ mod tests {
         assert!(err.contains("unknown scope 'kv.wrte'"), "{err}");
         assert!(
             err.contains(
-                "log, kv.read, kv.write, net.fetch, agent.delegate, events, agent.send, topic.publish, secret.use, swarm.delegate"
+                "log, kv.read, kv.write, net.fetch, agent.delegate, events, agent.send, topic.publish, secret.use, swarm.delegate, swarm.send"
             ),
             "{err}"
         );

@@ -59,7 +59,9 @@ pub use messages::{
     RecipientKind, StageRecord,
 };
 pub use retention::PruneRound;
-pub use swarm::{Admission, InboundRecord, MemberRecord, MembershipChange, NewOutbox, OutboxRecord, SwarmRecord};
+pub use swarm::{
+    Admission, InboundRecord, MemberRecord, MembershipChange, NewOutbox, OutboxFailure, OutboxRecord, SwarmRecord,
+};
 pub use writer::MAX_BATCH;
 pub(crate) use writer::WriteCtx;
 

@@ -138,6 +138,15 @@ pub struct OutboxRecord {
     pub dead: bool,
 }
 
+/// A failed delivery attempt of an outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxFailure {
+    pub id: i64,
+    pub error: String,
+    pub next_at: i64,
+    pub dead: bool,
+}
+
 /// What a verified message (or a local operation) does to the membership.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipChange {
@@ -467,6 +476,20 @@ impl Store {
         .await
     }
 
+    /// The contents of corral stage reports about `message_id` in the inbox, oldest first.
+    pub async fn swarm_reports(&self, message_id: String) -> Result<Vec<String>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT content FROM swarm_inbox WHERE json_valid(content) \
+                 AND json_extract(content, '$.corral') = 'message.stage' AND json_extract(content, '$.message') = ?1 \
+                 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([message_id], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     /// Queues messages for delivery.
     pub async fn outbox_enqueue(&self, rows: Vec<NewOutbox>) -> Result<(), StoreError> {
         self.write(move |ctx| enqueue(ctx.tx(), &rows, super::now_ms())).await
@@ -495,23 +518,21 @@ impl Store {
         .await
     }
 
-    /// The peer has the message: it leaves the outbox.
-    pub async fn outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
+    /// Records what one outbox pass came to, in one op: delivered rows leave the outbox;
+    /// failed ones are tried again at their `next_at`, or (`dead`) never again.
+    pub async fn outbox_settle(&self, delivered: Vec<i64>, failed: Vec<OutboxFailure>) -> Result<(), StoreError> {
         self.write(move |ctx| {
-            ctx.tx().prepare_cached("DELETE FROM swarm_outbox WHERE id = ?1")?.execute([id])?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// An attempt failed: try again at `next_at`, or (`dead`) never again.
-    pub async fn outbox_failed(&self, id: i64, error: String, next_at: i64, dead: bool) -> Result<(), StoreError> {
-        self.write(move |ctx| {
-            ctx.tx()
-                .prepare_cached(
-                    "UPDATE swarm_outbox SET attempts = attempts + 1, last_error = ?2, next_at = ?3, dead = ?4 WHERE id = ?1",
-                )?
-                .execute(params![id, error, next_at, dead])?;
+            let tx = ctx.tx();
+            let mut delete = tx.prepare_cached("DELETE FROM swarm_outbox WHERE id = ?1")?;
+            for id in delivered {
+                delete.execute([id])?;
+            }
+            let mut update = tx.prepare_cached(
+                "UPDATE swarm_outbox SET attempts = attempts + 1, last_error = ?2, next_at = ?3, dead = ?4 WHERE id = ?1",
+            )?;
+            for f in failed {
+                update.execute(params![f.id, f.error, f.next_at, f.dead])?;
+            }
             Ok(())
         })
         .await
