@@ -221,6 +221,8 @@ async fn three_hosts_form_a_swarm_by_invite_and_messages_flow_between_them() {
     }
     let out = a.cli(&["swarm", "inbox"]).await;
     assert!(out.stdout.contains("hello all"), "{out:?}");
+    // An invite to a swarm this host is already in cannot replace what it knows.
+    refused(&join(&b, &invite_url(&a, &swarm, json!({})).await).await, 409, "ALREADY_MEMBER");
     let out = a.cli(&["swarm", "members", &swarm]).await;
     assert!(out.stdout.contains("master") && out.stdout.contains(&idc), "{out:?}");
     // A's outbox drained: every member_joined was delivered.
@@ -275,7 +277,7 @@ async fn forged_replayed_stale_and_oversize_messages_are_refused_with_stable_cod
     refused(
         &deliver(&client, &a, &signed(&stranger, outsider, &swarm, &ida, "message", "x", lp1)).await,
         403,
-        "NOT_AUTHORIZED",
+        "NOT_MEMBER",
     );
     let nowhere = uuid::Uuid::now_v7().to_string();
     refused(
@@ -292,6 +294,10 @@ async fn forged_replayed_stale_and_oversize_messages_are_refused_with_stable_cod
     expired
         .extra
         .insert("expires_at".into(), json!(corral::asp::federation::timestamp(corral::store::now_ms() - 1_000)));
+    // corral-lp/1 covers expires_at: added after signing, it breaks the signature…
+    refused(&deliver(&client, &a, &expired).await, 401, "INVALID_SIGNATURE");
+    // …signed with it, the passed expiry is what is refused.
+    expired.signature = signing::sign(lp1, &b_key, &expired).unwrap();
     refused(&deliver(&client, &a, &expired).await, 400, "MESSAGE_EXPIRED");
 
     // The ambiguous twin: under 0.1.0 both sign the same bytes; under corral-lp/1 they do not.
@@ -308,7 +314,7 @@ async fn forged_replayed_stale_and_oversize_messages_are_refused_with_stable_cod
     refused(
         &deliver(&client, &a, &signed(&stranger, outsider, &swarm, "broadcast", "system", &kick_b, lp1)).await,
         403,
-        "NOT_AUTHORIZED",
+        "NOT_MEMBER",
     );
     let take_over = json!({ "action": "master_transferred", "agent_id": idb }).to_string();
     refused(
@@ -364,6 +370,7 @@ async fn forged_replayed_stale_and_oversize_messages_are_refused_with_stable_cod
         "DUPLICATE_MESSAGE",
         "INVALID_SIGNATURE",
         "NOT_AUTHORIZED",
+        "NOT_MEMBER",
         "SWARM_NOT_FOUND",
         "STALE_MESSAGE",
         "MESSAGE_EXPIRED",
@@ -501,6 +508,10 @@ async fn only_the_master_changes_membership_and_every_member_follows_its_signed_
     })
     .await;
     refused(&a.post(&format!("/v1/swarms/{swarm}/invites"), &json!({})).await, 403, "NOT_AUTHORIZED");
+    // A's invites died with its role: C cannot get back in with the one it had.
+    let stale = join(&c, &url).await;
+    assert_eq!(stale.0, 502, "{}", stale.1);
+    assert!(stale.1["error"]["message"].as_str().unwrap().contains("no longer the swarm's master"), "{}", stale.1);
     let again = invite_url(&b, &swarm, json!({})).await;
     assert_eq!(join(&c, &again).await.0, 200);
     converge(&[&a, &b, &c], &swarm, &[ida.clone(), idb.clone(), idc.clone()]).await;

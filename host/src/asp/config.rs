@@ -12,6 +12,7 @@
 //! [[swarm.peers]]                               # deny by default: a peer not listed may
 //! agent_id = "corral-0123456789abcdef"          # message this host but run nothing here
 //! agents = ["echo"]                             # the agents it may run (`*`: any)
+//! # public_key = "…"                            # required for a non-corral id: pins its key
 //! [swarm.peers.ceiling.grants]
 //! "log" = ["**"]
 //! ```
@@ -40,6 +41,9 @@ pub struct SwarmConfig {
     pub peer_ca: Vec<PathBuf>,
     /// How far a message's timestamp may be from this host's clock, either way.
     pub max_skew_ms: u64,
+    /// How long a received message id is remembered (at least `max_skew_ms`), and so how long
+    /// the outbox keeps retrying a message (re-stamping it) before it gives up.
+    pub dedupe_window_ms: u64,
     /// Largest request body accepted on the ASP endpoint.
     pub max_body_bytes: usize,
     /// Requests per peer (by sender id, and by address before the sender is known).
@@ -67,6 +71,7 @@ impl Default for SwarmConfig {
             tls_key: None,
             peer_ca: Vec::new(),
             max_skew_ms: 5 * 60_000,
+            dedupe_window_ms: 24 * 3_600_000,
             max_body_bytes: 256 << 10,
             rate_limit: RateLimit { per_s: 50, burst: 200 },
             outbox_interval_ms: 250,
@@ -84,6 +89,11 @@ impl Default for SwarmConfig {
 #[serde(deny_unknown_fields)]
 pub struct PeerPolicy {
     pub agent_id: String,
+    /// The peer's key (base64, as `/swarm/info` gives it). Required for an id that is not a
+    /// `corral-…` one (those are derived from their key): without it any host in any swarm
+    /// could call itself this peer.
+    #[serde(default)]
+    pub public_key: Option<String>,
     /// Agent names it may run (`*` for any); none when empty.
     #[serde(default)]
     pub agents: Vec<String>,
@@ -115,5 +125,15 @@ impl SwarmConfig {
     /// A peer's policy, if the operator gave one.
     pub fn peer(&self, agent_id: &str) -> Option<&PeerPolicy> {
         self.peers.iter().find(|p| p.agent_id == agent_id)
+    }
+
+    /// The policy for a member known by `agent_id` with key `public_key`: its entry, if the
+    /// key is the one the entry pins (or the id is a `corral-…` one, which only its key can
+    /// have — checked wherever a key is learned).
+    pub fn trusted_peer(&self, agent_id: &str, public_key: &str) -> Option<&PeerPolicy> {
+        self.peer(agent_id).filter(|p| match &p.public_key {
+            Some(pinned) => pinned.trim() == public_key,
+            None => agent_id.starts_with("corral-"),
+        })
     }
 }

@@ -140,6 +140,37 @@ impl std::fmt::Debug for Federation {
     }
 }
 
+/// Reads at most `max` bytes of a peer's answer (a peer cannot make this host buffer more).
+pub(super) async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("the answer is over {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Largest answer read from a peer's `/info` or `/join`.
+const MAX_PEER_ANSWER: usize = 1 << 20;
+
+/// Whether `key` may be known by `agent_id`: a `corral-…` id is derived from its key, so no
+/// other key may claim it (other ids are whatever their peers call themselves).
+pub fn id_fits_key(agent_id: &str, key: &ed25519_dalek::VerifyingKey) -> bool {
+    !agent_id.starts_with("corral-") || identity::agent_id(key) == agent_id
+}
+
+/// An agent id a member may have: 1 to 512 characters, no control characters, no `/`, not
+/// `broadcast`.
+fn valid_agent_id(agent_id: &str) -> bool {
+    !agent_id.is_empty()
+        && agent_id.len() <= 512
+        && agent_id != "broadcast"
+        && !agent_id.contains('/')
+        && !agent_id.chars().any(char::is_control)
+}
+
 /// The rate-limit bucket shared by every request whose sender is not (yet) known to be a
 /// member: malformed bodies, unknown swarms, non-members, joins.
 pub const STRANGERS: &str = "<strangers>";
@@ -406,16 +437,17 @@ impl Federation {
         }
         let base = claims.endpoint.trim_end_matches('/');
         let peer = |detail: String| AspError::Peer { endpoint: claims.endpoint.clone(), detail };
-        let info: Info = self
+        if self.store.swarm(&claims.swarm_id).await?.is_some() {
+            return Err(AspError::AlreadyMember(format!("this host (already in swarm {})", claims.swarm_id)));
+        }
+        let answer = self
             .client
             .get(format!("{base}/info"))
             .send()
             .await
-            .map_err(|e| peer(format!("GET /info: {e}")))?
-            .error_for_status()
-            .map_err(|e| peer(format!("GET /info: {e}")))?
-            .json()
-            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| peer(format!("GET /info: {e}")))?;
+        let info: Info = serde_json::from_slice(&read_capped(answer, MAX_PEER_ANSWER).await.map_err(&peer)?)
             .map_err(|e| peer(format!("GET /info: {e}")))?;
         if info.agent_id != claims.master {
             return Err(AspError::InvalidToken(format!(
@@ -439,7 +471,7 @@ impl Federation {
         let response =
             self.client.post(format!("{base}/join")).json(&request).send().await.map_err(|e| peer(e.to_string()))?;
         let status = response.status();
-        let body = response.text().await.map_err(|e| peer(e.to_string()))?;
+        let body = String::from_utf8_lossy(&read_capped(response, MAX_PEER_ANSWER).await.map_err(&peer)?).into_owned();
         if status.as_u16() != 200 {
             return Err(peer(format!("join answered {status}: {}", body.chars().take(300).collect::<String>())));
         }
@@ -461,7 +493,10 @@ impl Federation {
             if m.agent_id == self.identity.agent_id {
                 continue;
             }
-            signing::public_key(&m.public_key)?;
+            let key = signing::public_key(&m.public_key)?;
+            if !valid_agent_id(&m.agent_id) || !id_fits_key(&m.agent_id, &key) || !m.endpoint.starts_with("https://") {
+                return Err(peer(format!("the join answer lists an invalid member '{}'", m.agent_id)));
+            }
             let scheme =
                 if m.agent_id == claims.master { master_scheme } else { scheme_named(m.signature_scheme.as_deref()) };
             members.push(MemberRecord {
@@ -513,14 +548,17 @@ impl Federation {
             return Err(AspError::Malformed { what: "sender.endpoint", detail: "must use HTTPS".into() });
         }
         let key = signing::public_key(&sender.public_key)?;
-        if sender.agent_id.is_empty() || sender.agent_id.len() > 512 || sender.agent_id.contains('/') {
-            return Err(AspError::Malformed { what: "sender.agent_id", detail: "1 to 512 characters, no '/'".into() });
+        if !valid_agent_id(&sender.agent_id) {
+            return Err(AspError::Malformed {
+                what: "sender.agent_id",
+                detail: "1 to 512 characters, no '/', no control characters, not 'broadcast'".into(),
+            });
         }
         if sender.agent_id == self.identity.agent_id {
             return Err(AspError::AlreadyMember(sender.agent_id.clone()));
         }
         // corral ids are derived from the key: a joiner may not claim one that is not its own.
-        if sender.agent_id.starts_with("corral-") && identity::agent_id(&key) != sender.agent_id {
+        if !id_fits_key(&sender.agent_id, &key) {
             return Err(AspError::NotAllowed(format!("'{}' is not the agent id of the key given", sender.agent_id)));
         }
         let scheme = scheme_named(sender.signature_scheme.as_deref());
@@ -547,13 +585,20 @@ impl Federation {
         let announcement = self.message(&claims.swarm_id, "broadcast", "system", content);
         let signer = self.clone_signer();
         let own = self.identity.agent_id.clone();
+        let own_id = own.clone();
         let admission = self
             .store
-            .swarm_admit(token_hash(&request.invite_token), member, move |before| {
+            .swarm_admit(own.clone(), token_hash(&request.invite_token), member, move |before| {
                 before
                     .iter()
-                    .filter(|m| m.agent_id != own)
-                    .filter_map(|m| signer.outbox_for(&announcement, m).ok())
+                    .filter(|m| m.agent_id != own_id)
+                    .filter_map(|m| {
+                        // Signing fails only on a malformed timestamp, and this one is ours.
+                        signer
+                            .outbox_for(&announcement, m)
+                            .inspect_err(|e| tracing::error!(error = %e, "cannot sign member_joined"))
+                            .ok()
+                    })
                     .collect()
             })
             .await?;
@@ -570,6 +615,9 @@ impl Federation {
                 })
             }
             Admission::UnknownSwarm => Err(AspError::UnknownSwarm(claims.swarm_id)),
+            Admission::NotMaster(master) => {
+                Err(AspError::InvalidToken(format!("this host is no longer the swarm's master ({master} is)")))
+            }
             Admission::UnknownInvite => {
                 Err(AspError::InvalidToken("this host has no record of issuing the invite".into()))
             }
@@ -706,6 +754,20 @@ impl Federation {
         self.clone_signer().outbox_for(message, member)
     }
 
+    /// `body` (a signed message) as it should go out now: unchanged while its timestamp is
+    /// fresh, else with the current time, signed again under `scheme`.
+    pub(super) fn restamp(&self, body: &str, scheme: &str) -> Result<String, AspError> {
+        let mut message: Message = serde_json::from_str(body)
+            .map_err(|e| AspError::Malformed { what: "outbox message", detail: e.to_string() })?;
+        let age = now_ms().saturating_sub(signing::instant(&message.timestamp)?);
+        if u64::try_from(age).unwrap_or(0) < self.config.max_skew_ms / 4 {
+            return Ok(body.to_owned());
+        }
+        message.timestamp = timestamp(now_ms());
+        message.signature = self.identity.sign(scheme_named(Some(scheme)), &message)?;
+        serde_json::to_string(&message).map_err(|e| AspError::Internal(e.to_string()))
+    }
+
     fn clone_signer(&self) -> Signer {
         Signer(Arc::clone(&self.identity))
     }
@@ -714,30 +776,31 @@ impl Federation {
     /// is written unless every check passed; then the message is remembered, stored and
     /// applied in one transaction.
     pub async fn receive(&self, message: &Message, wire: String) -> Result<(), AspError> {
-        verify::shape(message)?;
-        if message.sender.agent_id == self.identity.agent_id {
-            self.check_rate(STRANGERS)?;
-            return Err(AspError::NotAllowed("a message may not claim to come from this host".into()));
-        }
-        // Rate limits: a member has its own bucket; everyone else (whose id is only a claim
-        // so far) shares one, so inventing sender ids buys no extra requests.
-        let (swarm, members) = match self.swarm_of(&message.swarm_id).await {
-            Ok(found) => found,
-            Err(e) => {
-                self.check_rate(STRANGERS)?;
-                return Err(e);
-            }
+        // Rate limits: a member whose signature verified has its own bucket; everyone else
+        // shares one (inventing sender ids or forging a member's buys nothing, and cannot
+        // drain the member's bucket).
+        let stranger = |e: AspError| match self.check_rate(STRANGERS) {
+            Ok(()) => e,
+            Err(limited) => limited,
         };
+        verify::shape(message).map_err(stranger)?;
+        if message.sender.agent_id == self.identity.agent_id {
+            return Err(stranger(AspError::NotAllowed("a message may not claim to come from this host".into())));
+        }
+        let (swarm, members) = self.swarm_of(&message.swarm_id).await.map_err(stranger)?;
         let Some(member) = members.iter().find(|m| m.agent_id == message.sender.agent_id) else {
-            self.check_rate(STRANGERS)?;
-            return Err(AspError::NotMember {
+            return Err(stranger(AspError::NotMember {
                 swarm: message.swarm_id.clone(),
                 agent: message.sender.agent_id.clone(),
-            });
+            }));
         };
+        verify::signature(message, member).map_err(stranger)?;
         self.check_rate(&member.agent_id)?;
-        verify::signature(message, member)?;
-        let seen_until = verify::clock(message, now_ms(), self.config.max_skew_ms)?;
+        let now = now_ms();
+        let fresh_until = verify::clock(message, now, self.config.max_skew_ms)?;
+        // Remembered at least as long as the sender's outbox may retry it (re-stamped).
+        let dedupe = i64::try_from(self.config.dedupe_window_ms).unwrap_or(i64::MAX);
+        let seen_until = fresh_until.max(now.saturating_add(dedupe));
         let own = &self.identity.agent_id;
         let for_me = message.recipient == "broadcast"
             || message.recipient == *own
@@ -751,7 +814,7 @@ impl Federation {
             MembershipChange::Nothing
         };
         if message.kind == "message" {
-            self.admit_agent_message(&message.sender.agent_id, &message.recipient, &message.content)?;
+            self.admit_agent_message(member, &message.recipient, &message.content)?;
         }
         let inbound = InboundRecord {
             seq: 0,
@@ -770,7 +833,7 @@ impl Federation {
                 if message.kind == "message" {
                     self.after_accept(
                         &message.swarm_id,
-                        &message.sender.agent_id,
+                        member,
                         &message.message_id,
                         &message.recipient,
                         &message.content,
@@ -811,6 +874,8 @@ impl Signer {
             message_id: signed.message_id,
             peer: member.agent_id.clone(),
             endpoint: member.endpoint.clone(),
+            scheme: member.scheme.clone(),
+            system: signed.kind == "system",
             body,
         })
     }
@@ -856,7 +921,10 @@ fn system_change(
                 return Err(AspError::Malformed { what: "member_joined", detail: "endpoint must use HTTPS".into() });
             }
             let public_key = content.public_key.clone().unwrap_or_default();
-            signing::public_key(&public_key)?;
+            let key = signing::public_key(&public_key)?;
+            if !valid_agent_id(&agent_id) || !id_fits_key(&agent_id, &key) {
+                return Err(AspError::NotAllowed(format!("'{agent_id}' is not a valid member id for the key given")));
+            }
             let was_lp1 = members.iter().any(|m| m.agent_id == agent_id && m.scheme == Scheme::CorralLp1.name());
             let scheme = if was_lp1 { Scheme::CorralLp1 } else { scheme_named(content.signature_scheme.as_deref()) };
             MembershipChange::Add(MemberRecord {
@@ -874,7 +942,12 @@ fn system_change(
             if agent_id != sender && !from_master {
                 return Err(AspError::NotAllowed(format!("'{sender}' may not announce that '{agent_id}' left")));
             }
-            MembershipChange::Remove { swarm_id, agent_id }
+            if agent_id == own {
+                // The master says this host is out: as a kick.
+                MembershipChange::Forget { swarm_id }
+            } else {
+                MembershipChange::Remove { swarm_id, agent_id }
+            }
         }
         "member_kicked" => {
             master_only("member_kicked")?;

@@ -7,10 +7,12 @@
 //! however often it is delivered.
 //!
 //! A failed attempt is retried after `500 ms × 2^attempts` (with jitter, capped at
-//! `outbox_max_backoff_ms`) when it may succeed later (network errors, timeouts, 429, 5xx);
-//! a refusal that will not change (any other 4xx: bad signature, not a member…) ends it at
-//! once. After `outbox_max_attempts` a row is kept as dead, with its last error, for the
-//! operator (`corral swarm outbox`).
+//! `outbox_max_backoff_ms`) when it may succeed later (network errors, timeouts, 429, 5xx, and
+//! `NOT_MEMBER`/`SWARM_NOT_FOUND` — the receiver may not have the master's `member_joined`
+//! yet); a refusal that will not change (any other 4xx: bad signature, not allowed…) ends it
+//! at once. A retry is sent with a fresh timestamp, signed again (same id). After
+//! `outbox_max_attempts`, or once older than `dedupe_window_ms` (receivers remember ids that
+//! long), a row is kept as dead, with its last error, for the operator (`corral swarm outbox`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,35 +60,83 @@ pub fn spawn(federation: Arc<Federation>) -> tokio::task::JoinHandle<()> {
 }
 
 /// Delivers what is due now; returns how many rows it tried.
+///
+/// Order per peer is kept where it matters: a peer's rows go in the order they were queued,
+/// plain messages in concurrent runs, each system message (membership) alone after everything
+/// before it; the first failure stops that peer's rows for this pass, and a peer whose oldest
+/// row waits for a retry gets nothing newer (`Store::outbox_due`). So a `member_kicked` never
+/// overtakes the `member_joined` before it.
 async fn pass(federation: &Federation) -> Result<usize, crate::store::StoreError> {
     let due = federation.store().outbox_due(now_ms(), BATCH).await?;
     let n = due.len();
-    let attempts = due.into_iter().map(|row| async move {
-        let outcome = attempt(federation, &row).await;
-        (row, outcome)
-    });
-    let (mut delivered, mut failed) = (Vec::new(), Vec::new());
-    let config = federation.config();
-    for (row, outcome) in futures::future::join_all(attempts).await {
-        match outcome {
-            Attempt::Delivered => delivered.push(row.id),
-            Attempt::Refused(error) => {
-                tracing::warn!(peer = %row.peer, message_id = %row.message_id, %error, "peer refused a message; not retrying");
-                failed.push(OutboxFailure { id: row.id, error, next_at: row.next_at, dead: true });
-            }
-            Attempt::Retry(error) => {
-                let dead = row.attempts.saturating_add(1) >= config.outbox_max_attempts;
-                if dead {
-                    tracing::warn!(peer = %row.peer, message_id = %row.message_id, %error, "giving up on a message");
-                }
-                let next_at = now_ms().saturating_add(backoff_ms(row.attempts, config.outbox_max_backoff_ms));
-                failed.push(OutboxFailure { id: row.id, error, next_at, dead });
-            }
+    let mut by_peer: Vec<(String, Vec<OutboxRecord>)> = Vec::new();
+    for row in due {
+        match by_peer.iter_mut().find(|(peer, _)| *peer == row.peer) {
+            Some((_, rows)) => rows.push(row),
+            None => by_peer.push((row.peer.clone(), vec![row])),
         }
+    }
+    let peers = by_peer.into_iter().map(|(_, rows)| deliver_in_order(federation, rows));
+    let (mut delivered, mut failed) = (Vec::new(), Vec::new());
+    for (ok, bad) in futures::future::join_all(peers).await {
+        delivered.extend(ok);
+        failed.extend(bad);
     }
     // One write (one fsync) for the whole pass.
     federation.store().outbox_settle(delivered, failed).await?;
     Ok(n)
+}
+
+/// One peer's due rows, in queue order (see [`pass`]): the delivered ids and the failures.
+async fn deliver_in_order(federation: &Federation, rows: Vec<OutboxRecord>) -> (Vec<i64>, Vec<OutboxFailure>) {
+    let (mut delivered, mut failed) = (Vec::new(), Vec::new());
+    let mut rest = rows.as_slice();
+    while !rest.is_empty() {
+        // A run: one system message, or the plain messages up to the next one.
+        let len = if rest.first().is_some_and(|r| r.system) {
+            1
+        } else {
+            rest.iter().position(|r| r.system).unwrap_or(rest.len())
+        };
+        let (run, after) = rest.split_at(len);
+        rest = after;
+        let outcomes = futures::future::join_all(run.iter().map(|row| attempt(federation, row))).await;
+        let mut all_delivered = true;
+        for (row, outcome) in run.iter().zip(outcomes) {
+            match settle(federation, row, outcome) {
+                None => delivered.push(row.id),
+                Some(failure) => {
+                    all_delivered = false;
+                    failed.push(failure);
+                }
+            }
+        }
+        if !all_delivered {
+            break;
+        }
+    }
+    (delivered, failed)
+}
+
+/// What an attempt's outcome does to its row: `None` when delivered.
+fn settle(federation: &Federation, row: &OutboxRecord, outcome: Attempt) -> Option<OutboxFailure> {
+    let config = federation.config();
+    match outcome {
+        Attempt::Delivered => None,
+        Attempt::Refused(error) => {
+            tracing::warn!(peer = %row.peer, message_id = %row.message_id, %error, "peer refused a message; not retrying");
+            Some(OutboxFailure { id: row.id, error, next_at: row.next_at, dead: true })
+        }
+        Attempt::Retry(error) => {
+            let age = u64::try_from(now_ms().saturating_sub(row.created_at)).unwrap_or(0);
+            let dead = row.attempts.saturating_add(1) >= config.outbox_max_attempts || age > config.dedupe_window_ms;
+            if dead {
+                tracing::warn!(peer = %row.peer, message_id = %row.message_id, %error, "giving up on a message");
+            }
+            let next_at = now_ms().saturating_add(backoff_ms(row.attempts, config.outbox_max_backoff_ms));
+            Some(OutboxFailure { id: row.id, error, next_at, dead })
+        }
+    }
 }
 
 /// Wait before the attempt after `attempts` failed ones: doubling from 500 ms, capped, ±25 %.
@@ -103,15 +153,24 @@ fn rand_fraction() -> f64 {
     f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
 }
 
+/// Largest part of a refusal's body read (and kept as the row's last error).
+const MAX_REFUSAL_BODY: usize = 4096;
+
 async fn attempt(federation: &Federation, row: &OutboxRecord) -> Attempt {
     let url = format!("{}/message", row.endpoint.trim_end_matches('/'));
+    // A retry long after the message was made would be refused as stale: it goes out with a
+    // fresh timestamp, signed again (same id, so the receiver still dedupes it).
+    let body = match federation.restamp(&row.body, &row.scheme) {
+        Ok(body) => body,
+        Err(e) => return Attempt::Refused(format!("cannot sign the message again: {e}")),
+    };
     let sent = federation
         .client()
         .post(&url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("X-Agent-ID", federation.agent_id())
         .header("X-Swarm-Protocol", super::PROTOCOL_VERSION)
-        .body(row.body.clone())
+        .body(body)
         .send()
         .await;
     let response = match sent {
@@ -122,7 +181,10 @@ async fn attempt(federation: &Federation, row: &OutboxRecord) -> Attempt {
     if status.is_success() {
         return Attempt::Delivered;
     }
-    let body = response.text().await.unwrap_or_default();
+    let body = match super::federation::read_capped(response, MAX_REFUSAL_BODY).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => e,
+    };
     let code = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.pointer("/error/code").and_then(|c| c.as_str()).map(str::to_owned))
@@ -131,6 +193,8 @@ async fn attempt(federation: &Federation, row: &OutboxRecord) -> Attempt {
     match status.as_u16() {
         409 if code == "DUPLICATE_MESSAGE" => Attempt::Delivered,
         408 | 425 | 429 | 500..=599 => Attempt::Retry(detail),
+        // The receiver may not have processed the master's member_joined yet.
+        403 | 404 if code == "NOT_MEMBER" || code == "SWARM_NOT_FOUND" => Attempt::Retry(detail),
         _ => Attempt::Refused(detail),
     }
 }

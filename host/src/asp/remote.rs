@@ -38,7 +38,7 @@ use super::AspError;
 use super::config::peer_principal;
 use super::federation::Federation;
 use crate::jobs::SubmitRequest;
-use crate::store::{AuditRecord, Decision, JobStatus, now_ms};
+use crate::store::{AuditRecord, Decision, JobStatus, MemberRecord, now_ms};
 
 /// `content` of a request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +50,9 @@ pub struct JobRequest {
     #[serde(default)]
     pub lease: Option<Value>,
     pub timeout_ms: u64,
+    /// How many more levels of delegation the caller's lease allows below this job.
+    #[serde(default)]
+    pub depth_left: Option<u32>,
 }
 
 /// `content` of an answer.
@@ -100,6 +103,24 @@ pub enum RemoteOutcome {
     Failed(String),
 }
 
+/// Removes a remote call's waiter when the call ends, however it ends.
+struct ForgetWaiter<'a> {
+    federation: &'a Federation,
+    request: &'a str,
+}
+
+impl Drop for ForgetWaiter<'_> {
+    fn drop(&mut self) {
+        self.federation.forget_waiter(self.request);
+    }
+}
+
+/// Stage watchers running at once (each polls one message's record until its outcome); beyond
+/// it a message's outcome is not reported, only RECEIVED (the record on this host has it).
+const MAX_STAGE_WATCHERS: usize = 1024;
+
+static STAGE_WATCHERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_STAGE_WATCHERS);
+
 /// A parsed `swarm.delegate` target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target<'a> {
@@ -129,6 +150,7 @@ impl Federation {
         input: Value,
         lease: Option<Value>,
         timeout: Duration,
+        depth_left: u32,
     ) -> Result<RemoteOutcome, AspError> {
         let parsed = parse_target(target).map_err(|detail| AspError::Malformed { what: "target", detail })?;
         if parsed.host == self.agent_id() {
@@ -140,15 +162,17 @@ impl Federation {
             input,
             lease,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            depth_left: Some(depth_left),
         })
         .map_err(|e| AspError::Internal(e.to_string()))?;
         let recipient = format!("{}/{}", parsed.host, parsed.agent);
         let (message_id, answer) = self.send_awaiting(parsed.swarm, &recipient, content, parsed.host).await?;
+        // However this call ends (answer, timeout, or the calling job dropped), the waiter goes.
+        let _forget = ForgetWaiter { federation: self, request: &message_id };
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(_)) => Ok(RemoteOutcome::Failed("the host stopped waiting for the answer".into())),
             Err(_) => {
-                self.forget_waiter(&message_id);
                 Ok(RemoteOutcome::Failed(format!("no answer from {} within {} ms", parsed.host, timeout.as_millis())))
             }
         }
@@ -169,13 +193,20 @@ impl Federation {
 
     /// Before a message to one of this host's agents is accepted: the sender's
     /// `[[swarm.peers]]` entry must list the agent. (Job requests are answered instead.)
-    pub(super) fn admit_agent_message(&self, sender: &str, recipient: &str, content: &str) -> Result<(), AspError> {
+    pub(super) fn admit_agent_message(
+        &self,
+        sender: &MemberRecord,
+        recipient: &str,
+        content: &str,
+    ) -> Result<(), AspError> {
         let Some(agent) = recipient.split_once('/').map(|(_, agent)| agent) else { return Ok(()) };
         if corral_kind(content).is_some() {
             return Ok(());
         }
-        let allowed =
-            self.manager().is_some_and(|m| m.policy().swarm.peer(sender).is_some_and(|peer| peer.may_run(agent)));
+        let allowed = self.manager().is_some_and(|m| {
+            m.policy().swarm.trusted_peer(&sender.agent_id, &sender.public_key).is_some_and(|peer| peer.may_run(agent))
+        });
+        let sender = &sender.agent_id;
         if allowed {
             Ok(())
         } else {
@@ -189,14 +220,22 @@ impl Federation {
     /// After a message was accepted: a job request for a local agent is run; a job result
     /// wakes the job waiting for it; a message to a local agent enters the message plane.
     /// Anything else just stays in the inbox.
-    pub(super) fn after_accept(&self, swarm_id: &str, sender: &str, message_id: &str, recipient: &str, content: &str) {
+    pub(super) fn after_accept(
+        &self,
+        swarm_id: &str,
+        from: &MemberRecord,
+        message_id: &str,
+        recipient: &str,
+        content: &str,
+    ) {
+        let sender = from.agent_id.as_str();
         let value = serde_json::from_str::<Value>(content).unwrap_or(Value::Null);
         match value.get("corral").and_then(Value::as_str) {
             Some(REQUEST) => {
                 let Ok(request) = serde_json::from_value::<JobRequest>(value) else { return };
                 let Some(me) = self.me() else { return };
-                let (swarm, sender, id) = (swarm_id.to_owned(), sender.to_owned(), message_id.to_owned());
-                tokio::spawn(async move { me.serve_job(swarm, sender, id, request).await });
+                let (swarm, from, id) = (swarm_id.to_owned(), from.clone(), message_id.to_owned());
+                tokio::spawn(async move { me.serve_job(swarm, from, id, request).await });
             }
             Some(RESULT) => {
                 let Ok(result) = serde_json::from_value::<JobResult>(value) else { return };
@@ -255,6 +294,11 @@ impl Federation {
             }
         };
         self.report_stage(&swarm_id, &sender, report("RECEIVED", None, None)).await;
+        let Ok(_watching) = STAGE_WATCHERS.try_acquire() else {
+            tracing::warn!(message = %asp_id, "too many stage watchers; the outcome will not be reported");
+            return;
+        };
+        let mut pause = Duration::from_millis(50);
         let started = tokio::time::Instant::now();
         while started.elapsed() < STAGE_WATCH {
             match plane.get(&principal, &local).await {
@@ -265,7 +309,8 @@ impl Federation {
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return,
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -288,8 +333,8 @@ impl Federation {
             .filter_map(|content| serde_json::from_str::<StageReport>(content).ok())
             .filter(|r| r.corral == STAGE && r.message == message_id)
             .collect();
-        for row in self.store().outbox_list(10_000).await? {
-            if row.message_id == message_id && row.dead {
+        for row in self.store().outbox_of(message_id.to_owned()).await? {
+            if row.dead {
                 reports.push(StageReport {
                     corral: STAGE.into(),
                     message: message_id.to_owned(),
@@ -303,8 +348,9 @@ impl Federation {
     }
 
     /// Runs a peer's job request and sends the answer back.
-    async fn serve_job(&self, swarm_id: String, sender: String, request_id: String, request: JobRequest) {
-        let outcome = self.run_for_peer(&sender, &request_id, request).await;
+    async fn serve_job(&self, swarm_id: String, from: MemberRecord, request_id: String, request: JobRequest) {
+        let outcome = self.run_for_peer(&from, &request_id, request).await;
+        let sender = from.agent_id;
         let (status, output, error) = match outcome {
             RemoteOutcome::Completed(output) => ("completed", Some(output), None),
             RemoteOutcome::Denied(reason) => ("denied", None, Some(reason)),
@@ -321,11 +367,12 @@ impl Federation {
         }
     }
 
-    async fn run_for_peer(&self, peer: &str, request_id: &str, request: JobRequest) -> RemoteOutcome {
+    async fn run_for_peer(&self, from: &MemberRecord, request_id: &str, request: JobRequest) -> RemoteOutcome {
         let Some(manager) = self.manager() else {
             return RemoteOutcome::Failed("the host is shutting down".into());
         };
-        let refusal = match manager.policy().swarm.peer(peer) {
+        let peer = from.agent_id.as_str();
+        let refusal = match manager.policy().swarm.trusted_peer(peer, &from.public_key) {
             None => Some(format!(
                 "peer '{peer}' has no [[swarm.peers]] entry on {}: it may run nothing here",
                 self.agent_id()
@@ -351,10 +398,25 @@ impl Federation {
             drop(self.store().record_audit(record));
             return RemoteOutcome::Denied(reason);
         }
+        // The caller's remaining delegation depth caps this job's (a chain across hosts ends
+        // where a local one would).
+        let lease = match (request.lease, request.depth_left) {
+            (lease, None) => lease,
+            (None, Some(depth)) => Some(serde_json::json!({ "limits": { "delegation_depth": depth } })),
+            (Some(Value::Object(mut lease)), Some(depth)) => {
+                let limits = lease.entry("limits").or_insert_with(|| serde_json::json!({}));
+                if let Some(limits) = limits.as_object_mut() {
+                    let asked = limits.get("delegation_depth").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                    limits.insert("delegation_depth".into(), Value::from(asked.min(u64::from(depth))));
+                }
+                Some(Value::Object(lease))
+            }
+            (Some(other), Some(_)) => Some(other),
+        };
         let submit = SubmitRequest {
             agent: request.agent.clone(),
             input: request.input,
-            lease: request.lease,
+            lease,
             trace_parent: None,
             idempotency_key: Some(format!("asp:{request_id}")),
         };

@@ -7,8 +7,8 @@
 //!   content = "messagefoo"` and `recipient = "amessage", content = "foo"` sign the same bytes
 //!   (see the vectors), and the sender is not covered at all.
 //! - **corral-lp/1**, between corral hosts: Ed25519 over a domain tag and every field — the
-//!   sender's id and endpoint and the protocol version too — each prefixed with its length
-//!   (u32, big-endian). No two different messages have the same payload.
+//!   sender's id and endpoint, the protocol version and `expires_at` too — each prefixed with
+//!   its length (u32, big-endian). No two different messages have the same payload.
 //!
 //! Which scheme a peer gets is negotiated elsewhere; this module only makes and checks them.
 
@@ -71,6 +71,12 @@ pub fn payload(scheme: Scheme, message: &Message) -> Result<Vec<u8>, AspError> {
             Sha256::digest(joined.as_bytes()).to_vec()
         }
         Scheme::CorralLp1 => {
+            // `expires_at` changes what a message means, so it is signed too (empty if absent).
+            let expires_at = match message.extra.get("expires_at") {
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(at)) => at.clone(),
+                Some(other) => other.to_string(),
+            };
             let fields = [
                 &message.protocol_version,
                 &message.message_id,
@@ -81,6 +87,7 @@ pub fn payload(scheme: Scheme, message: &Message) -> Result<Vec<u8>, AspError> {
                 &message.recipient,
                 &message.kind,
                 &message.content,
+                &expires_at,
             ];
             let mut out = LP1_TAG.to_vec();
             for field in fields {

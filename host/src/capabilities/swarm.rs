@@ -28,6 +28,11 @@ pub async fn delegate(
     if let Err(denied) = state.ctx.authorize(scope, &target)? {
         return Ok(Err(denied));
     }
+    let depth = state.ctx.lease.limits.delegation_depth;
+    if depth == 0 {
+        let reason = "delegation depth exhausted (limits.delegation_depth is 0 for this job)".to_string();
+        return Ok(Err(state.ctx.deny(scope, &target, reason)?));
+    }
     if let Err(reason) = state.delegation.take_child() {
         return Ok(Err(state.ctx.deny(scope, &target, reason)?));
     }
@@ -46,7 +51,7 @@ pub async fn delegate(
     state.ctx.before_effect().await?;
     state.ctx.emit("delegated", serde_json::json!({ "remote": target }));
     let remaining = state.ctx.deadline.saturating_duration_since(Instant::now());
-    Ok(match federation.delegate(&target, input, lease, remaining).await {
+    Ok(match federation.delegate(&target, input, lease, remaining, depth - 1).await {
         Ok(RemoteOutcome::Completed(output)) => Ok(output.to_string()),
         Ok(RemoteOutcome::Denied(reason)) => {
             Err(state.ctx.deny(scope, &target, format!("refused by the remote host: {reason}"))?)

@@ -39,8 +39,10 @@ pub(super) const MIGRATION: &str = r#"
         created_at   INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE TABLE swarm_seen (
-        message_id TEXT PRIMARY KEY,
-        until      INTEGER NOT NULL
+        sender     TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        until      INTEGER NOT NULL,
+        PRIMARY KEY (sender, message_id)
     ) WITHOUT ROWID;
     CREATE INDEX swarm_seen_until ON swarm_seen(until);
     CREATE TABLE swarm_inbox (
@@ -60,6 +62,8 @@ pub(super) const MIGRATION: &str = r#"
         message_id TEXT NOT NULL,
         peer       TEXT NOT NULL,
         endpoint   TEXT NOT NULL,
+        scheme     TEXT NOT NULL,
+        system     INTEGER NOT NULL,
         body       TEXT NOT NULL,
         attempts   INTEGER NOT NULL DEFAULT 0,
         next_at    INTEGER NOT NULL,
@@ -68,6 +72,7 @@ pub(super) const MIGRATION: &str = r#"
         dead       INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX swarm_outbox_due ON swarm_outbox(next_at) WHERE dead = 0;
+    CREATE INDEX swarm_outbox_by_peer ON swarm_outbox(peer, id) WHERE dead = 0;
 "#;
 
 /// A swarm this host is a member of.
@@ -119,6 +124,10 @@ pub struct NewOutbox {
     pub message_id: String,
     pub peer: String,
     pub endpoint: String,
+    /// The scheme the peer gets (a retry is signed again under it, with a fresh timestamp).
+    pub scheme: String,
+    /// A system message: sent only after everything queued before it to the same peer.
+    pub system: bool,
     /// The signed message (JSON), exactly as it is posted.
     pub body: String,
 }
@@ -130,6 +139,8 @@ pub struct OutboxRecord {
     pub message_id: String,
     pub peer: String,
     pub endpoint: String,
+    pub scheme: String,
+    pub system: bool,
     pub body: String,
     pub attempts: u32,
     pub next_at: i64,
@@ -181,6 +192,8 @@ pub enum Admission {
     /// Admitted; the members now (the new one included).
     Admitted(Vec<MemberRecord>),
     UnknownSwarm,
+    /// This host is no longer the master (it transferred the role).
+    NotMaster(String),
     /// The token verifies but this host has no record of issuing it.
     UnknownInvite,
     Exhausted(u64),
@@ -234,6 +247,8 @@ fn apply(tx: &Transaction<'_>, change: &MembershipChange) -> Result<(), StoreErr
         MembershipChange::Forget { swarm_id } => forget(tx, swarm_id)?,
         MembershipChange::SetMaster { swarm_id, agent_id } => {
             tx.execute("UPDATE swarms SET master = ?2 WHERE swarm_id = ?1", [swarm_id, agent_id])?;
+            // Invites are the master's: a former master's stop admitting.
+            tx.execute("DELETE FROM swarm_invites WHERE swarm_id = ?1", [swarm_id])?;
         }
         MembershipChange::MuteMember { swarm_id, agent_id, muted } => {
             tx.execute(
@@ -250,10 +265,11 @@ fn apply(tx: &Transaction<'_>, change: &MembershipChange) -> Result<(), StoreErr
 
 fn enqueue(tx: &Transaction<'_>, rows: &[NewOutbox], now: i64) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO swarm_outbox (message_id, peer, endpoint, body, next_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        "INSERT INTO swarm_outbox (message_id, peer, endpoint, scheme, system, body, next_at, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
     )?;
     for row in rows {
-        stmt.execute(params![row.message_id, row.peer, row.endpoint, row.body, now])?;
+        stmt.execute(params![row.message_id, row.peer, row.endpoint, row.scheme, row.system, row.body, now])?;
     }
     Ok(())
 }
@@ -264,16 +280,19 @@ fn outbox_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRecord> {
         message_id: row.get(1)?,
         peer: row.get(2)?,
         endpoint: row.get(3)?,
-        body: row.get(4)?,
-        attempts: row.get(5)?,
-        next_at: row.get(6)?,
-        created_at: row.get(7)?,
-        last_error: row.get(8)?,
-        dead: row.get(9)?,
+        scheme: row.get(4)?,
+        system: row.get(5)?,
+        body: row.get(6)?,
+        attempts: row.get(7)?,
+        next_at: row.get(8)?,
+        created_at: row.get(9)?,
+        last_error: row.get(10)?,
+        dead: row.get(11)?,
     })
 }
 
-const OUTBOX_COLUMNS: &str = "id, message_id, peer, endpoint, body, attempts, next_at, created_at, last_error, dead";
+const OUTBOX_COLUMNS: &str =
+    "id, message_id, peer, endpoint, scheme, system, body, attempts, next_at, created_at, last_error, dead";
 
 impl Store {
     /// Records a swarm and its members as they are now (creating or joining it), together
@@ -356,12 +375,14 @@ impl Store {
         .await
     }
 
-    /// Admits `member` with the invite whose token hashes to `token_sha256`: checks the invite's
-    /// uses and that the agent is not a member yet, then adds it, counts the use and queues what
+    /// Admits `member` with the invite whose token hashes to `token_sha256`: checks that
+    /// `issuer` (this host) is still the swarm's master, the invite's uses, and that the agent
+    /// is not a member yet, then adds it, counts the use and queues what
     /// `announce` makes of the members as they were (the `member_joined` broadcasts) — all in
     /// one transaction, or nothing.
     pub async fn swarm_admit<F>(
         &self,
+        issuer: String,
         token_sha256: String,
         member: MemberRecord,
         announce: F,
@@ -371,12 +392,14 @@ impl Store {
     {
         self.write(move |ctx| {
             let tx = ctx.tx();
-            let known: Option<String> = tx
-                .prepare_cached("SELECT swarm_id FROM swarms WHERE swarm_id = ?1")?
+            let master: Option<String> = tx
+                .prepare_cached("SELECT master FROM swarms WHERE swarm_id = ?1")?
                 .query_row([&member.swarm_id], |r| r.get(0))
                 .optional()?;
-            if known.is_none() {
-                return Ok(Admission::UnknownSwarm);
+            match master {
+                None => return Ok(Admission::UnknownSwarm),
+                Some(master) if master != issuer => return Ok(Admission::NotMaster(master)),
+                Some(_) => {}
             }
             let invite: Option<(String, Option<i64>, i64)> = tx
                 .prepare_cached("SELECT swarm_id, max_uses, uses FROM swarm_invites WHERE token_sha256 = ?1")?
@@ -404,7 +427,8 @@ impl Store {
         .await
     }
 
-    /// Takes a verified message: remembers its id until `seen_until`, stores it in the inbox
+    /// Takes a verified message: remembers its id (per sender: a member re-sending another's
+    /// message id cannot make the real one a "duplicate") until `seen_until`, stores it in the inbox
     /// and applies `change`, in one transaction. `None` when the id was seen before (a replay):
     /// then nothing is written.
     pub async fn swarm_accept(
@@ -416,8 +440,10 @@ impl Store {
         self.write(move |ctx| {
             let tx = ctx.tx();
             let fresh = tx
-                .prepare_cached("INSERT INTO swarm_seen (message_id, until) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
-                .execute(params![message.message_id, seen_until])?;
+                .prepare_cached(
+                    "INSERT INTO swarm_seen (sender, message_id, until) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![message.sender, message.message_id, seen_until])?;
             if fresh == 0 {
                 return Ok(None);
             }
@@ -495,13 +521,29 @@ impl Store {
         self.write(move |ctx| enqueue(ctx.tx(), &rows, super::now_ms())).await
     }
 
-    /// Live outbox rows due at `now`, oldest first.
+    /// Live outbox rows due at `now`, in queue order, except for a peer whose oldest live row
+    /// is not due yet (waiting for a retry): nothing newer overtakes it.
     pub async fn outbox_due(&self, now: i64, limit: u32) -> Result<Vec<OutboxRecord>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {OUTBOX_COLUMNS} FROM swarm_outbox WHERE dead = 0 AND next_at <= ?1 ORDER BY next_at, id LIMIT ?2"
+                "SELECT {OUTBOX_COLUMNS} FROM swarm_outbox AS r WHERE dead = 0 AND next_at <= ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM swarm_outbox AS o \
+                     WHERE o.peer = r.peer AND o.dead = 0 AND o.id < r.id AND o.next_at > ?1) \
+                 ORDER BY id LIMIT ?2"
             ))?;
             let rows = stmt.query_map(params![now, limit], outbox_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// The outbox rows of one message (one per peer it goes to).
+    pub async fn outbox_of(&self, message_id: String) -> Result<Vec<OutboxRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {OUTBOX_COLUMNS} FROM swarm_outbox WHERE message_id = ?1 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([message_id], outbox_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
