@@ -262,6 +262,8 @@ async fn start_swarm(
         Arc::downgrade(manager),
     );
     manager.set_federation(Arc::clone(&federation));
+    // Jobs and messages are recovered by now: hand over again what federation accepted last.
+    let resumed = federation.resume().await.map_err(|e| ServeError::Setup(format!("resuming federation: {e}")))?;
     let outbox = crate::asp::outbox::spawn(Arc::clone(&federation));
     let limits = crate::connections::ConnectionLimits {
         header_timeout: Duration::from_millis(policy.server.header_timeout_ms),
@@ -270,7 +272,7 @@ async fn start_swarm(
     let app = crate::asp::http::router(federation);
     let server =
         tokio::spawn(crate::connections::serve(listener, app, limits, Some(tls), stopped, Duration::from_secs(1)));
-    tracing::info!(%local, %endpoint, "ASP swarm endpoint ready");
+    tracing::info!(%local, %endpoint, resumed, "ASP swarm endpoint ready");
     #[allow(clippy::print_stdout)]
     {
         println!("corral swarm listening on {endpoint}");

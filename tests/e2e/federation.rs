@@ -862,3 +862,80 @@ async fn a_python_asp_peer_joins_and_messages_a_corral_host_and_corral_joins_and
     );
     refused(&deliver(&peer_client(&tls), &corral, &forged).await, 401, "INVALID_SIGNATURE");
 }
+
+/// An HTTP server on loopback that holds its first request until released, then answers every
+/// request `200 slow-ok`. Returns its port, a receiver that fires when the first request
+/// arrived, and the releaser.
+fn slow_server() -> (u16, std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (arrived_tx, arrived) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut first = true;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            if first {
+                first = false;
+                let _ = arrived_tx.send(());
+                // Hold this one (its host is about to be killed) until released.
+                let _ = released.recv();
+                continue;
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nslow-ok");
+        }
+    });
+    (port, arrived, release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_job_whose_host_is_killed_mid_run_is_answered_after_its_restart() {
+    let tls = tls();
+    let (web, arrived, release) = slow_server();
+    let a = start(
+        &tls,
+        &["orchestrator"],
+        "[ceiling.grants]\n\"log\" = [\"**\"]\n\"events\" = [\"**\"]\n\"agent.delegate\" = [\"**\"]\n\
+         \"swarm.delegate\" = [\"*/*/fetch\"]\n[ceiling.limits]\ndeadline_ms = 60000\n",
+    );
+    let ida = agent_id(&a).await;
+    let b_policy = policy(
+        &tls,
+        free_port(),
+        &format!(
+            "[[swarm.peers]]\nagent_id = \"{ida}\"\nagents = [\"fetch\"]\n[swarm.peers.ceiling.grants]\n\"log\" = [\"**\"]\n\
+             \"net.fetch\" = [\"http://127.0.0.1:{web}/**\"]\n"
+        ),
+    );
+    let mut b = Host::start_with_policy(&["fetch"], Some(&b_policy));
+    let idb = agent_id(&b).await;
+    let swarm = create(&a, "resilient").await;
+    assert_eq!(join(&b, &invite_url(&a, &swarm, json!({})).await).await.0, 200);
+    converge(&[&a, &b], &swarm, &[ida.clone(), idb.clone()]).await;
+
+    // A's orchestrator asks B's fetch for the slow URL; B is killed while its job waits on it.
+    let task = json!({ "tasks": [{ "agent": format!("{swarm}/{idb}/fetch"), "input": { "url": format!("http://127.0.0.1:{web}/slow") } }] });
+    let (status, job) = a.post("/v1/jobs", &json!({ "agent": "orchestrator", "input": task })).await;
+    assert!(status == 200 || status == 202, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    tokio::task::spawn_blocking(move || arrived.recv_timeout(std::time::Duration::from_secs(30)).unwrap())
+        .await
+        .unwrap();
+    b.kill_9();
+    let _ = release.send(());
+
+    // B comes back: its job is recovered and run again, and the request it had accepted is
+    // answered — A's job completes with the result, and B ran one job for it, not two.
+    b.spawn();
+    let done = a.wait_done(&job_id).await;
+    assert_eq!(done["status"], "completed", "{done}\n{}", b.logs());
+    assert_eq!(done["output"]["results"][0]["body"], "slow-ok", "{done}");
+    let jobs_on_b: i64 = b
+        .db()
+        .query_row("SELECT count(*) FROM jobs WHERE principal = ?1", [format!("peer:{ida}")], |r| r.get(0))
+        .unwrap();
+    assert_eq!(jobs_on_b, 1);
+}

@@ -829,9 +829,10 @@ impl Federation {
             received_at: now_ms(),
         };
         match self.store.swarm_accept(inbound, seen_until, change).await? {
-            Some(_) => {
+            Some(seq) => {
                 if message.kind == "message" {
                     self.after_accept(
+                        seq,
                         &message.swarm_id,
                         member,
                         &message.message_id,

@@ -25,9 +25,10 @@
 //! RECEIVED when the plane took it, then its outcome. A keeps the reports (its inbox) and
 //! serves them per message (`GET /v1/swarm/messages/{id}`).
 //!
-//! Not durable across a restart of either side mid-call: A's waiter lives in memory (a
-//! result arriving after A restarted is kept in A's inbox, and A's job is recovered like any
-//! other), and B's answer is sent by the task that waited for the job.
+//! Across restarts: a request or message B accepted is in B's swarm inbox, and B's restart
+//! hands the last hour's over again ([`Federation::resume`]; the engine and the plane dedupe,
+//! so nothing runs or is delivered twice). A's waiter lives in memory: a result arriving after
+//! A restarted is kept in A's inbox, and A's job is recovered like any other.
 
 use std::time::Duration;
 
@@ -120,6 +121,9 @@ impl Drop for ForgetWaiter<'_> {
 const MAX_STAGE_WATCHERS: usize = 1024;
 
 static STAGE_WATCHERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_STAGE_WATCHERS);
+
+/// Accepted job requests and agent messages a restart hands over again at most (the oldest).
+const RESUME_LIMIT: u32 = 10_000;
 
 /// A parsed `swarm.delegate` target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,11 +221,35 @@ impl Federation {
         }
     }
 
+    /// After a restart: hands the job requests and agent messages that were accepted but not
+    /// handled to the end (answered, or delivered and reported) to the engine and the message
+    /// plane again. Both dedupe (the job by its idempotency key, the message by its token), so
+    /// what was handed over before is not run or delivered twice — only answered or reported.
+    /// Returns how many it handed over.
+    pub async fn resume(&self) -> Result<usize, AspError> {
+        let rows = self.store().swarm_unhandled(RESUME_LIMIT).await?;
+        for row in &rows {
+            let member = match self.store().swarm(&row.swarm_id).await? {
+                Some((_, members)) => members.into_iter().find(|m| m.agent_id == row.sender),
+                None => None,
+            };
+            match member {
+                Some(member) => {
+                    self.after_accept(row.seq, &row.swarm_id, &member, &row.message_id, &row.recipient, &row.content);
+                }
+                // The sender left: nobody to answer.
+                None => drop(self.store().swarm_handled(row.seq)),
+            }
+        }
+        Ok(rows.len())
+    }
+
     /// After a message was accepted: a job request for a local agent is run; a job result
     /// wakes the job waiting for it; a message to a local agent enters the message plane.
     /// Anything else just stays in the inbox.
     pub(super) fn after_accept(
         &self,
+        seq: i64,
         swarm_id: &str,
         from: &MemberRecord,
         message_id: &str,
@@ -235,7 +263,10 @@ impl Federation {
                 let Ok(request) = serde_json::from_value::<JobRequest>(value) else { return };
                 let Some(me) = self.me() else { return };
                 let (swarm, from, id) = (swarm_id.to_owned(), from.clone(), message_id.to_owned());
-                tokio::spawn(async move { me.serve_job(swarm, from, id, request).await });
+                tokio::spawn(async move {
+                    me.serve_job(swarm, from, id, request).await;
+                    drop(me.store().swarm_handled(seq));
+                });
             }
             Some(RESULT) => {
                 let Ok(result) = serde_json::from_value::<JobResult>(value) else { return };
@@ -257,7 +288,10 @@ impl Federation {
                     agent.to_owned(),
                     content.to_owned(),
                 );
-                tokio::spawn(async move { me.deliver_to_plane(swarm, sender, id, agent, text).await });
+                tokio::spawn(async move {
+                    me.deliver_to_plane(swarm, sender, id, agent, text).await;
+                    drop(me.store().swarm_handled(seq));
+                });
             }
         }
     }
@@ -333,6 +367,9 @@ impl Federation {
             .filter_map(|content| serde_json::from_str::<StageReport>(content).ok())
             .filter(|r| r.corral == STAGE && r.message == message_id)
             .collect();
+        // A restart of the recipient may report again what it reported before.
+        let mut seen = std::collections::HashSet::new();
+        reports.retain(|r| seen.insert((r.stage.clone(), r.code.clone())));
         for row in self.store().outbox_of(message_id.to_owned()).await? {
             if row.dead {
                 reports.push(StageReport {

@@ -55,8 +55,10 @@ pub(super) const MIGRATION: &str = r#"
         content     TEXT NOT NULL,
         wire        TEXT NOT NULL,
         muted       INTEGER NOT NULL,
-        received_at INTEGER NOT NULL
+        received_at INTEGER NOT NULL,
+        handled     INTEGER NOT NULL DEFAULT 0
     );
+    CREATE INDEX swarm_inbox_unhandled ON swarm_inbox(seq) WHERE handled = 0 AND instr(recipient, '/') > 0;
     CREATE TABLE swarm_outbox (
         id         INTEGER PRIMARY KEY,
         message_id TEXT NOT NULL,
@@ -500,6 +502,44 @@ impl Store {
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
+    }
+
+    /// Messages to this host's agents (recipient `<host>/<agent>`) not yet handled to the end
+    /// (run and answered, or delivered and reported), oldest first, at most `limit`: what a
+    /// restart hands over again (see `asp::remote`).
+    pub async fn swarm_unhandled(&self, limit: u32) -> Result<Vec<InboundRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, message_id, swarm_id, sender, recipient, type, content, wire, muted, received_at \
+                 FROM swarm_inbox WHERE handled = 0 AND instr(recipient, '/') > 0 AND type = 'message' \
+                 ORDER BY seq LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |row| {
+                Ok(InboundRecord {
+                    seq: row.get(0)?,
+                    message_id: row.get(1)?,
+                    swarm_id: row.get(2)?,
+                    sender: row.get(3)?,
+                    recipient: row.get(4)?,
+                    kind: row.get(5)?,
+                    content: row.get(6)?,
+                    wire: row.get(7)?,
+                    muted: row.get(8)?,
+                    received_at: row.get(9)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Marks an inbox message handled to the end (fire and forget: the worst a lost mark costs
+    /// is one more hand-over after a restart, which dedupes).
+    pub fn swarm_handled(&self, seq: i64) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.write(move |ctx| {
+            ctx.tx().prepare_cached("UPDATE swarm_inbox SET handled = 1 WHERE seq = ?1")?.execute([seq])?;
+            Ok(())
+        })
     }
 
     /// The contents of corral stage reports about `message_id` in the inbox, oldest first.
