@@ -1,6 +1,7 @@
 //! The retention task: finished jobs (with their events, audit rows and followed-stream rows)
 //! are deleted `retention.jobs_ms` after they finished, finished messages (with their stage
-//! history) `messages.retention_ms` after, and freed pages beyond a reserve are handed back to
+//! history) `messages.retention_ms` after — and so are federation's received messages (once
+//! handled), dead outbox rows and the audit rows of refused ASP requests — and freed pages beyond a reserve are handed back to
 //! the file system a bounded number at a time. One task for all of it, so pruning is paced in
 //! one place.
 //!
@@ -61,6 +62,10 @@ async fn pass(store: &Store, config: &RetentionConfig, messages_ms: u64) -> Resu
     }
     let before = cutoff(messages_ms);
     while store.prune_messages(before, config.chunk.max(1)).await? == config.chunk.max(1) as usize {
+        tokio::task::yield_now().await;
+    }
+    // Federation's received messages, dead outbox rows and refusal audit rows: as messages.
+    while store.prune_swarm(before, config.chunk.max(1)).await? > 0 {
         tokio::task::yield_now().await;
     }
     store.reclaim_free_pages(config.reclaim_pages).await?;

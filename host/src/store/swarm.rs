@@ -620,6 +620,35 @@ impl Store {
         .await
     }
 
+    /// Deletes, at most `limit` of each, received messages older than `before` that are done
+    /// with (anything but a message to an agent not yet handled), dead outbox rows made before
+    /// it, and the audit rows of refused ASP requests older than it. Returns how many rows went.
+    pub async fn prune_swarm(&self, before: i64, limit: u32) -> Result<usize, StoreError> {
+        self.write(move |ctx| {
+            let tx = ctx.tx();
+            let inbox = tx
+                .prepare_cached(
+                    "DELETE FROM swarm_inbox WHERE seq IN (SELECT seq FROM swarm_inbox WHERE received_at < ?1 \
+                     AND (handled = 1 OR instr(recipient, '/') = 0 OR type != 'message') ORDER BY seq LIMIT ?2)",
+                )?
+                .execute(params![before, limit])?;
+            let outbox = tx
+                .prepare_cached(
+                    "DELETE FROM swarm_outbox WHERE id IN \
+                     (SELECT id FROM swarm_outbox WHERE dead = 1 AND created_at < ?1 ORDER BY id LIMIT ?2)",
+                )?
+                .execute(params![before, limit])?;
+            let audit = tx
+                .prepare_cached(
+                    "DELETE FROM audit WHERE id IN \
+                     (SELECT id FROM audit WHERE job_id >= 'asp:' AND job_id < 'asp;' AND at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![before, limit])?;
+            Ok(inbox + outbox + audit)
+        })
+        .await
+    }
+
     /// Forgets message ids whose timestamps are too old to be accepted anyway.
     pub async fn swarm_prune_seen(&self, now: i64) -> Result<usize, StoreError> {
         self.write(move |ctx| Ok(ctx.tx().execute("DELETE FROM swarm_seen WHERE until < ?1", [now])?)).await

@@ -602,3 +602,97 @@ async fn a_principals_kv_quota_spans_its_agents_and_a_rewrite_moves_the_row_to_i
     assert_eq!(store.kv_usage(OwnerKind::Principal, "alice").await?, KvUsage { bytes: 13 + 9, keys: 2 });
     store.close().await
 }
+
+fn member(swarm: &str, id: &str) -> MemberRecord {
+    MemberRecord {
+        swarm_id: swarm.into(),
+        agent_id: id.into(),
+        endpoint: format!("https://{id}/swarm"),
+        public_key: "key".into(),
+        scheme: "corral-lp/1".into(),
+        muted: false,
+        joined_at: 1,
+    }
+}
+
+fn inbound(id: &str, recipient: &str, at: i64) -> InboundRecord {
+    InboundRecord {
+        seq: 0,
+        message_id: id.into(),
+        swarm_id: "s".into(),
+        sender: "b".into(),
+        recipient: recipient.into(),
+        kind: "message".into(),
+        content: "hi".into(),
+        wire: "{}".into(),
+        muted: false,
+        received_at: at,
+    }
+}
+
+#[tokio::test]
+async fn a_message_id_is_seen_per_sender_and_replays_write_nothing() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let swarm = SwarmRecord { swarm_id: "s".into(), name: "n".into(), master: "a".into(), muted: false, joined_at: 1 };
+    store.swarm_save(swarm, vec![member("s", "a"), member("s", "b"), member("s", "c")], Vec::new()).await?;
+    assert!(store.swarm_accept(inbound("m1", "a", 5), i64::MAX, MembershipChange::Nothing).await?.is_some());
+    assert!(store.swarm_accept(inbound("m1", "a", 5), i64::MAX, MembershipChange::Nothing).await?.is_none());
+    // Another member re-using the id is another message, not a duplicate of b's.
+    let mut from_c = inbound("m1", "a", 5);
+    from_c.sender = "c".into();
+    let kick = MembershipChange::Remove { swarm_id: "s".into(), agent_id: "b".into() };
+    assert!(store.swarm_accept(from_c, i64::MAX, kick).await?.is_some());
+    let (_, members) = store.swarm("s").await?.unwrap();
+    assert_eq!(members.iter().map(|m| m.agent_id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+    assert_eq!(store.swarm_inbox(None, 0, 10, true).await?.len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pruning_federation_keeps_unhandled_agent_messages_and_live_outbox_rows() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let swarm = SwarmRecord { swarm_id: "s".into(), name: "n".into(), master: "a".into(), muted: false, joined_at: 1 };
+    store.swarm_save(swarm, vec![member("s", "a"), member("s", "b")], Vec::new()).await?;
+    store.swarm_accept(inbound("to-host", "a", 10), 0, MembershipChange::Nothing).await?;
+    let handled =
+        store.swarm_accept(inbound("to-agent-done", "a/echo", 10), 0, MembershipChange::Nothing).await?.unwrap();
+    store.swarm_handled(handled).await?;
+    store.swarm_accept(inbound("to-agent-open", "a/echo", 10), 0, MembershipChange::Nothing).await?;
+    let row = |id: &str| NewOutbox {
+        message_id: id.into(),
+        peer: "b".into(),
+        endpoint: "https://b/swarm".into(),
+        scheme: "corral-lp/1".into(),
+        system: false,
+        body: "{}".into(),
+    };
+    store.outbox_enqueue(vec![row("dead"), row("live")]).await?;
+    let rows = store.outbox_list(10).await?;
+    let dead = rows.iter().find(|r| r.message_id == "dead").unwrap().id;
+    store
+        .outbox_settle(Vec::new(), vec![OutboxFailure { id: dead, error: "403".into(), next_at: 0, dead: true }])
+        .await?;
+    store
+        .record_audit(AuditRecord {
+            id: None,
+            job_id: "asp:x".into(),
+            principal: "peer:b".into(),
+            scope: "swarm.receive".into(),
+            target: "s".into(),
+            decision: Decision::Deny,
+            reason: None,
+            at: 10,
+        })
+        .await?;
+
+    let gone = store.prune_swarm(now_ms() + 60_000, 100).await?;
+    assert_eq!(gone, 4, "two inbox rows, the dead outbox row, the audit row");
+    let left: Vec<String> = store.swarm_inbox(None, 0, 10, true).await?.into_iter().map(|m| m.message_id).collect();
+    assert_eq!(left, ["to-agent-open"], "an unhandled message to an agent waits for its hand-over");
+    let outbox: Vec<String> = store.outbox_list(10).await?.into_iter().map(|r| r.message_id).collect();
+    assert_eq!(outbox, ["live"]);
+    assert_eq!(store.swarm_unhandled(10).await?.len(), 1);
+    Ok(())
+}
