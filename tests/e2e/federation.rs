@@ -939,3 +939,27 @@ async fn a_remote_job_whose_host_is_killed_mid_run_is_answered_after_its_restart
         .unwrap();
     assert_eq!(jobs_on_b, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_configured_certificate_the_endpoint_serves_a_self_signed_one_made_at_first_start() {
+    let host = Host::start_with_policy(&[], Some("[swarm]\nlisten = \"127.0.0.1:0\"\n"));
+    let endpoint = host.swarm.clone().expect("a swarm endpoint");
+    let dir = host.data_dir().join("swarm-tls");
+    let cert = std::fs::read(dir.join("cert.pem")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join("key.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key is private: {mode:o}");
+    }
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert).unwrap())
+        .build()
+        .unwrap();
+    let health: Value = client.get(format!("{endpoint}/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["agent_id"], agent_id(&host).await.as_str());
+    // Plain HTTP gets nothing from the TLS listener.
+    let plain = reqwest::Client::new().get(endpoint.replace("https://", "http://") + "/health").send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}

@@ -4,6 +4,9 @@
 //! Every front door that streams a job (SSE on HTTP, ARCP over WebSocket) follows it through
 //! this one type, so they share its guarantees: gapless (seqs are assigned in the store's writer
 //! and read back in order), resumable from any seq, and bounded (one page of events buffered).
+//! A follower that is caught up takes the next events from the records the writer handed over
+//! after their commit (`JobCommits::recent_after`, only when they continue its seq exactly);
+//! otherwise it reads the store.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -60,6 +63,12 @@ impl EventFollower {
                 return None;
             }
             self.commits.mark_seen();
+            // Caught up with what was just committed: the next events are in memory.
+            let recent = self.commits.recent_after(self.after);
+            if !recent.is_empty() {
+                self.pending.extend(recent);
+                continue;
+            }
             match self.store.events_after(&self.job_id, self.after, PAGE).await {
                 Ok(batch) if !batch.is_empty() => {
                     self.pending.extend(batch);

@@ -41,9 +41,11 @@ pub(super) fn append(
     at: i64,
 ) -> Result<u64, StoreError> {
     let seq = ctx.next_seq(job_id)?;
+    let text = data.to_string();
     ctx.tx()
         .prepare_cached("INSERT INTO events (job_id, seq, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(rusqlite::params![job_id, i64::try_from(seq).unwrap_or(i64::MAX), kind, data.to_string(), at])?;
+        .execute(rusqlite::params![job_id, i64::try_from(seq).unwrap_or(i64::MAX), kind, text, at])?;
+    ctx.note_event(job_id, seq, kind, data, text.len(), at);
     Ok(seq)
 }
 

@@ -47,6 +47,10 @@ pub(crate) struct WriteCtx<'a> {
     touched: Vec<String>,
     /// Jobs this op moved to a terminal status (their seq-cache entry is evicted after commit).
     terminal: Vec<String>,
+    /// Records of the events this op wrote for watched jobs (handed to their followers after
+    /// commit; dropped if the op fails).
+    events: Vec<super::EventRecord>,
+    commits: &'a Commits,
     #[cfg_attr(not(test), allow(dead_code))]
     batch: u64,
     dir: &'a Path,
@@ -84,6 +88,23 @@ impl<'a> WriteCtx<'a> {
         };
         self.seqs.insert(job_id.to_owned(), next + 1);
         Ok(next)
+    }
+
+    /// Keeps the record of an event just written, if its job is followed (see `commits`).
+    pub(super) fn note_event(
+        &mut self,
+        job_id: &str,
+        seq: u64,
+        kind: &str,
+        data: &serde_json::Value,
+        text_len: usize,
+        at: i64,
+    ) {
+        if text_len <= super::commits::RECENT_BYTES && self.commits.is_watched(job_id) {
+            let record =
+                super::EventRecord { job_id: job_id.to_owned(), seq, kind: kind.to_owned(), data: data.clone(), at };
+            self.events.push(record);
+        }
     }
 
     /// Starts the seq of a job inserted by this op at 1, without a lookup.
@@ -212,6 +233,7 @@ impl Writer {
         let mut ran: Vec<BoxedOp> = Vec::with_capacity(ops.len());
         let mut touched: HashSet<String> = HashSet::new();
         let mut terminal: Vec<String> = Vec::new();
+        let mut events: Vec<super::EventRecord> = Vec::new();
         let mut broken: Option<StoreError> = None;
         let mut pending = ops.into_iter();
 
@@ -226,11 +248,13 @@ impl Writer {
                 seqs: &mut self.seqs,
                 touched: Vec::new(),
                 terminal: Vec::new(),
+                events: Vec::new(),
+                commits: &self.commits,
                 batch: batch_no,
                 dir: &dir,
             };
             let failed = op.run(&mut ctx);
-            let (op_touched, op_terminal) = (ctx.touched, ctx.terminal);
+            let (op_touched, op_terminal, op_events) = (ctx.touched, ctx.terminal, ctx.events);
             ran.push(op);
             match failed {
                 None => {
@@ -240,6 +264,7 @@ impl Writer {
                     }
                     touched.extend(op_touched);
                     terminal.extend(op_terminal);
+                    events.extend(op_events);
                 }
                 Some(op_err) => {
                     // Seqs this op claimed are void; reload them from the (rolled back) state.
@@ -288,7 +313,7 @@ impl Writer {
         // Notify before replying, so a caller that subscribes after its ack never receives a
         // stale notification for its own, already committed, batch.
         if outcome.is_ok() {
-            self.commits.committed(&touched);
+            self.commits.committed(&touched, events);
         }
         let commit = outcome.as_ref().map(|_| ());
         for op in ran {
