@@ -103,16 +103,14 @@ impl JobCommits {
     pub fn recent_after(&self, after: u64) -> Vec<EventRecord> {
         let jobs = self.commits.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = jobs.get(&self.job) else { return Vec::new() };
-        let mut expected = after + 1;
-        let mut out = Vec::new();
-        for event in entry.recent.iter().skip_while(|e| e.seq <= after) {
-            if event.seq != expected {
-                break;
-            }
-            out.push(event.clone());
-            expected += 1;
-        }
-        out
+        entry
+            .recent
+            .iter()
+            .skip_while(|e| e.seq <= after)
+            .zip(after + 1..)
+            .take_while(|(event, expected)| event.seq == *expected)
+            .map(|(event, _)| event.clone())
+            .collect()
     }
 
     /// Waits for a commit not yet marked seen (at once if one happened already).
