@@ -877,6 +877,7 @@ impl Signer {
             endpoint: member.endpoint.clone(),
             scheme: member.scheme.clone(),
             system: signed.kind == "system",
+            track: signed.kind == "message" && signed.recipient.contains('/'),
             body,
         })
     }

@@ -73,6 +73,13 @@ pub(super) const MIGRATION: &str = r#"
         last_error TEXT,
         dead       INTEGER NOT NULL DEFAULT 0
     );
+    CREATE TABLE swarm_sent (
+        message_id TEXT NOT NULL,
+        peer       TEXT NOT NULL,
+        at         INTEGER NOT NULL,
+        PRIMARY KEY (message_id, peer)
+    ) WITHOUT ROWID;
+    CREATE INDEX swarm_sent_at ON swarm_sent(at);
     CREATE INDEX swarm_outbox_due ON swarm_outbox(next_at) WHERE dead = 0;
     CREATE INDEX swarm_outbox_by_peer ON swarm_outbox(peer, id) WHERE dead = 0;
 "#;
@@ -130,6 +137,9 @@ pub struct NewOutbox {
     pub scheme: String,
     /// A system message: sent only after everything queued before it to the same peer.
     pub system: bool,
+    /// Remember that this message went to this peer (a message to one of its agents, whose
+    /// stage reports are taken from that peer only).
+    pub track: bool,
     /// The signed message (JSON), exactly as it is posted.
     pub body: String,
 }
@@ -270,8 +280,12 @@ fn enqueue(tx: &Transaction<'_>, rows: &[NewOutbox], now: i64) -> Result<(), Sto
         "INSERT INTO swarm_outbox (message_id, peer, endpoint, scheme, system, body, next_at, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
     )?;
+    let mut sent = tx.prepare_cached("INSERT OR IGNORE INTO swarm_sent (message_id, peer, at) VALUES (?1, ?2, ?3)")?;
     for row in rows {
         stmt.execute(params![row.message_id, row.peer, row.endpoint, row.scheme, row.system, row.body, now])?;
+        if row.track {
+            sent.execute(params![row.message_id, row.peer, now])?;
+        }
     }
     Ok(())
 }
@@ -542,13 +556,14 @@ impl Store {
         })
     }
 
-    /// The contents of corral stage reports about `message_id` in the inbox, oldest first.
+    /// The contents of corral stage reports about `message_id` in the inbox, oldest first —
+    /// only those sent by a peer the message went to.
     pub async fn swarm_reports(&self, message_id: String) -> Result<Vec<String>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT content FROM swarm_inbox WHERE json_valid(content) \
-                 AND json_extract(content, '$.corral') = 'message.stage' AND json_extract(content, '$.message') = ?1 \
-                 ORDER BY seq",
+                "SELECT i.content FROM swarm_inbox AS i JOIN swarm_sent AS s ON s.message_id = ?1 AND s.peer = i.sender \
+                 WHERE json_valid(i.content) AND json_extract(i.content, '$.corral') = 'message.stage' \
+                 AND json_extract(i.content, '$.message') = ?1 ORDER BY i.seq",
             )?;
             let rows = stmt.query_map([message_id], |r| r.get(0))?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -644,7 +659,13 @@ impl Store {
                      (SELECT id FROM audit WHERE job_id >= 'asp:' AND job_id < 'asp;' AND at < ?1 LIMIT ?2)",
                 )?
                 .execute(params![before, limit])?;
-            Ok(inbox + outbox + audit)
+            let sent = tx
+                .prepare_cached(
+                    "DELETE FROM swarm_sent WHERE (message_id, peer) IN \
+                     (SELECT message_id, peer FROM swarm_sent WHERE at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![before, limit])?;
+            Ok(inbox + outbox + audit + sent)
         })
         .await
     }

@@ -666,6 +666,7 @@ async fn pruning_federation_keeps_unhandled_agent_messages_and_live_outbox_rows(
         endpoint: "https://b/swarm".into(),
         scheme: "corral-lp/1".into(),
         system: false,
+        track: false,
         body: "{}".into(),
     };
     store.outbox_enqueue(vec![row("dead"), row("live")]).await?;
@@ -694,5 +695,36 @@ async fn pruning_federation_keeps_unhandled_agent_messages_and_live_outbox_rows(
     let outbox: Vec<String> = store.outbox_list(10).await?.into_iter().map(|r| r.message_id).collect();
     assert_eq!(outbox, ["live"]);
     assert_eq!(store.swarm_unhandled(10).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn stage_reports_count_only_from_the_peer_the_message_went_to() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let swarm = SwarmRecord { swarm_id: "s".into(), name: "n".into(), master: "a".into(), muted: false, joined_at: 1 };
+    store.swarm_save(swarm, vec![member("s", "a"), member("s", "b"), member("s", "c")], Vec::new()).await?;
+    store
+        .outbox_enqueue(vec![NewOutbox {
+            message_id: "m".into(),
+            peer: "b".into(),
+            endpoint: "https://b/swarm".into(),
+            scheme: "corral-lp/1".into(),
+            system: false,
+            track: true,
+            body: "{}".into(),
+        }])
+        .await?;
+    let report = |id: &str, from: &str, stage: &str| {
+        let mut r = inbound(id, "a", 5);
+        r.sender = from.into();
+        r.content = json!({ "corral": "message.stage", "message": "m", "stage": stage }).to_string();
+        r
+    };
+    store.swarm_accept(report("r1", "b", "FULFILLED"), i64::MAX, MembershipChange::Nothing).await?;
+    store.swarm_accept(report("r2", "c", "REJECTED"), i64::MAX, MembershipChange::Nothing).await?;
+    let reports = store.swarm_reports("m".into()).await?;
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(reports[0].contains("FULFILLED"));
     Ok(())
 }
