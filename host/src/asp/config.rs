@@ -46,7 +46,7 @@ pub struct SwarmConfig {
     pub dedupe_window_ms: u64,
     /// Largest request body accepted on the ASP endpoint.
     pub max_body_bytes: usize,
-    /// Requests per peer (by sender id, and by address before the sender is known).
+    /// Requests per member, and for all strangers together (`per_s = 0`: no limit).
     pub rate_limit: RateLimit,
     /// How often the outbox looks for messages due.
     pub outbox_interval_ms: u64,

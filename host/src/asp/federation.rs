@@ -217,11 +217,8 @@ impl Federation {
         client: reqwest::Client,
         manager: Weak<crate::jobs::JobManager>,
     ) -> Arc<Federation> {
-        let quota = governor::Quota::per_second(std::num::NonZeroU32::new(config.rate_limit.per_s.max(1)).unwrap_or(
-            // per_s.max(1) is never zero.
-            std::num::NonZeroU32::MIN,
-        ))
-        .allow_burst(std::num::NonZeroU32::new(config.rate_limit.burst).unwrap_or(std::num::NonZeroU32::MIN));
+        // `per_s = 0` turns the limit off.
+        let quota = config.rate_limit.quota().unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MAX));
         Arc::new_cyclic(|me| Federation {
             identity: Arc::new(identity),
             store,

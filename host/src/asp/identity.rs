@@ -90,8 +90,9 @@ pub fn agent_id(key: &VerifyingKey) -> String {
     format!("corral-{}", hex::encode(digest.get(..8).unwrap_or_default()))
 }
 
+/// Writes a new file only its owner can read (never over an existing one).
 #[cfg(unix)]
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+pub(super) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     // create_new: two hosts racing on one data dir never overwrite each other's key.
@@ -101,7 +102,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+pub(super) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 

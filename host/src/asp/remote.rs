@@ -468,13 +468,7 @@ impl Federation {
                 RemoteOutcome::Completed(done.output.unwrap_or(Value::Null))
             }
             Ok(Some(done)) if !matches!(done.status, JobStatus::Queued | JobStatus::Running) => {
-                let message = done
-                    .error
-                    .as_ref()
-                    .and_then(|e| e.get("message"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("no error message")
-                    .to_owned();
+                let message = done.error_message();
                 RemoteOutcome::Failed(format!("job {} ({}) ended {}: {message}", done.id, request.agent, done.status))
             }
             Ok(_) => RemoteOutcome::Failed(format!("job {} did not finish in time", job.id)),

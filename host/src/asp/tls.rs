@@ -60,30 +60,23 @@ fn self_signed(data_dir: &Path, listen: SocketAddr) -> Result<(PathBuf, PathBuf)
         return Ok((cert, key));
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // Half a pair (a start that died between the two writes) is made again as a whole.
+    match std::fs::remove_file(&key) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot replace the incomplete {}: {e}", key.display()));
+        }
+        _ => {}
+    }
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     if !listen.ip().is_unspecified() {
         names.push(listen.ip().to_string());
     }
     let made = rcgen::generate_simple_self_signed(names).map_err(|e| format!("cannot make a certificate: {e}"))?;
-    write_private(&key, &made.signing_key.serialize_pem())
+    super::identity::write_private(&key, &made.signing_key.serialize_pem())
         .map_err(|e| format!("cannot write {}: {e}", key.display()))?;
     std::fs::write(&cert, made.cert.pem()).map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
     tracing::info!(cert = %cert.display(), "made a self-signed certificate for the swarm endpoint (development only)");
     Ok((cert, key))
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    std::fs::write(path, text)
 }
 
 /// The client this host calls peers with: HTTPS only, the public web roots plus `peer_ca`.

@@ -126,13 +126,7 @@ impl wit::Host for JobState {
         Ok(match finished.status {
             JobStatus::Completed => Ok(finished.output.unwrap_or(serde_json::Value::Null).to_string()),
             status => {
-                let message = finished
-                    .error
-                    .as_ref()
-                    .and_then(|e| e.get("message"))
-                    .and_then(|m| m.as_str())
-                    .unwrap_or("no error message")
-                    .to_string();
+                let message = finished.error_message();
                 Err(HostError::Failed(format!("child job {} ({agent}) ended {status}: {message}", child.id)))
             }
         })

@@ -24,7 +24,8 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    fn quota(self) -> Option<Quota> {
+    /// The bucket's quota; `None` when `per_s` is 0 (no limit).
+    pub(crate) fn quota(self) -> Option<Quota> {
         let per_s = NonZeroU32::new(self.per_s)?;
         let burst = NonZeroU32::new(self.burst).unwrap_or(per_s);
         Some(Quota::per_second(per_s).allow_burst(burst))

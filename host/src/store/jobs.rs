@@ -67,6 +67,13 @@ impl std::fmt::Display for JobStatus {
     }
 }
 
+impl JobRecord {
+    /// The message of the job's error, or a placeholder when it has none.
+    pub fn error_message(&self) -> &str {
+        self.error.as_ref().and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("no error message")
+    }
+}
+
 /// One row of `jobs`. JSON columns are held as [`Value`]s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {

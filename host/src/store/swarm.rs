@@ -307,6 +307,23 @@ fn outbox_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRecord> {
     })
 }
 
+const INBOX_COLUMNS: &str = "seq, message_id, swarm_id, sender, recipient, type, content, wire, muted, received_at";
+
+fn inbound_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InboundRecord> {
+    Ok(InboundRecord {
+        seq: row.get(0)?,
+        message_id: row.get(1)?,
+        swarm_id: row.get(2)?,
+        sender: row.get(3)?,
+        recipient: row.get(4)?,
+        kind: row.get(5)?,
+        content: row.get(6)?,
+        wire: row.get(7)?,
+        muted: row.get(8)?,
+        received_at: row.get(9)?,
+    })
+}
+
 const OUTBOX_COLUMNS: &str =
     "id, message_id, peer, endpoint, scheme, system, body, attempts, next_at, created_at, last_error, dead";
 
@@ -494,25 +511,11 @@ impl Store {
         muted: bool,
     ) -> Result<Vec<InboundRecord>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT seq, message_id, swarm_id, sender, recipient, type, content, wire, muted, received_at \
-                 FROM swarm_inbox WHERE seq > ?1 AND (?2 IS NULL OR swarm_id = ?2) AND (?3 OR muted = 0) \
-                 ORDER BY seq LIMIT ?4",
-            )?;
-            let rows = stmt.query_map(params![after_seq, swarm_id, muted, limit], |row| {
-                Ok(InboundRecord {
-                    seq: row.get(0)?,
-                    message_id: row.get(1)?,
-                    swarm_id: row.get(2)?,
-                    sender: row.get(3)?,
-                    recipient: row.get(4)?,
-                    kind: row.get(5)?,
-                    content: row.get(6)?,
-                    wire: row.get(7)?,
-                    muted: row.get(8)?,
-                    received_at: row.get(9)?,
-                })
-            })?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {INBOX_COLUMNS} FROM swarm_inbox WHERE seq > ?1 AND (?2 IS NULL OR swarm_id = ?2) AND (?3 OR muted = 0) \
+                 ORDER BY seq LIMIT ?4"
+            ))?;
+            let rows = stmt.query_map(params![after_seq, swarm_id, muted, limit], inbound_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
@@ -523,25 +526,11 @@ impl Store {
     /// restart hands over again (see `asp::remote`).
     pub async fn swarm_unhandled(&self, limit: u32) -> Result<Vec<InboundRecord>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT seq, message_id, swarm_id, sender, recipient, type, content, wire, muted, received_at \
-                 FROM swarm_inbox WHERE handled = 0 AND instr(recipient, '/') > 0 AND type = 'message' \
-                 ORDER BY seq LIMIT ?1",
-            )?;
-            let rows = stmt.query_map([limit], |row| {
-                Ok(InboundRecord {
-                    seq: row.get(0)?,
-                    message_id: row.get(1)?,
-                    swarm_id: row.get(2)?,
-                    sender: row.get(3)?,
-                    recipient: row.get(4)?,
-                    kind: row.get(5)?,
-                    content: row.get(6)?,
-                    wire: row.get(7)?,
-                    muted: row.get(8)?,
-                    received_at: row.get(9)?,
-                })
-            })?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {INBOX_COLUMNS} FROM swarm_inbox WHERE handled = 0 AND instr(recipient, '/') > 0 AND type = 'message' \
+                 ORDER BY seq LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map([limit], inbound_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
