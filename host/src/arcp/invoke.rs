@@ -13,7 +13,7 @@
 //! terminal `state` → a `metric` (`job.duration`), the terminal result chunk (if any), then
 //! exactly one of `job.completed`, `job.failed`, `job.cancelled`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arcp_core::ErrorCode;
@@ -45,14 +45,23 @@ pub struct SessionContext {
     pub max_following: usize,
 }
 
-/// Handles one `tool.invoke` (envelope `id`, optional `idempotency_key`). Returns the job and
-/// the task that follows it, if one was started.
+/// A job a session follows: its id (set once the job is committed; an invoke's job is not
+/// known before) and the task that streams it.
+pub type Followed = (Arc<OnceLock<String>>, tokio::task::JoinHandle<()>);
+
+/// Handles one `tool.invoke` (envelope `id`, optional `idempotency_key`): what can be refused
+/// at once is refused here; the submission and the job's events go on in a task of their own,
+/// so one session can have many invokes in flight. Returns that task.
+///
+/// The job is submitted held (see `JobManager::submit_held`): `job.accepted` is sent once the
+/// job is committed, which for a job that ends within the defer window is the one commit that
+/// also holds its events and outcome — so `job.accepted` never names a job a crash could lose.
 pub async fn invoke(
     session: &SessionContext,
     id: &MessageId,
     idempotency_key: Option<String>,
     invoke: ToolInvokePayload,
-) -> Option<(String, tokio::task::JoinHandle<()>)> {
+) -> Option<Followed> {
     let refuse = |code, message: String| invoke_failed(code, message, id);
     if let Err(e) = AgentRef::parse(&invoke.tool) {
         let _ = session.outbound.send(refuse(ErrorCode::InvalidArgument, format!("tool: {e}"))).await;
@@ -65,32 +74,38 @@ pub async fn invoke(
             return None;
         }
     };
-    if session.following.load(Ordering::SeqCst) >= session.max_following {
+    let Some(following) = Following::try_take(&session.following, session.max_following) else {
         let message = format!(
             "this session already follows {} jobs (arcp.max_jobs_per_session); wait for one to end",
             session.max_following
         );
         let _ = session.outbound.send(refuse(ErrorCode::ResourceExhausted, message)).await;
         return None;
-    }
+    };
     let request =
         SubmitRequest { agent: invoke.tool, input: invoke.arguments, lease, idempotency_key, trace_parent: None };
-    let job = match session.manager.submit(&session.principal, request).await {
-        Ok((job, _created)) => job,
-        Err(e) => {
-            let _ = session.outbound.send(refuse(submit_error_code(&e), e.to_string())).await;
-            return None;
+    let known = Arc::new(OnceLock::new());
+    let (session, id, job_id) = (session.clone(), id.clone(), Arc::clone(&known));
+    let task = tokio::spawn(async move {
+        let (job, events) = match session.manager.submit_held(&session.principal, request).await {
+            Ok((job, _replayed, events)) => (job, events),
+            Err(e) => {
+                let _ = session.outbound.send(invoke_failed(submit_error_code(&e), e.to_string(), &id)).await;
+                return;
+            }
+        };
+        let _ = job_id.set(job.id.clone());
+        let accepted = MessageType::JobAccepted(JobAcceptedPayload {
+            job_id: super::wire::job_id(&job.id),
+            credentials: Vec::new(),
+            lease: None,
+        });
+        if session.outbound.send(job_event(accepted, &job.id, &id)).await.is_err() {
+            return;
         }
-    };
-    let accepted = MessageType::JobAccepted(JobAcceptedPayload {
-        job_id: super::wire::job_id(&job.id),
-        credentials: Vec::new(),
-        lease: None,
+        follower(&session, &job, id, Resume::From(0), following, events).run().await;
     });
-    if session.outbound.send(job_event(accepted, &job.id, id)).await.is_err() {
-        return None;
-    }
-    Some((job.id.clone(), follow(session, &job, id.clone(), Resume::From(0)).await))
+    Some((known, task))
 }
 
 /// Where a follower starts in a job's events.
@@ -105,12 +120,23 @@ pub enum Resume {
 
 /// Follows `job` for this session: recorded (so a later session can `resume` it), then its
 /// events from `start` are sent correlated to `request`. Returns the follower's task.
-pub async fn follow(
+pub fn follow(session: &SessionContext, job: &crate::store::JobRecord, request: MessageId, start: Resume) -> Followed {
+    let following = Following::take(&session.following);
+    let events = EventFollower::new(session.manager.store(), &job.id, 0);
+    let task = tokio::spawn(follower(session, job, request, start, following, events).run());
+    (Arc::new(OnceLock::from(job.id.clone())), task)
+}
+
+/// A follower of `job` (its `events` from the first) for this session, recorded so a later
+/// session can `resume` it.
+fn follower(
     session: &SessionContext,
     job: &crate::store::JobRecord,
     request: MessageId,
     start: Resume,
-) -> tokio::task::JoinHandle<()> {
+    following: Following,
+    events: EventFollower,
+) -> Follower {
     // Recorded beside the job's own writes rather than before its first event: the record only
     // serves a later `resume`, so the job's events need not wait for its commit.
     let store = session.manager.store().clone();
@@ -121,8 +147,8 @@ pub async fn follow(
             tracing::warn!(job = %job_id, error = %e, "cannot record the session's job; a resume will not find it");
         }
     });
-    let follower = Follower::new(session, &job.id, request, format!("{}@{}", job.agent_name, job.agent_version), start);
-    tokio::spawn(follower.run())
+    let agent = format!("{}@{}", job.agent_name, job.agent_version);
+    Follower::new(session, &job.id, request, agent, start, following, events)
 }
 
 /// The stable id of envelope `k` made from event `seq` of `job`: the same in every session
@@ -147,6 +173,12 @@ impl Following {
     fn take(counter: &Arc<AtomicUsize>) -> Following {
         counter.fetch_add(1, Ordering::SeqCst);
         Following(Arc::clone(counter))
+    }
+
+    /// Takes one if fewer than `max` are taken.
+    fn try_take(counter: &Arc<AtomicUsize>, max: usize) -> Option<Following> {
+        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Following(Arc::clone(counter)))
     }
 }
 
@@ -173,7 +205,15 @@ struct Follower {
 }
 
 impl Follower {
-    fn new(session: &SessionContext, job: &str, invoke: MessageId, agent: String, start: Resume) -> Follower {
+    fn new(
+        session: &SessionContext,
+        job: &str,
+        invoke: MessageId,
+        agent: String,
+        start: Resume,
+        following: Following,
+        events: EventFollower,
+    ) -> Follower {
         // Every event is read from the start, even when only later ones are sent: chunk
         // numbering and the job's timings are rebuilt from all of them, so a replay sends the
         // very envelopes the first delivery did.
@@ -182,9 +222,9 @@ impl Follower {
             Resume::AfterEnvelope { seq, k } => (seq, k),
         };
         Follower {
-            events: EventFollower::new(session.manager.store(), job, 0),
+            events,
             sent_up_to,
-            _following: Following::take(&session.following),
+            _following: following,
             session: session.clone(),
             job: job.to_owned(),
             invoke,

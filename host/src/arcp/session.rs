@@ -27,7 +27,7 @@ use futures::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::invoke::{self, SessionContext};
+use super::invoke::{self, Followed, SessionContext};
 use super::streams;
 use super::wire::{corral_job_id, nack, reply};
 use super::writer::{OUTBOUND_QUEUE, Writer};
@@ -137,8 +137,8 @@ struct Session {
     /// Set at the handshake (the writer publishes traffic under it).
     principal: Arc<OnceLock<String>>,
     open: Option<Open>,
-    /// The jobs this session follows (job id, follower task).
-    followers: Vec<(String, JoinHandle<()>)>,
+    /// The jobs this session follows.
+    followers: Vec<Followed>,
     /// Its `subscribe` feeds.
     subscriptions: Vec<(SubscriptionId, JoinHandle<()>)>,
 }
@@ -287,8 +287,8 @@ impl Session {
         match envelope.payload {
             MessageType::ToolInvoke(payload) => {
                 let key = envelope.idempotency_key.map(|k| k.as_str().to_owned());
-                if let Some((job, follower)) = invoke::invoke(&context, &id, key, payload).await {
-                    self.followers.push((job, follower));
+                if let Some(followed) = invoke::invoke(&context, &id, key, payload).await {
+                    self.followers.push(followed);
                 }
             }
             MessageType::SessionListJobs(request) => self.send(streams::list_jobs(&context, &id, request).await).await,
@@ -322,7 +322,7 @@ impl Session {
                 let job = corral_job_id(request.job_id.as_str()).unwrap_or_default().to_owned();
                 let before = self.followers.len();
                 self.followers.retain(|(j, f)| {
-                    let keep = *j != job;
+                    let keep = j.get() != Some(&job);
                     if !keep {
                         f.abort();
                     }

@@ -27,7 +27,7 @@ use arcp_core::messages::{
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::invoke::{Resume, SessionContext, follow, parse_event_message_id};
+use super::invoke::{Followed, Resume, SessionContext, follow, parse_event_message_id};
 use super::wire::{corral_job_id, job_id, nack, reply};
 use super::writer::Traffic;
 use crate::store::{JobFilter, JobRecord, JobStatus};
@@ -102,7 +102,7 @@ pub async fn job_subscribe(
     ctx: &SessionContext,
     id: &MessageId,
     request: JobSubscribePayload,
-) -> Result<(String, JoinHandle<()>), Envelope> {
+) -> Result<Followed, Envelope> {
     let job = own_job(ctx, request.job_id.as_str(), id).await?;
     let after = if request.history {
         request.from_event_seq.unwrap_or(1).saturating_sub(1)
@@ -125,8 +125,7 @@ pub async fn job_subscribe(
     let mut envelope = reply(MessageType::JobSubscribed(subscribed), Some(id));
     envelope.job_id = Some(job_id(&job.id));
     let _ = ctx.outbound.send(envelope).await;
-    let follower = follow(ctx, &job, id.clone(), Resume::From(after)).await;
-    Ok((job.id, follower))
+    Ok(follow(ctx, &job, id.clone(), Resume::From(after)))
 }
 
 /// `subscribe`: `subscribe.accepted`, then every envelope the principal's sessions send that
@@ -193,7 +192,7 @@ pub async fn resume(
     ctx: &SessionContext,
     id: &MessageId,
     request: ResumePayload,
-) -> Result<Vec<(String, JoinHandle<()>)>, Envelope> {
+) -> Result<Vec<Followed>, Envelope> {
     let invalid = |message: &str| nack(ErrorCode::InvalidArgument, message, Some(id));
     let after = request.after_message_id.ok_or_else(|| invalid("resume needs after_message_id"))?;
     let (job, seq, k) = parse_event_message_id(after.as_str())
@@ -214,7 +213,7 @@ pub async fn resume(
         let Ok(Some(job)) = store.get_job(&followed.job_id).await else { continue };
         let Ok(request) = followed.request_id.parse::<MessageId>() else { continue };
         let start = if job.id == named.id { Resume::AfterEnvelope { seq, k } } else { Resume::From(0) };
-        followers.push((job.id.clone(), follow(ctx, &job, request, start).await));
+        followers.push(follow(ctx, &job, request, start));
     }
     Ok(followers)
 }

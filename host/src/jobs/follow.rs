@@ -33,10 +33,15 @@ impl EventFollower {
     /// them seen before each read, so no commit can slip between a read and the wait after it. The caller checks the job exists
     /// and may be seen by whoever asks.
     pub fn new(store: &Store, job_id: &str, after: u64) -> EventFollower {
+        EventFollower::watching(store, store.watch_job(job_id), after)
+    }
+
+    /// [`Self::new`] with a watch made earlier (e.g. before the job was written).
+    pub fn watching(store: &Store, commits: JobCommits, after: u64) -> EventFollower {
         EventFollower {
-            commits: store.watch_job(job_id),
+            job_id: commits.job().to_owned(),
+            commits,
             store: store.clone(),
-            job_id: job_id.to_owned(),
             after,
             pending: VecDeque::new(),
             finished: false,

@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use crate::config::Policy;
 use crate::engine::registry::{LoadedAgent, Registry, ResolveError};
 use crate::lease::{Lease, LeaseError, LeaseRequest, Limits, OwnAddresses};
-use crate::store::{InsertOutcome, JobRecord, JobStatus, Store, StoreError, Transition};
+use crate::store::{InsertOutcome, JobCommits, JobRecord, JobStatus, Store, StoreError, Transition};
 
 pub use journal::Journal;
 pub use rate::RateLimit;
@@ -44,6 +44,28 @@ pub struct SubmitRequest {
     /// `traceparent` is the same request).
     pub trace_parent: Option<crate::telemetry::TraceParent>,
     pub idempotency_key: Option<String>,
+}
+
+/// When a submission is answered.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Once the job is committed.
+    Committed,
+    /// Once it ended (or this long passed); it may run held meanwhile.
+    Finished(Duration),
+    /// Once its single write commits, if it can run held; else once it is committed.
+    Held,
+}
+
+impl Wait {
+    /// How long a job that runs held is waited for before it is recorded anyway.
+    fn held_for(self) -> Option<Duration> {
+        match self {
+            Wait::Committed => None,
+            Wait::Finished(wait) => Some(wait),
+            Wait::Held => Some(journal::DEFER_WINDOW),
+        }
+    }
 }
 
 /// Why a job could not be submitted or acted on. Mapped to HTTP statuses in `api/`.
@@ -213,7 +235,31 @@ impl JobManager {
     /// records the job durably and schedules it. Returns the job and whether it is an
     /// idempotent replay of an earlier submission.
     pub async fn submit(&self, principal: &str, req: SubmitRequest) -> Result<(JobRecord, bool), JobError> {
-        self.submit_inner(principal, req, None).await
+        self.submit_inner(principal, req, Wait::Committed, None).await
+    }
+
+    /// [`Self::submit`] for a client that is answered once and then follows the job's events
+    /// (ARCP): a job that can start at once and has nothing to deduplicate runs before it is
+    /// written, and the answer comes when its single write commits — with its outcome if it
+    /// ended within [`journal::DEFER_WINDOW`], else as `running` at the end of that window
+    /// (or earlier, at its first effect). Any other job is answered once it is committed, as
+    /// by [`Self::submit`].
+    ///
+    /// Returns the job, whether it is a replay, and a follower of its events from the first,
+    /// made before anything was written: the writer hands it the committed events, so a job
+    /// that ended is streamed without reading its events back from the store.
+    pub async fn submit_held(
+        &self,
+        principal: &str,
+        req: SubmitRequest,
+    ) -> Result<(JobRecord, bool, follow::EventFollower), JobError> {
+        let mut watched = None;
+        let (job, replayed) = self.submit_inner(principal, req, Wait::Held, Some(&mut watched)).await?;
+        let events = match watched {
+            Some(commits) if commits.job() == job.id => follow::EventFollower::watching(&self.store, commits, 0),
+            _ => follow::EventFollower::new(&self.store, &job.id, 0),
+        };
+        Ok((job, replayed, events))
     }
 
     /// [`Self::submit`], then waits up to `wait` for the job to finish; returns it as it is
@@ -225,14 +271,16 @@ impl JobManager {
         req: SubmitRequest,
         wait: Duration,
     ) -> Result<(JobRecord, bool), JobError> {
-        self.submit_inner(principal, req, Some(wait)).await
+        self.submit_inner(principal, req, Wait::Finished(wait), None).await
     }
 
+    /// `watched`: where to put a watch of the new job's commits, made before it is written.
     async fn submit_inner(
         &self,
         principal: &str,
         req: SubmitRequest,
-        wait: Option<Duration>,
+        wait: Wait,
+        watched: Option<&mut Option<JobCommits>>,
     ) -> Result<(JobRecord, bool), JobError> {
         if self.is_shutting_down() {
             return Err(JobError::ShuttingDown);
@@ -262,9 +310,12 @@ impl JobManager {
         })
         .await??;
         let record = new_record(principal, &req, &agent, &lease, request_hash.clone(), None, 0)?;
+        if let Some(watched) = watched {
+            *watched = Some(self.store.watch_job(&record.id));
+        }
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
         // A waiting client with a free slot and nothing to deduplicate: run first, write once.
-        let permit = match (wait, permit) {
+        let permit = match (wait.held_for(), permit) {
             (Some(wait), Some(permit)) if req.idempotency_key.is_none() => {
                 return Ok((self.run_held(record, agent, lease, permit, wait).await?, false));
             }
@@ -295,12 +346,8 @@ impl JobManager {
     /// Waits (if asked to) for a submitted, committed job. The job is accepted: a failure while
     /// waiting must not turn into an error (the client would resubmit a duplicate), so it
     /// answers with the job as submitted instead.
-    async fn wait_for(
-        &self,
-        (job, replayed): (JobRecord, bool),
-        wait: Option<Duration>,
-    ) -> Result<(JobRecord, bool), JobError> {
-        let Some(wait) = wait else { return Ok((job, replayed)) };
+    async fn wait_for(&self, (job, replayed): (JobRecord, bool), wait: Wait) -> Result<(JobRecord, bool), JobError> {
+        let Wait::Finished(wait) = wait else { return Ok((job, replayed)) };
         match self.wait_finished(&job.id, wait).await {
             Ok(Some(done)) => Ok((done, replayed)),
             Ok(None) => Ok((job, replayed)),

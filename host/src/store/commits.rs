@@ -92,6 +92,11 @@ pub struct JobCommits {
 }
 
 impl JobCommits {
+    /// The job watched.
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
     /// Marks every commit so far as seen: call it before reading, then [`Self::next`] waits
     /// only for commits after that read began.
     pub fn mark_seen(&mut self) {

@@ -32,6 +32,23 @@ pub struct NewEvent {
     pub at: i64,
 }
 
+/// An event serialized before its op is queued: the writer thread, which every write waits
+/// for, only binds the text (and hands the value to the job's followers).
+#[derive(Debug)]
+pub(super) struct Serialized {
+    pub kind: String,
+    pub data: Value,
+    pub text: String,
+    pub at: i64,
+}
+
+impl Serialized {
+    pub(super) fn new(kind: &str, data: Value, at: i64) -> Serialized {
+        let text = data.to_string();
+        Serialized { kind: kind.to_owned(), data, text, at }
+    }
+}
+
 /// Appends an event inside a running write op; returns its seq.
 pub(super) fn append(
     ctx: &mut WriteCtx<'_>,
@@ -40,12 +57,25 @@ pub(super) fn append(
     data: &Value,
     at: i64,
 ) -> Result<u64, StoreError> {
-    let seq = ctx.next_seq(job_id)?;
     let text = data.to_string();
+    let seq = insert(ctx, job_id, kind, &text, at)?;
+    ctx.note_event(job_id, seq, kind, text.len(), at, || data.clone());
+    Ok(seq)
+}
+
+/// [`append`] of an event serialized already.
+pub(super) fn append_serialized(ctx: &mut WriteCtx<'_>, job_id: &str, event: Serialized) -> Result<u64, StoreError> {
+    let seq = insert(ctx, job_id, &event.kind, &event.text, event.at)?;
+    let Serialized { kind, data, text, at } = event;
+    ctx.note_event(job_id, seq, &kind, text.len(), at, || data);
+    Ok(seq)
+}
+
+fn insert(ctx: &mut WriteCtx<'_>, job_id: &str, kind: &str, text: &str, at: i64) -> Result<u64, StoreError> {
+    let seq = ctx.next_seq(job_id)?;
     ctx.tx()
         .prepare_cached("INSERT INTO events (job_id, seq, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(rusqlite::params![job_id, i64::try_from(seq).unwrap_or(i64::MAX), kind, text, at])?;
-    ctx.note_event(job_id, seq, kind, data, text.len(), at);
     Ok(seq)
 }
 

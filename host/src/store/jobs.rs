@@ -260,6 +260,48 @@ fn find_by_key(conn: &Connection, principal: &str, key: &str) -> Result<Option<J
     Ok(query_jobs(conn, &sql, [principal, key])?.into_iter().next())
 }
 
+/// A job row's JSON and text columns, serialized.
+struct RowTexts {
+    input: String,
+    lease: String,
+    output: Option<String>,
+    error: Option<String>,
+    trace_parent: Option<String>,
+}
+
+impl RowTexts {
+    fn of(job: &JobRecord) -> RowTexts {
+        RowTexts {
+            input: to_text(&job.input),
+            lease: to_text(&job.lease),
+            output: job.output.as_ref().map(to_text),
+            error: job.error.as_ref().map(to_text),
+            trace_parent: job.trace_parent.map(|t| t.to_string()),
+        }
+    }
+}
+
+/// The events of a job inserted as it is now: `state queued` (naming its trace, for whoever
+/// reads only the stream), `state running` if it started, the `events` it emitted meanwhile,
+/// and its terminal `state` if it ended.
+fn state_stream(job: &JobRecord, events: Vec<NewEvent>) -> Vec<events::Serialized> {
+    let mut stream = Vec::with_capacity(events.len() + 3);
+    let mut queued = state_event(JobStatus::Queued, None, None);
+    if let (Some(trace), Some(map)) = (&job.trace_parent, queued.as_object_mut()) {
+        map.insert("trace_id".into(), Value::String(trace.trace_id()));
+    }
+    stream.push(events::Serialized::new("state", queued, job.created_at));
+    if let (Some(started), true) = (job.started_at, job.status != JobStatus::Queued) {
+        stream.push(events::Serialized::new("state", state_event(JobStatus::Running, None, None), started));
+    }
+    stream.extend(events.into_iter().map(|e| events::Serialized::new(&e.kind, e.data, e.at)));
+    if job.status.is_terminal() {
+        let data = state_event(job.status, job.output.as_ref(), job.error.as_ref());
+        stream.push(events::Serialized::new("state", data, job.finished_at.unwrap_or(job.created_at)));
+    }
+    stream
+}
+
 fn state_event(status: JobStatus, output: Option<&Value>, error: Option<&Value>) -> Value {
     let mut data = json!({ "status": status.as_str() });
     if let Some(map) = data.as_object_mut() {
@@ -294,6 +336,10 @@ impl Store {
         events: Vec<NewEvent>,
         audit: Vec<AuditRecord>,
     ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send + 'static {
+        // Serialized here, on the caller's thread: the writer, which every write waits for,
+        // only binds text.
+        let texts = RowTexts::of(&job);
+        let stream = state_stream(&job, events);
         self.write(move |ctx| {
             let tx = ctx.tx();
             if let Some(key) = &job.idempotency_key
@@ -311,11 +357,11 @@ impl Store {
                 job.agent,
                 job.agent_name,
                 job.agent_version,
-                to_text(&job.input),
-                to_text(&job.lease),
+                texts.input,
+                texts.lease,
                 job.status.as_str(),
-                job.output.as_ref().map(to_text),
-                job.error.as_ref().map(to_text),
+                texts.output,
+                texts.error,
                 job.idempotency_key,
                 job.request_hash,
                 job.parent_id,
@@ -324,27 +370,16 @@ impl Store {
                 job.created_at,
                 job.started_at,
                 job.finished_at,
-                job.trace_parent.map(|t| t.to_string()),
+                texts.trace_parent,
             ])?;
             ctx.new_job(&job.id);
-            let mut queued = state_event(JobStatus::Queued, None, None);
-            if let (Some(trace), Some(map)) = (&job.trace_parent, queued.as_object_mut()) {
-                // The job's first event names its trace, for whoever reads only the stream.
-                map.insert("trace_id".into(), Value::String(trace.trace_id()));
-            }
-            events::append(ctx, &job.id, "state", &queued, job.created_at)?;
-            if let (Some(started), true) = (job.started_at, job.status != JobStatus::Queued) {
-                events::append(ctx, &job.id, "state", &state_event(JobStatus::Running, None, None), started)?;
-            }
-            for event in &events {
-                events::append(ctx, &job.id, &event.kind, &event.data, event.at)?;
+            for event in stream {
+                events::append_serialized(ctx, &job.id, event)?;
             }
             for record in &audit {
                 audit::insert(ctx.tx(), record)?;
             }
             if job.status.is_terminal() {
-                let data = state_event(job.status, job.output.as_ref(), job.error.as_ref());
-                events::append(ctx, &job.id, "state", &data, job.finished_at.unwrap_or(job.created_at))?;
                 ctx.job_finished(&job.id);
             }
             Ok(InsertOutcome::Created(job))

@@ -96,13 +96,13 @@ impl<'a> WriteCtx<'a> {
         job_id: &str,
         seq: u64,
         kind: &str,
-        data: &serde_json::Value,
         text_len: usize,
         at: i64,
+        data: impl FnOnce() -> serde_json::Value,
     ) {
         if text_len <= super::commits::RECENT_BYTES && self.commits.is_watched(job_id) {
             let record =
-                super::EventRecord { job_id: job_id.to_owned(), seq, kind: kind.to_owned(), data: data.clone(), at };
+                super::EventRecord { job_id: job_id.to_owned(), seq, kind: kind.to_owned(), data: data(), at };
             self.events.push(record);
         }
     }
